@@ -1,0 +1,97 @@
+"""Streaming, strict loading of official safetensors checkpoints into meta-built models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+from tqdm import tqdm
+
+from .layout import CheckpointLayout
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupt, or does not match the model config."""
+
+
+def _listing(names: set[str] | list[str], limit: int = 8) -> str:
+    names = sorted(names)
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def open_safetensors(path: str | Path):
+    """``safe_open`` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def check_names_and_shapes(path: str | Path, handle, expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """Raise naming every missing, unexpected or misshaped tensor (reads headers only)."""
+    keys = set(handle.keys())
+    problems = []
+    missing, unexpected = set(expected) - keys, keys - set(expected)
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_listing(unexpected)}")
+    wrong = [
+        f"{name} has shape {list(shape)}, expected {list(expected[name])}"
+        for name in sorted(keys & set(expected))
+        if tuple(shape := handle.get_slice(name).get_shape()) != tuple(expected[name])
+    ]
+    if wrong:
+        problems.append(f"{len(wrong)} tensor(s) with the wrong shape: " + "; ".join(wrong[:8]))
+    if problems:
+        raise CheckpointError(f"{path}: does not match the {what} of the model config:\n  - " + "\n  - ".join(problems))
+
+
+def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace a (meta) parameter or buffer by ``value`` without copying into the old storage."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = value
+    else:
+        raise KeyError(name)
+
+
+def load_into(
+    model: nn.Module,
+    layout: CheckpointLayout,
+    path: str | Path,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    what: str = "checkpoint",
+    progress: bool = True,
+) -> nn.Module:
+    """Fill ``model`` (built on meta) from the official file at ``path``, one tensor at a time.
+
+    Peak memory is the model in ``dtype`` plus one source tensor: safetensors memory-maps the file.
+    """
+    expected = layout.official_shapes()
+    with open_safetensors(path) as handle:
+        check_names_and_shapes(path, handle, expected, what)
+        for name in tqdm(sorted(expected), desc=f"loading {Path(path).name}", disable=not progress, leave=False):
+            try:
+                tensor = handle.get_tensor(name)
+            except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(f"{path}: cannot read tensor {name} ({exc})") from exc
+            if not tensor.is_floating_point():
+                raise CheckpointError(f"{path}: tensor {name} has dtype {tensor.dtype}, expected a float type")
+            for target, part in layout.rules[name].convert(tensor, layout.params):
+                set_tensor(model, target, part.to(device=device, dtype=dtype).contiguous())
+            del tensor
+    leftover = [n for n, p in model.state_dict().items() if p.is_meta]
+    if leftover:  # cannot happen when the layout covers the model; CheckpointLayout checks that
+        raise CheckpointError(f"{path}: parameters left unloaded: {_listing(leftover)}")
+    return model.eval()

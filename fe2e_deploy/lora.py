@@ -1,0 +1,118 @@
+"""FE2E's LoRA in the kohya (sd-scripts) format: reading it and applying it unmerged with peft.
+
+Kohya names are the official module names with ``.`` -> ``_`` under ``lora_unet_``
+(``lora_unet_double_blocks_0_img_attn_qkv.{lora_down.weight, lora_up.weight, alpha}``); the
+delta is ``(alpha / rank) * up @ down``. Fused official linears (qkv, single ``linear1``) map to
+several diffusers linears: each gets the matching rows of ``up`` and the shared ``down``.
+diffusers' own kohya converter is private API, so we reuse our checkpoint layout instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+
+from .config import ModelConfig
+from .loading.checkpoint import CheckpointError, open_safetensors
+from .loading.dit_layout import dit_layout, lora_target_modules
+
+PREFIX = "lora_unet_"
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    module: str  # official module name, e.g. double_blocks.0.img_attn.qkv
+    down: torch.Tensor  # [rank, in]
+    up: torch.Tensor  # [out, rank]
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def read_kohya_lora(path: str | Path, config: ModelConfig) -> dict[str, LoraPair]:
+    """All LoRA pairs of a kohya file, checked against the official shapes of ``config``."""
+    shapes = dit_layout(config).official_shapes()
+    modules = {m.replace(".", "_"): m for m in lora_target_modules(config)}
+    with open_safetensors(path) as handle:
+        keys = set(handle.keys())
+        groups: dict[str, dict[str, str]] = {}
+        for key in keys:
+            stem, _, part = key.partition(".")
+            if not stem.startswith(PREFIX) or part not in ("lora_down.weight", "lora_up.weight", "alpha"):
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} is not a kohya LoRA tensor for the DiT "
+                    f"(expected {PREFIX}<module>.lora_down.weight / .lora_up.weight / .alpha)"
+                )
+            groups.setdefault(stem, {})[part] = key
+        if not groups:
+            raise CheckpointError(f"{path}: contains no LoRA tensors")
+        pairs = {}
+        for stem, parts in sorted(groups.items()):
+            module = modules.get(stem.removeprefix(PREFIX))
+            if module is None:
+                raise CheckpointError(
+                    f"{path}: LoRA module {stem!r} matches no Linear of the double/single blocks of this "
+                    "model (a LoRA for another model or config?)"
+                )
+            for needed in ("lora_down.weight", "lora_up.weight"):
+                if needed not in parts:
+                    raise CheckpointError(f"{path}: {stem} has no {needed}")
+            down = handle.get_tensor(parts["lora_down.weight"]).float()
+            up = handle.get_tensor(parts["lora_up.weight"]).float()
+            out_features, in_features = shapes[module + ".weight"]
+            if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
+                raise CheckpointError(
+                    f"{path}: {stem}: lora_down {list(down.shape)} and lora_up {list(up.shape)} are not a rank-r pair"
+                )
+            if down.shape[1] != in_features or up.shape[0] != out_features:
+                raise CheckpointError(
+                    f"{path}: {stem}: LoRA maps {down.shape[1]} -> {up.shape[0]} features but {module} "
+                    f"is {in_features} -> {out_features}"
+                )
+            alpha = float(handle.get_tensor(parts["alpha"]).item()) if "alpha" in parts else float(down.shape[0])
+            pairs[module] = LoraPair(module, down, up, alpha)
+    return pairs
+
+
+def apply_lora_unmerged(dit: torch.nn.Module, pairs: dict[str, LoraPair], adapter: str = "fe2e") -> None:
+    """Inject peft LoRA layers into ``dit`` (a ``Step1XEditDiT``) holding ``pairs``, base weights untouched."""
+    layout = dit_layout(dit.config)
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}  # diffusers module -> (down, up, alpha)
+    for module, pair in pairs.items():
+        rule = layout.rules[module + ".weight"]
+        ups = dict(rule.convert(pair.up, layout.params))  # rows split like the base weight
+        for target, up in ups.items():
+            # an up of rank r on split rows keeps rank r; peft's scale is alpha / r as kohya's
+            targets[target.removeprefix("transformer.").removesuffix(".weight")] = (pair.down, up, pair.alpha)
+    ranks = [d.shape[0] for d, _, _ in targets.values()]
+    rank = max(set(ranks), key=ranks.count)
+    alpha = next(iter(targets.values()))[2]
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules="^(" + "|".join(re.escape(t) for t in sorted(targets)) + ")$",
+        # peft matches these as suffixes at a module boundary
+        rank_pattern={re.escape(t): d.shape[0] for t, (d, _, _) in targets.items() if d.shape[0] != rank},
+        lora_dropout=0.0,
+        init_lora_weights=False,
+    )
+    transformer = dit.transformer
+    inject_adapter_in_model(config, transformer, adapter_name=adapter)
+    dtype = transformer.x_embedder.weight.dtype
+    with torch.no_grad():
+        for name, (down, up, module_alpha) in targets.items():
+            layer = transformer.get_submodule(name)
+            layer.lora_A[adapter].weight.copy_(down.to(dtype))
+            # peft scales by lora_alpha / r; a module with another alpha gets it folded into up
+            layer.lora_B[adapter].weight.copy_((up * (module_alpha / alpha)).to(dtype))
+    transformer.requires_grad_(False)
