@@ -156,7 +156,9 @@ def validate(config: ModelConfig) -> None:
     if any(a % 2 for a in d.axes_dim):
         problems.append(f"every dit.axes_dim entry must be even (RoPE pairs), got {list(d.axes_dim)}")
     if d.in_channels != 4 * v.z_channels:
-        problems.append(f"dit.in_channels ({d.in_channels}) must be 4 * vae.z_channels ({4 * v.z_channels}): 2x2 packing")
+        problems.append(
+            f"dit.in_channels ({d.in_channels}) must be 4 * vae.z_channels ({4 * v.z_channels}): 2x2 packing"
+        )
     if d.out_channels != d.in_channels:
         problems.append(f"dit.out_channels ({d.out_channels}) must equal dit.in_channels ({d.in_channels})")
     # diffusers' FluxTransformer2DModel hard-codes these three.

@@ -1,0 +1,14 @@
+"""The ``fe2e-deploy`` command line: one thin Typer command per stage, each in its own module.
+
+Every command parses options and calls one library function; errors the user can fix
+(missing or corrupt files, bad shapes, bad options) are printed as one clear message, exit 2.
+"""
+
+from __future__ import annotations
+
+from .app import app
+
+# Each module registers its commands on ``app``.
+from . import infer_cmd, init_tiny_cmd  # noqa: E402,F401  isort: skip
+
+__all__ = ["app"]

@@ -1,0 +1,27 @@
+"""``fe2e-deploy init-tiny``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..tiny import write_tiny_model
+from .app import app, user_errors
+
+
+@app.command("init-tiny")
+def init_tiny(
+    out_dir: Path = typer.Argument(..., help="Folder to write the tiny model into (created if missing)."),
+    seed: int = typer.Option(0, help="Seed of the random weights; the same seed writes identical files."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files that already exist in OUT_DIR."),
+) -> None:
+    """Write a tiny FE2E with seeded random weights in the official file formats.
+
+    Files: model_config.json, dit.safetensors (connector included), vae.safetensors,
+    empty_prompt.npz (embeds, masks) and lora.safetensors (kohya format).
+    """
+    with user_errors():
+        paths = write_tiny_model(out_dir, seed=seed, overwrite=overwrite)
+    for role, path in paths.items():
+        typer.echo(f"{role:>7}: {path}")

@@ -1,0 +1,62 @@
+"""Engines: one interface (image -> depth + normals), backends chosen by what the path is.
+
+Today: a model folder (official files, as ``init-tiny`` writes them) runs the eager PyTorch
+reference. Compiled backends (.onnx, .pt2, .plan) plug in here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+from ..model_files import ModelFiles
+from ..pipeline import FE2EPipeline, Prediction
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class Engine(Protocol):
+    name: str
+
+    def predict(self, image: Image.Image) -> Prediction: ...
+
+
+class EagerEngine:
+    """The reference pipeline behind the engine interface."""
+
+    def __init__(self, pipeline: FE2EPipeline, processing_res: tuple[int, int] | None = None, name: str = "eager"):
+        self.pipeline, self.processing_res, self.name = pipeline, processing_res, name
+
+    @classmethod
+    def from_model_files(
+        cls,
+        files: ModelFiles,
+        dtype: str = "fp32",
+        device: str = "cpu",
+        processing_res: tuple[int, int] | None = None,
+        cfg_batch: bool = False,
+    ) -> EagerEngine:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} not supported; choose one of {', '.join(DTYPES)}")
+        pipe = FE2EPipeline.from_files(
+            files.config, files.dit, files.vae, files.prompt, files.lora, DTYPES[dtype], device, cfg_batch
+        )
+        return cls(pipe, processing_res, name=f"eager-{dtype}")
+
+    def predict(self, image: Image.Image) -> Prediction:
+        return self.pipeline(image, self.processing_res)
+
+
+def load_engine(
+    path: str | Path, device: str = "cpu", dtype: str = "fp32", processing_res: tuple[int, int] | None = None
+) -> Engine:
+    """Open an engine by path: a model folder -> eager PyTorch reference."""
+    path = Path(path)
+    if path.is_dir():
+        return EagerEngine.from_model_files(ModelFiles.from_dir(path), dtype, device, processing_res)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: engine not found")
+    raise ValueError(f"{path}: unsupported engine file (supported: a model folder with the official files)")

@@ -1,0 +1,86 @@
+"""``infer``: run an engine over a folder of images and write depth and normal maps.
+
+Follow an image: :func:`find_images` lists it, :func:`read_image` opens it, ``engine.predict``
+(for the reference engine: :class:`fe2e_deploy.pipeline.FE2EPipeline`) returns its
+:class:`~fe2e_deploy.pipeline.Prediction`, and :func:`fe2e_deploy.outputs.write_prediction` writes
+the five files named by :func:`fe2e_deploy.outputs.output_paths`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from .engines import Engine
+from .outputs import find_images, output_paths, write_prediction
+
+
+@dataclass
+class InferReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    predict_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.total_seconds / max(1, len(self.written))
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.written)} image(s) written, {len(self.skipped)} skipped (outputs exist), "
+            f"{len(self.failed)} failed; {self.seconds_per_image:.3f} s per image end to end "
+            f"({self.predict_seconds / max(1, len(self.written)):.3f} s in the engine)"
+        )
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open and fully decode an image (so truncated files fail here), as RGB."""
+    with Image.open(path) as image:
+        image.load()
+        if image.width < 1 or image.height < 1:
+            raise ValueError("empty image")
+        return image.convert("RGB")
+
+
+def run_infer(
+    engine: Engine,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> InferReport:
+    """Predict every image under ``input_dir``; unreadable images are reported, not fatal."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    out_resolved = output_dir.resolve()
+    images = [p for p in find_images(input_dir) if not p.resolve().is_relative_to(out_resolved)]
+    if not images:
+        raise FileNotFoundError(f"{input_dir}: no .jpg/.jpeg/.png images found")
+    report = InferReport()
+    start = time.perf_counter()
+    bar = tqdm(images, desc=f"infer ({engine.name})", unit="img", disable=not progress)
+    for path in bar:
+        rel = path.relative_to(input_dir)
+        paths = output_paths(output_dir, rel)
+        existing = [p for p in paths.values() if p.exists()]
+        if existing and not overwrite:
+            report.skipped.append((path, f"{existing[0]} exists (pass --overwrite to replace)"))
+            continue
+        try:
+            image = read_image(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            report.failed.append((path, f"unreadable image: {exc}"))
+            tqdm.write(f"warning: skipping {path}: unreadable image: {exc}")
+            continue
+        t0 = time.perf_counter()
+        prediction = engine.predict(image)
+        report.predict_seconds += time.perf_counter() - t0
+        write_prediction(paths, prediction)
+        report.written.append(path)
+    report.total_seconds = time.perf_counter() - start
+    return report
