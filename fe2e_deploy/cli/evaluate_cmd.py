@@ -1,0 +1,103 @@
+"""``fe2e-deploy evaluate`` and ``fe2e-deploy compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..engines import load_engine
+from ..evaluation.datasets import DATASET_KINDS, open_dataset
+from ..evaluation.run import (
+    COMPARE_METRICS,
+    check_writable,
+    compare_engines,
+    evaluate_engine,
+    format_table,
+    metrics_table,
+    write_json,
+)
+from ..pipeline import parse_resolution
+from .app import app, user_errors
+
+ENGINE_HELP = "Engine: a model folder (official files, as init-tiny writes)."
+RES_HELP = "Process at WIDTHxHEIGHT (multiples of 16) instead of FE2E's resize rule."
+
+
+@app.command("evaluate")
+def evaluate(
+    engine: Path = typer.Option(..., help=ENGINE_HELP),
+    dataset: Path = typer.Option(..., help="Dataset folder, laid out as in docs/evaluation.md."),
+    task: str = typer.Option(..., help="What to score: depth or normals."),
+    alignment: str = typer.Option(
+        "log", help="Depth alignment to the GT: log (FE2E), depth or disparity (Marigold), none (metric)."),
+    dataset_kind: str = typer.Option(
+        "generic", help=f"Depth range, PNG depth scale and crops of: {', '.join(DATASET_KINDS)}."),
+    depth_scale: float = typer.Option(
+        None, help="Divisor of 16-bit depth PNGs to metres (default 1000; kitti 256)."),
+    processing_res: str = typer.Option(None, help=RES_HELP),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+    dtype: str = typer.Option("fp32", help="DiT precision: fp32 or bf16."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the report (per-image metrics too) as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --json file if it exists."),
+    max_images: int = typer.Option(None, help="Evaluate only the first N images (sorted by path)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Score an engine's depth or normals against a dataset's ground truth.
+
+    Depth: AbsRel, SqRel, RMSE, RMSE-log, delta1-3, per image after alignment, averaged over images.
+    Normals: mean, median, RMSE of the angular error (degrees), % under 5 / 7.5 / 11.25 / 22.5 / 30,
+    pooled over all valid pixels.
+    """
+    with user_errors():
+        res = parse_resolution(processing_res) if processing_res else None
+        if json_out is not None:
+            check_writable(json_out, overwrite)
+        data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images)
+        runner = load_engine(engine, device=device, dtype=dtype, processing_res=res)
+        report = evaluate_engine(runner, data, task, alignment, progress=progress)
+        if json_out is not None:
+            write_json(json_out, report, overwrite)
+    title = f"{task} on {dataset} ({report['num_images']} images"
+    title += f", alignment {alignment})" if task == "depth" else ")"
+    typer.echo(title)
+    typer.echo(metrics_table(report))
+    if report["skipped"]:
+        typer.echo(f"skipped {len(report['skipped'])} image(s) without valid ground truth")
+    if json_out is not None:
+        typer.echo(f"report: {json_out}")
+
+
+@app.command("compare")
+def compare(
+    images_dir: Path = typer.Argument(..., help="Folder of .jpg/.jpeg/.png images, searched recursively."),
+    engine: list[Path] = typer.Option(..., help="Give twice: the reference engine A, then engine B."),
+    dtype: list[str] = typer.Option(["fp32"], help="DiT precision: once for both engines, or twice (A, B)."),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+    processing_res: str = typer.Option(None, help=RES_HELP),
+    json_out: Path = typer.Option(None, "--json", help="Also write the report (per-image values too) as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --json file if it exists."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """How closely engine B reproduces engine A: depth AbsRel (after log-space alignment), depth
+    relative L2 and mean normal angle difference, per image, averaged and worst case."""
+    with user_errors():
+        if len(engine) != 2:
+            raise ValueError(f"give --engine exactly twice (A then B), got {len(engine)}")
+        if len(dtype) not in (1, 2):
+            raise ValueError(f"give --dtype once or twice, got {len(dtype)}")
+        res = parse_resolution(processing_res) if processing_res else None
+        if json_out is not None:
+            check_writable(json_out, overwrite)
+        dtypes = dtype * 2 if len(dtype) == 1 else dtype
+        a, b = (load_engine(e, device=device, dtype=d, processing_res=res) for e, d in zip(engine, dtypes, strict=True))
+        report = compare_engines(a, b, images_dir, progress=progress)
+        if json_out is not None:
+            write_json(json_out, report, overwrite)
+    typer.echo(f"{b.name} ({engine[1]}) against {a.name} ({engine[0]}) on {report['num_images']} images")
+    typer.echo("mean over images:")
+    typer.echo(format_table(report["overall"], COMPARE_METRICS, 6))
+    typer.echo("worst image:")
+    typer.echo(format_table(report["worst"], COMPARE_METRICS, 6))
+    if json_out is not None:
+        typer.echo(f"report: {json_out}")

@@ -1,0 +1,51 @@
+"""Shared fixtures: one tiny model in the official formats, its pipeline, small test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fe2e_deploy.config import load_model_config
+from fe2e_deploy.pipeline import FE2EPipeline
+from fe2e_deploy.tiny import write_tiny_model
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    write_tiny_model(folder, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_dir):
+    return load_model_config(tiny_dir / "model_config.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_dir, tiny_config) -> FE2EPipeline:
+    return FE2EPipeline.from_files(
+        tiny_config, tiny_dir / "dit.safetensors", tiny_dir / "vae.safetensors", tiny_dir / "empty_prompt.npz",
+        tiny_dir / "lora.safetensors",
+    )
+
+
+def scene_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    """A smooth synthetic RGB scene (gradients + a disc), deterministic."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cx, cy, r = rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height, 0.25 * min(width, height)
+    disc = ((xx - cx) ** 2 + (yy - cy) ** 2 < r**2).astype(np.float32)
+    rgb = np.stack([xx / width, yy / height, 0.5 + 0.4 * disc], axis=-1)
+    return Image.fromarray((rgb * 255).clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
