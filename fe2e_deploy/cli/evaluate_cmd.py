@@ -8,6 +8,7 @@ import typer
 
 from ..engines import load_engine
 from ..evaluation.datasets import DATASET_KINDS, open_dataset
+from ..evaluation.metrics import check_alignment
 from ..evaluation.run import (
     COMPARE_METRICS,
     check_writable,
@@ -17,6 +18,7 @@ from ..evaluation.run import (
     metrics_table,
     write_json,
 )
+from ..outputs import find_images
 from ..pipeline import parse_resolution
 from .app import app, user_errors
 
@@ -45,12 +47,14 @@ def evaluate(
 ) -> None:
     """Score an engine's depth or normals against a dataset's ground truth.
 
-    Depth: AbsRel, SqRel, RMSE, RMSE-log, delta1-3, per image after alignment, averaged over images.
-    Normals: mean, median, RMSE of the angular error (degrees), % under 5 / 7.5 / 11.25 / 22.5 / 30,
-    pooled over all valid pixels.
+    Depth: AbsRel, SqRel, RMSE, RMSE-log, delta1-3 per image after alignment, averaged over images.
+
+    Normals: angular error in degrees (mean, median, RMSE, % under 5/7.5/11.25/22.5/30), all pixels pooled.
     """
     with user_errors():
         res = parse_resolution(processing_res) if processing_res else None
+        if task == "depth":
+            check_alignment(alignment)
         if json_out is not None:
             check_writable(json_out, overwrite)
         data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images)
@@ -79,8 +83,10 @@ def compare(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --json file if it exists."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """How closely engine B reproduces engine A: depth AbsRel (after log-space alignment), depth
-    relative L2 and mean normal angle difference, per image, averaged and worst case."""
+    """How closely engine B reproduces engine A, on every image of IMAGES_DIR.
+
+    Depth AbsRel after log-space alignment, depth relative L2, mean normal angle difference (degrees).
+    """
     with user_errors():
         if len(engine) != 2:
             raise ValueError(f"give --engine exactly twice (A then B), got {len(engine)}")
@@ -89,6 +95,8 @@ def compare(
         res = parse_resolution(processing_res) if processing_res else None
         if json_out is not None:
             check_writable(json_out, overwrite)
+        if not find_images(images_dir):
+            raise FileNotFoundError(f"{images_dir}: no .jpg/.jpeg/.png images found")
         dtypes = dtype * 2 if len(dtype) == 1 else dtype
         a, b = (load_engine(e, device=device, dtype=d, processing_res=res) for e, d in zip(engine, dtypes, strict=True))
         report = compare_engines(a, b, images_dir, progress=progress)

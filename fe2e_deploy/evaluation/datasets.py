@@ -1,0 +1,278 @@
+"""Evaluation datasets on disk: the generic folder layout, Marigold's depth sets, DSINE's normal sets.
+
+Generic layout (also used for Marigold's sets, once arranged in it; see docs/evaluation.md)::
+
+    DIR/rgb/<name>.png|jpg        the input images (sub-folders allowed)
+    DIR/depth/<name>.npy|png      depth in metres (.npy float, 0 = invalid) or 16-bit PNG / depth_scale
+    DIR/normals/<name>.npy|png    [H, W, 3] unit vectors (.npy) or 8-bit PNG (n + 1) / 2 * 255
+    DIR/mask/<name>.png|npy       optional, nonzero = valid
+    DIR/dataset.json              optional, {"min_depth": ..., "max_depth": ...} (null = no bound)
+
+DSINE layout (``kind="dsine"``, normals only): ``DIR/**/<stem>_img.png|jpg`` with ``<stem>_normal.png``
+beside it (8-bit, (n + 1) / 2 * 255, all-zero pixels invalid).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..infer import read_image
+from ..outputs import IMAGE_SUFFIXES, find_images
+from .metrics import depth_valid_mask, normal_valid_mask
+
+TASKS = ("depth", "normals")
+KB_CROP_HW = (352, 1216)  # KITTI benchmark crop (bottom centre), as in Marigold
+NYU_EIGEN_CROP = (slice(45, 471), slice(41, 601))  # on 480 x 640 NYUv2 frames
+KITTI_EIGEN_CROP = ((0.3324324, 0.91351351), (0.0359477, 0.96405229))  # fractions of (height, width)
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """How to read one family of datasets: depth range, 16-bit PNG depth divisor, evaluation crops."""
+
+    name: str
+    min_depth: float = 0.0
+    max_depth: float = math.inf
+    png_depth_scale: float = 1000.0
+    tasks: tuple[str, ...] = TASKS
+    eval_crop: str | None = None  # "nyu_eigen" | "kitti_eigen": evaluation mask (depth only)
+    kitti_benchmark_crop: bool = False  # crop image and depth to 352 x 1216 (depth only)
+
+
+DATASET_KINDS = {
+    "generic": DatasetKind("generic"),
+    "nyu": DatasetKind("nyu", 1e-3, 10.0, 1000.0, ("depth",), eval_crop="nyu_eigen"),
+    "kitti": DatasetKind("kitti", 1e-5, 80.0, 256.0, ("depth",), eval_crop="kitti_eigen", kitti_benchmark_crop=True),
+    "eth3d": DatasetKind("eth3d", 1e-5, math.inf, 1000.0, ("depth",)),
+    "scannet": DatasetKind("scannet", 1e-3, 10.0, 1000.0, ("depth",)),
+    "diode": DatasetKind("diode", 0.6, 350.0, 1000.0, ("depth",)),
+    "dsine": DatasetKind("dsine", tasks=("normals",)),
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str  # the image's path relative to the dataset folder
+    image: Path
+    gt: Path
+    mask: Path | None = None
+
+
+@dataclass
+class Sample:
+    name: str
+    image: Image.Image  # RGB
+    gt: np.ndarray  # depth [H, W] float64 metres, or normals [H, W, 3] float64
+    valid: np.ndarray  # [H, W] bool: GT valid (in range / non-zero), inside the mask and the evaluation crop
+
+
+@dataclass
+class EvalDataset:
+    root: Path
+    task: str
+    kind: DatasetKind
+    items: list[Item] = field(default_factory=list)
+    depth_scale: float = 1000.0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self.load(item) for item in self.items)
+
+    def describe(self) -> dict:
+        """What the report records about the dataset (``None`` for an unbounded range)."""
+        out = {"path": str(self.root), "kind": self.kind.name, "task": self.task, "num_images": len(self)}
+        if self.task == "depth":
+            out["min_depth"] = self.kind.min_depth
+            out["max_depth"] = None if math.isinf(self.kind.max_depth) else self.kind.max_depth
+            out["png_depth_scale"] = self.depth_scale
+        return out
+
+    def load(self, item: Item) -> Sample:
+        image = read_image(item.image)
+        if self.task == "depth":
+            gt = read_depth(item.gt, self.depth_scale)
+            raw_valid = None
+        else:
+            gt, raw_valid = read_normals(item.gt)
+        mask = None if item.mask is None else read_mask(item.mask)
+        if mask is not None and mask.shape != gt.shape[:2]:
+            raise ValueError(f"{item.mask}: mask is {mask.shape}, ground truth {item.gt} is {gt.shape[:2]}")
+        if self.task == "depth" and self.kind.kitti_benchmark_crop:
+            image, gt = kitti_benchmark_crop_image(image), kitti_benchmark_crop(gt)
+            mask = None if mask is None else kitti_benchmark_crop(mask)
+        if self.task == "depth":
+            valid = depth_valid_mask(gt, self.kind.min_depth, self.kind.max_depth, mask)
+            valid &= eval_crop_mask(gt.shape, self.kind.eval_crop)
+        else:
+            valid = normal_valid_mask(gt, mask)
+            if raw_valid is not None:
+                valid &= raw_valid
+        return Sample(item.name, image, gt, valid)
+
+
+def read_depth(path: Path, png_scale: float) -> np.ndarray:
+    """Depth in metres: ``.npy`` as stored, 16-bit ``.png`` divided by ``png_scale``."""
+    if path.suffix.lower() == ".npy":
+        depth = np.load(path).astype(np.float64)
+    else:
+        with Image.open(path) as im:
+            if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+                raise ValueError(f"{path}: depth PNG must be 16-bit grayscale, got mode {im.mode}")
+            depth = np.asarray(im, dtype=np.float64) / png_scale
+    depth = np.squeeze(depth)
+    if depth.ndim != 2:
+        raise ValueError(f"{path}: depth must be [H, W], got shape {depth.shape}")
+    return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def read_normals(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Normals ``[H, W, 3]`` and, for PNGs, the valid pixels (not all-zero, as in DSINE)."""
+    if path.suffix.lower() == ".npy":
+        normals = np.load(path).astype(np.float64)
+        if normals.ndim != 3 or normals.shape[2] != 3:
+            raise ValueError(f"{path}: normals must be [H, W, 3], got shape {normals.shape}")
+        return normals, None
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "RGBA"):
+            raise ValueError(f"{path}: normal PNG must be 8-bit RGB, got mode {im.mode}")
+        raw = np.asarray(im)[..., :3]
+    return raw.astype(np.float64) / 255.0 * 2.0 - 1.0, raw.astype(np.int64).sum(axis=-1) > 0
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Nonzero = valid; ``.png`` (first channel) or ``.npy``."""
+    if path.suffix.lower() == ".npy":
+        mask = np.squeeze(np.load(path))
+    else:
+        with Image.open(path) as im:
+            mask = np.asarray(im)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"{path}: mask must be [H, W], got shape {mask.shape}")
+    return mask != 0
+
+
+def kitti_benchmark_crop(x: np.ndarray) -> np.ndarray:
+    """Bottom-centre 352 x 1216 crop (no-op on smaller arrays)."""
+    h, w = x.shape[:2]
+    ch, cw = KB_CROP_HW
+    if h < ch or w < cw:
+        return x
+    top, left = h - ch, (w - cw) // 2
+    return x[top : top + ch, left : left + cw]
+
+
+def kitti_benchmark_crop_image(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    ch, cw = KB_CROP_HW
+    if h < ch or w < cw:
+        return image
+    top, left = h - ch, (w - cw) // 2
+    return image.crop((left, top, left + cw, top + ch))
+
+
+def eval_crop_mask(shape: tuple[int, ...], crop: str | None) -> np.ndarray:
+    """The evaluation region of Marigold's NYU (Eigen, 480 x 640 frames only) and KITTI (Eigen) sets."""
+    h, w = shape[:2]
+    if crop is None or (crop == "nyu_eigen" and (h, w) != (480, 640)):
+        return np.ones((h, w), dtype=bool)
+    mask = np.zeros((h, w), dtype=bool)
+    if crop == "nyu_eigen":
+        mask[NYU_EIGEN_CROP] = True
+    elif crop == "kitti_eigen":
+        (y0, y1), (x0, x1) = KITTI_EIGEN_CROP
+        mask[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = True
+    else:
+        raise ValueError(f"unknown evaluation crop {crop!r}")
+    return mask
+
+
+def read_range_file(path: Path, kind: DatasetKind) -> DatasetKind:
+    """Apply ``dataset.json`` (``min_depth`` / ``max_depth``, null = unbounded) over the kind's range."""
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(spec, dict) or set(spec) - {"min_depth", "max_depth"}:
+        raise ValueError(f"{path}: expected an object with only 'min_depth' and 'max_depth'")
+    lo = kind.min_depth if "min_depth" not in spec else (0.0 if spec["min_depth"] is None else spec["min_depth"])
+    hi = kind.max_depth if "max_depth" not in spec else (math.inf if spec["max_depth"] is None else spec["max_depth"])
+    if not all(isinstance(v, int | float) for v in (lo, hi)) or not 0 <= lo < hi:
+        raise ValueError(f"{path}: need numbers 0 <= min_depth < max_depth, got {lo!r}, {hi!r}")
+    return replace(kind, min_depth=float(lo), max_depth=float(hi))
+
+
+def _find_gt(folder: Path, rel_stem: Path, image: Path, what: str) -> Path:
+    for suffix in (".npy", ".png"):
+        path = folder / rel_stem.with_name(rel_stem.name + suffix)
+        if path.is_file():
+            return path
+    expected = folder / rel_stem.with_name(rel_stem.name + ".npy")
+    raise FileNotFoundError(f"{expected}: {what} not found for {image} (also looked for .png)")
+
+
+def _generic_items(root: Path, task: str, limit: int | None) -> list[Item]:
+    rgb = root / "rgb"
+    if not rgb.is_dir():
+        raise FileNotFoundError(f"{rgb}: image folder not found (expected the layout of docs/evaluation.md)")
+    gt_dir = root / ("depth" if task == "depth" else "normals")
+    items = []
+    for image in find_images(rgb)[:limit]:
+        rel = image.relative_to(rgb)
+        rel_stem = rel.with_suffix("")
+        gt = _find_gt(gt_dir, rel_stem, image, f"{task} ground truth")
+        masks = [root / "mask" / rel_stem.with_name(rel_stem.name + s) for s in (".png", ".npy")]
+        mask = next((m for m in masks if m.is_file()), None)
+        items.append(Item(rel.as_posix(), image, gt, mask))
+    return items
+
+
+def _dsine_items(root: Path, limit: int | None) -> list[Item]:
+    items = []
+    for image in [p for p in find_images(root) if p.stem.endswith("_img")][:limit]:
+        gt = image.with_name(image.stem[: -len("_img")] + "_normal.png")
+        if not gt.is_file():
+            raise FileNotFoundError(f"{gt}: normal ground truth not found for {image}")
+        items.append(Item(image.relative_to(root).as_posix(), image, gt))
+    return items
+
+
+def open_dataset(
+    root: str | Path,
+    task: str,
+    kind: str = "generic",
+    depth_scale: float | None = None,
+    max_images: int | None = None,
+) -> EvalDataset:
+    """Index a dataset folder and check that every image (of the first ``max_images``) has its GT."""
+    root = Path(root)
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} not supported; choose one of {', '.join(TASKS)}")
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"dataset kind {kind!r} not supported; choose one of {', '.join(DATASET_KINDS)}")
+    spec = DATASET_KINDS[kind]
+    if task not in spec.tasks:
+        raise ValueError(f"dataset kind {kind!r} has {' and '.join(spec.tasks)} ground truth only, not {task}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset folder not found")
+    if depth_scale is not None and not depth_scale > 0:
+        raise ValueError(f"depth scale must be positive, got {depth_scale}")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max images must be at least 1, got {max_images}")
+    if (root / "dataset.json").is_file():
+        spec = read_range_file(root / "dataset.json", spec)
+    items = _dsine_items(root, max_images) if kind == "dsine" else _generic_items(root, task, max_images)
+    if not items:
+        where = "**/*_img" if kind == "dsine" else "rgb/"
+        raise FileNotFoundError(f"{root}: no {where} images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return EvalDataset(root, task, spec, items, depth_scale or spec.png_depth_scale)

@@ -1,0 +1,200 @@
+"""Run engines over datasets: accuracy against ground truth (:func:`evaluate_engine`) and agreement
+between two engines (:func:`compare_engines`); reports are plain dicts, written as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..atomic import atomic_write
+from ..engines import Engine
+from ..infer import read_image
+from ..outputs import find_images
+from .datasets import EvalDataset, open_dataset
+from .metrics import (
+    DEPTH_METRICS,
+    NORMAL_METRICS,
+    PooledAngularErrors,
+    angular_error,
+    check_alignment,
+    evaluate_depth,
+    fit_scale_shift,
+    mean_metrics,
+    normal_metrics,
+    normalize,
+)
+
+COMPARE_METRICS = ("depth_abs_rel", "depth_rel_l2", "normals_mean_deg")
+
+
+def resize_map(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``[H, W]`` or ``[H, W, C]`` to ``shape`` (half-pixel centres, like cv2 INTER_LINEAR)."""
+    if x.shape[:2] == tuple(shape):
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0]
+    return (t[0] if x.ndim == 2 else t.permute(1, 2, 0)).numpy()
+
+
+def evaluate_engine(
+    engine: Engine,
+    dataset: EvalDataset | str | Path,
+    task: str,
+    alignment: str = "log",
+    progress: bool = True,
+) -> dict:
+    """Predict every image of ``dataset`` and score ``task`` against its ground truth.
+
+    Depth: per image, align (:func:`~.metrics.align_depth`), clip to the dataset's range, metrics on
+    the valid pixels; ``metrics`` is the mean over images. Normals: predictions resized to the GT,
+    angular errors of the valid pixels pooled over the dataset. Images without valid GT pixels are
+    listed under ``skipped``. A path opens a generic-layout dataset.
+    """
+    if not isinstance(dataset, EvalDataset):
+        dataset = open_dataset(dataset, task)
+    if dataset.task != task:
+        raise ValueError(f"dataset was opened for {dataset.task}, not {task}")
+    if task == "depth":
+        check_alignment(alignment)
+    kind = dataset.kind
+    per_image: list[dict] = []
+    skipped: list[str] = []
+    pooled = PooledAngularErrors()
+    start = time.perf_counter()
+    for sample in tqdm(dataset, total=len(dataset), desc=f"evaluate {task} ({engine.name})", unit="img",
+                       disable=not progress):
+        n_valid = int(sample.valid.sum())
+        if n_valid == 0:
+            skipped.append(sample.name)
+            continue
+        pred = engine.predict(sample.image)
+        if task == "depth":
+            depth = resize_map(pred.depth, sample.gt.shape)
+            m = evaluate_depth(depth, sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth)
+        else:
+            normals = normalize(resize_map(pred.normals, sample.gt.shape[:2]))
+            errors = angular_error(normals[sample.valid], sample.gt[sample.valid])
+            pooled.add(errors)
+            m = normal_metrics(errors)
+        per_image.append({"name": sample.name, "valid_pixels": n_valid, **m})
+    if not per_image:
+        raise ValueError(f"{dataset.root}: no image has valid ground-truth pixels")
+    if task == "depth":
+        metrics = mean_metrics([{k: m[k] for k in DEPTH_METRICS} for m in per_image])
+    else:
+        metrics = pooled.result()
+    return {
+        "task": task,
+        "engine": engine.name,
+        "dataset": dataset.describe(),
+        "alignment": alignment if task == "depth" else None,
+        "aggregation": "mean over images" if task == "depth" else "pooled over all valid pixels",
+        "num_images": len(per_image),
+        "skipped": skipped,
+        "seconds": time.perf_counter() - start,
+        "metrics": metrics,
+        "per_image": per_image,
+    }
+
+
+def compare_predictions(pred_a, pred_b) -> dict[str, float]:
+    """How far prediction B is from A (the reference), for one image.
+
+    ``depth_abs_rel``: both depth maps are log depth up to an affine map, so B is aligned to A by a
+    least-squares scale and shift over all pixels (``b' = s * b + t``), both are mapped to positive
+    pseudo-depths ``exp(a)`` and ``exp(b')``, and AbsRel = mean |exp(b') - exp(a)| / exp(a).
+    ``depth_rel_l2``: ||b - a|| / ||a|| on the raw [0, 1] maps (no alignment).
+    ``normals_mean_deg``: mean angle between the (normalised) normal maps, in degrees.
+    """
+    a = np.asarray(pred_a.depth, dtype=np.float64)
+    b = np.asarray(pred_b.depth, dtype=np.float64)
+    if a.shape != b.shape or pred_a.normals.shape != pred_b.normals.shape:
+        raise ValueError(f"prediction shapes differ: {a.shape} vs {b.shape}")
+    scale, shift = fit_scale_shift(b, a, np.ones(a.shape, dtype=bool))
+    ea = np.exp(a)
+    abs_rel = float(np.mean(np.abs(np.exp(b * scale + shift) - ea) / ea))
+    norm_a, norm_diff = float(np.linalg.norm(a)), float(np.linalg.norm(b - a))
+    rel_l2 = norm_diff / norm_a if norm_a > 0 else (0.0 if norm_diff == 0 else math.inf)
+    return {
+        "depth_abs_rel": abs_rel,
+        "depth_rel_l2": rel_l2,
+        "normals_mean_deg": float(np.mean(angular_error(pred_a.normals, pred_b.normals))),
+    }
+
+
+def compare_engines(
+    engine_a: Engine,
+    engine_b: Engine,
+    images: str | Path | Iterable[str | Path],
+    progress: bool = True,
+) -> dict:
+    """Run both engines on ``images`` (a folder, searched recursively, or a list of files) and
+    report :func:`compare_predictions` per image, its mean (``overall``) and its maximum (``worst``)."""
+    root = Path(images) if isinstance(images, str | Path) else None
+    paths = find_images(root) if root is not None else [Path(p) for p in images]
+    if not paths:
+        raise FileNotFoundError(f"{root}: no .jpg/.jpeg/.png images found" if root else "no images given")
+    per_image = []
+    for path in tqdm(paths, desc=f"compare {engine_a.name} vs {engine_b.name}", unit="img", disable=not progress):
+        image = read_image(path)
+        m = compare_predictions(engine_a.predict(image), engine_b.predict(image))
+        name = path.relative_to(root).as_posix() if root is not None else str(path)
+        per_image.append({"name": name, **m})
+    values = {k: [m[k] for m in per_image] for k in COMPARE_METRICS}
+    return {
+        "engine_a": engine_a.name,
+        "engine_b": engine_b.name,
+        "images": str(root) if root is not None else None,
+        "num_images": len(per_image),
+        "overall": {k: float(np.mean(v)) for k, v in values.items()},
+        "worst": {k: float(np.max(v)) for k, v in values.items()},
+        "per_image": per_image,
+    }
+
+
+def format_table(metrics: dict[str, float], keys: Iterable[str] | None = None, digits: int = 4) -> str:
+    """Two aligned rows: metric names and values."""
+    keys = list(keys or metrics)
+    cells = [f"{metrics[k]:.{digits}f}" for k in keys]
+    widths = [max(len(k), len(c)) for k, c in zip(keys, cells, strict=True)]
+    head = "  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))
+    row = "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+    return f"{head}\n{row}"
+
+
+def metrics_table(report: dict) -> str:
+    """The table ``evaluate`` prints for a report of :func:`evaluate_engine`."""
+    if report["task"] == "depth":
+        return format_table(report["metrics"], DEPTH_METRICS, 4)
+    return format_table(report["metrics"], NORMAL_METRICS, 3)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def check_writable(path: str | Path, overwrite: bool = False) -> None:
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
+
+
+def write_json(path: str | Path, report: dict, overwrite: bool = False) -> Path:
+    """Write ``report`` as JSON atomically (non-finite numbers as null); refuse to replace a file."""
+    check_writable(path, overwrite)
+    text = json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
