@@ -146,9 +146,7 @@ def validate(config: ModelConfig) -> None:
     if d.vec_in_dim != POOLED_DIM:
         problems.append(f"dit.vec_in_dim must be {POOLED_DIM} (the connector's pooled projection), got {d.vec_in_dim}")
     if c.hidden_size != d.context_in_dim:
-        problems.append(
-            f"connector.hidden_size ({c.hidden_size}) must equal dit.context_in_dim ({d.context_in_dim})"
-        )
+        problems.append(f"connector.hidden_size ({c.hidden_size}) must equal dit.context_in_dim ({d.context_in_dim})")
     if d.hidden_size % d.num_heads:
         problems.append(f"dit.hidden_size {d.hidden_size} is not divisible by dit.num_heads {d.num_heads}")
     elif sum(d.axes_dim) != d.head_dim:
@@ -176,8 +174,12 @@ def validate(config: ModelConfig) -> None:
         problems.append(f"vae channels {list(v.block_out_channels)} must be multiples of 32 (GroupNorm(32))")
     if v.in_channels != 3 or v.out_ch != 3:
         problems.append("vae.in_channels and vae.out_ch must be 3 (RGB)")
-    for name, value in (("dit.depth", d.depth), ("dit.depth_single_blocks", d.depth_single_blocks),
-                        ("connector.depth", c.depth), ("vae.num_res_blocks", v.num_res_blocks)):
+    for name, value in (
+        ("dit.depth", d.depth),
+        ("dit.depth_single_blocks", d.depth_single_blocks),
+        ("connector.depth", c.depth),
+        ("vae.num_res_blocks", v.num_res_blocks),
+    ):
         if value < 1:
             problems.append(f"{name} must be >= 1, got {value}")
     if problems:

@@ -38,6 +38,10 @@ class LoraPair:
     def scale(self) -> float:
         return self.alpha / self.rank
 
+    def delta(self, multiplier: float = 1.0) -> torch.Tensor:
+        """``multiplier * (alpha / rank) * up @ down`` in FP32: what merging adds to the weight."""
+        return (multiplier * self.scale) * (self.up.float() @ self.down.float())
+
 
 def read_kohya_lora(path: str | Path, config: ModelConfig) -> dict[str, LoraPair]:
     """All LoRA pairs of a kohya file, checked against the official shapes of ``config``."""

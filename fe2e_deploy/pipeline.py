@@ -39,8 +39,10 @@ def fe2e_processing_size(width: int, height: int) -> tuple[int, int]:
     if width <= 6048 and height <= 4032:
         return 864, 576
     # Larger images are kept; the official code then fails unless both sides are multiples of 16.
-    return (max(RESOLUTION_MULTIPLE, width // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE),
-            max(RESOLUTION_MULTIPLE, height // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE))
+    return (
+        max(RESOLUTION_MULTIPLE, width // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE),
+        max(RESOLUTION_MULTIPLE, height // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE),
+    )
 
 
 def parse_resolution(text: str) -> tuple[int, int]:

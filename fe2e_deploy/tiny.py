@@ -55,8 +55,9 @@ def random_kohya_lora(config: ModelConfig, gen: torch.Generator, rank: int = LOR
     return out
 
 
-def write_tiny_model(out_dir: str | Path, seed: int = 0, config: ModelConfig | None = None,
-                     overwrite: bool = False) -> dict[str, Path]:
+def write_tiny_model(
+    out_dir: str | Path, seed: int = 0, config: ModelConfig | None = None, overwrite: bool = False
+) -> dict[str, Path]:
     """Write the five files of a random model; returns their paths by role."""
     config = config or PRESETS["tiny"]
     out_dir = Path(out_dir)

@@ -31,7 +31,10 @@ def tiny_config(tiny_dir):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_dir, tiny_config) -> FE2EPipeline:
     return FE2EPipeline.from_files(
-        tiny_config, tiny_dir / "dit.safetensors", tiny_dir / "vae.safetensors", tiny_dir / "empty_prompt.npz",
+        tiny_config,
+        tiny_dir / "dit.safetensors",
+        tiny_dir / "vae.safetensors",
+        tiny_dir / "empty_prompt.npz",
         tiny_dir / "lora.safetensors",
     )
 

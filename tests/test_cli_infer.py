@@ -11,8 +11,13 @@ from typer.testing import CliRunner
 from fe2e_deploy.cli import app
 
 runner = CliRunner()
-OUT_FILES = ("depth_npy/{}_depth.npy", "depth_png16/{}_depth.png", "depth_colored/{}_depth_colored.png",
-             "normals_npy/{}_normals.npy", "normals_png/{}_normals.png")
+OUT_FILES = (
+    "depth_npy/{}_depth.npy",
+    "depth_png16/{}_depth.png",
+    "depth_colored/{}_depth_colored.png",
+    "normals_npy/{}_normals.npy",
+    "normals_png/{}_normals.png",
+)
 
 
 @pytest.fixture()
@@ -27,9 +32,18 @@ def images(tmp_path):
 
 
 def model_args(tiny_dir):
-    return ["--model-config", str(tiny_dir / "model_config.json"), "--dit", str(tiny_dir / "dit.safetensors"),
-            "--vae", str(tiny_dir / "vae.safetensors"), "--prompt-embedding", str(tiny_dir / "empty_prompt.npz"),
-            "--lora", str(tiny_dir / "lora.safetensors")]
+    return [
+        "--model-config",
+        str(tiny_dir / "model_config.json"),
+        "--dit",
+        str(tiny_dir / "dit.safetensors"),
+        "--vae",
+        str(tiny_dir / "vae.safetensors"),
+        "--prompt-embedding",
+        str(tiny_dir / "empty_prompt.npz"),
+        "--lora",
+        str(tiny_dir / "lora.safetensors"),
+    ]
 
 
 def test_init_tiny_writes_the_official_files(tmp_path):
@@ -80,10 +94,12 @@ def test_infer_engine_folder_matches_explicit_files(tmp_path, tiny_dir):
     folder = tmp_path / "in"
     folder.mkdir()
     scene_image(64, 48).save(folder / "x.png")
-    runner.invoke(app, ["infer", str(folder), "-o", str(tmp_path / "a"), "--processing-res", "64x48",
-                        *model_args(tiny_dir)])
-    result = runner.invoke(app, ["infer", str(folder), "-o", str(tmp_path / "b"), "--processing-res", "64x48",
-                                 "--engine", str(tiny_dir)])
+    runner.invoke(
+        app, ["infer", str(folder), "-o", str(tmp_path / "a"), "--processing-res", "64x48", *model_args(tiny_dir)]
+    )
+    result = runner.invoke(
+        app, ["infer", str(folder), "-o", str(tmp_path / "b"), "--processing-res", "64x48", "--engine", str(tiny_dir)]
+    )
     assert result.exit_code == 0, result.output
     a, b = (np.load(tmp_path / d / "depth_npy/x_depth.npy") for d in "ab")
     assert np.array_equal(a, b)
@@ -124,6 +140,18 @@ def test_infer_corrupt_checkpoint_is_a_clear_error(images, tmp_path, tiny_dir):
 def test_help_explains_every_option():
     result = runner.invoke(app, ["infer", "--help"])
     assert result.exit_code == 0
-    for option in ("--output-dir", "--engine", "--model-config", "--dit", "--vae", "--prompt-embedding", "--lora",
-                   "--dtype", "--device", "--processing-res", "--cfg-batch", "--overwrite"):
+    for option in (
+        "--output-dir",
+        "--engine",
+        "--model-config",
+        "--dit",
+        "--vae",
+        "--prompt-embedding",
+        "--lora",
+        "--dtype",
+        "--device",
+        "--processing-res",
+        "--cfg-batch",
+        "--overwrite",
+    ):
         assert option in result.output

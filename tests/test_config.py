@@ -22,8 +22,17 @@ def test_json_round_trip_uses_official_names(tmp_path):
     assert set(data) == {"dit", "connector", "vae"}
     official = {"in_channels", "vec_in_dim", "context_in_dim", "depth_single_blocks", "axes_dim", "qkv_bias"}
     assert official <= set(data["dit"])
-    assert set(data["vae"]) == {"resolution", "in_channels", "ch", "out_ch", "ch_mult", "num_res_blocks",
-                                "z_channels", "scale_factor", "shift_factor"}
+    assert set(data["vae"]) == {
+        "resolution",
+        "in_channels",
+        "ch",
+        "out_ch",
+        "ch_mult",
+        "num_res_blocks",
+        "z_channels",
+        "scale_factor",
+        "shift_factor",
+    }
     assert load_model_config(path) == PRESETS["tiny"]
     assert load_model_config("step1x-edit") == PRESETS["step1x-edit"]
 

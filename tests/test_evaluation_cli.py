@@ -55,8 +55,19 @@ def dataset(tmp_path):
 
 
 def evaluate_args(tiny_dir, root, task, *extra):
-    return ["evaluate", "--engine", str(tiny_dir), "--dataset", str(root), "--task", task,
-            "--processing-res", "64x48", "--no-progress", *extra]
+    return [
+        "evaluate",
+        "--engine",
+        str(tiny_dir),
+        "--dataset",
+        str(root),
+        "--task",
+        task,
+        "--processing-res",
+        "64x48",
+        "--no-progress",
+        *extra,
+    ]
 
 
 # -- datasets ---------------------------------------------------------------------------------------
@@ -157,8 +168,9 @@ def test_evaluate_writes_a_json_report(tiny_dir, dataset, tmp_path, task, keys):
 
     again = runner.invoke(app, evaluate_args(tiny_dir, dataset, task, "--json", str(out)))
     assert again.exit_code == 2 and "--overwrite" in again.output
-    again = runner.invoke(app, evaluate_args(tiny_dir, dataset, task, "--json", str(out), "--overwrite",
-                                             "--max-images", "1"))
+    again = runner.invoke(
+        app, evaluate_args(tiny_dir, dataset, task, "--json", str(out), "--overwrite", "--max-images", "1")
+    )
     assert again.exit_code == 0, again.output
     assert json.loads(out.read_text())["num_images"] == 1
 
@@ -208,8 +220,19 @@ def test_evaluate_user_errors_exit_2(tiny_dir, dataset, change, expected):
 
 def test_compare_an_engine_with_itself(tiny_dir, dataset, tmp_path):
     out = tmp_path / "cmp.json"
-    args = ["compare", str(dataset / "rgb"), "--engine", str(tiny_dir), "--engine", str(tiny_dir),
-            "--processing-res", "64x48", "--no-progress", "--json", str(out)]
+    args = [
+        "compare",
+        str(dataset / "rgb"),
+        "--engine",
+        str(tiny_dir),
+        "--engine",
+        str(tiny_dir),
+        "--processing-res",
+        "64x48",
+        "--no-progress",
+        "--json",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "depth_abs_rel" in result.output and "worst" in result.output
@@ -222,6 +245,8 @@ def test_compare_an_engine_with_itself(tiny_dir, dataset, tmp_path):
 def test_compare_needs_two_engines(tiny_dir, dataset):
     result = runner.invoke(app, ["compare", str(dataset / "rgb"), "--engine", str(tiny_dir), "--no-progress"])
     assert result.exit_code == 2 and "twice" in result.output
-    result = runner.invoke(app, ["compare", str(dataset / "nothing"), "--engine", str(tiny_dir),
-                                 "--engine", str(tiny_dir), "--no-progress"])
+    result = runner.invoke(
+        app,
+        ["compare", str(dataset / "nothing"), "--engine", str(tiny_dir), "--engine", str(tiny_dir), "--no-progress"],
+    )
     assert result.exit_code == 2 and "nothing" in result.output

@@ -22,8 +22,12 @@ def test_tiny_files_load_completely(tiny_dir, tiny_config):
 
 def test_tiny_weights_are_not_degenerate(tiny_dir):
     state = load_file(tiny_dir / "dit.safetensors")
-    for name in ("double_blocks.0.img_mod.lin.weight", "single_blocks.1.modulation.lin.weight",
-                 "final_layer.linear.weight", "final_layer.adaLN_modulation.1.weight"):
+    for name in (
+        "double_blocks.0.img_mod.lin.weight",
+        "single_blocks.1.modulation.lin.weight",
+        "final_layer.linear.weight",
+        "final_layer.adaLN_modulation.1.weight",
+    ):
         assert state[name].abs().mean() > 1e-3, name
 
 
@@ -49,11 +53,15 @@ def _rewrite(src, dst, edit):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda s: s.pop("double_blocks.1.txt_attn.qkv.bias"),
-         r"missing tensor\(s\): double_blocks.1.txt_attn.qkv.bias"),
+        (
+            lambda s: s.pop("double_blocks.1.txt_attn.qkv.bias"),
+            r"missing tensor\(s\): double_blocks.1.txt_attn.qkv.bias",
+        ),
         (lambda s: s.update({"guidance_in.in_layer.weight": torch.zeros(2, 2)}), "unexpected tensor.*guidance_in"),
-        (lambda s: s.update({"img_in.weight": torch.zeros(64, 63)}),
-         r"img_in.weight has shape \[64, 63\], expected \[64, 64\]"),
+        (
+            lambda s: s.update({"img_in.weight": torch.zeros(64, 63)}),
+            r"img_in.weight has shape \[64, 63\], expected \[64, 64\]",
+        ),
         (lambda s: s.update({"img_in.bias": torch.zeros(64, dtype=torch.int32)}), "img_in.bias has dtype torch.int32"),
     ],
 )
@@ -112,13 +120,23 @@ def test_kohya_lora_reading_and_errors(tiny_dir, tiny_config, tmp_path):
     assert pair.rank == 4 and pair.alpha == 2.0 and pair.up.shape == (192, 4)
 
     bad = tmp_path / "bad.safetensors"
-    _rewrite(tiny_dir / "lora.safetensors", bad,
-             lambda s: s.update({"lora_unet_double_blocks_7_img_attn_qkv.lora_down.weight": torch.zeros(4, 64),
-                                 "lora_unet_double_blocks_7_img_attn_qkv.lora_up.weight": torch.zeros(192, 4)}))
+    _rewrite(
+        tiny_dir / "lora.safetensors",
+        bad,
+        lambda s: s.update(
+            {
+                "lora_unet_double_blocks_7_img_attn_qkv.lora_down.weight": torch.zeros(4, 64),
+                "lora_unet_double_blocks_7_img_attn_qkv.lora_up.weight": torch.zeros(192, 4),
+            }
+        ),
+    )
     with pytest.raises(CheckpointError, match="lora_unet_double_blocks_7_img_attn_qkv.*matches no Linear"):
         read_kohya_lora(bad, tiny_config)
-    _rewrite(tiny_dir / "lora.safetensors", bad,
-             lambda s: s.update({"lora_unet_single_blocks_0_linear2.lora_up.weight": torch.zeros(64, 3)}))
+    _rewrite(
+        tiny_dir / "lora.safetensors",
+        bad,
+        lambda s: s.update({"lora_unet_single_blocks_0_linear2.lora_up.weight": torch.zeros(64, 3)}),
+    )
     with pytest.raises(CheckpointError, match="single_blocks_0_linear2.*not a rank-r pair"):
         read_kohya_lora(bad, tiny_config)
     with pytest.raises(CheckpointError, match="not a kohya LoRA tensor"):

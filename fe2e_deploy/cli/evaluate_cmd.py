@@ -32,11 +32,12 @@ def evaluate(
     dataset: Path = typer.Option(..., help="Dataset folder, laid out as in docs/evaluation.md."),
     task: str = typer.Option(..., help="What to score: depth or normals."),
     alignment: str = typer.Option(
-        "log", help="Depth alignment to the GT: log (FE2E), depth or disparity (Marigold), none (metric)."),
+        "log", help="Depth alignment to the GT: log (FE2E), depth or disparity (Marigold), none (metric)."
+    ),
     dataset_kind: str = typer.Option(
-        "generic", help=f"Depth range, PNG depth scale and crops of: {', '.join(DATASET_KINDS)}."),
-    depth_scale: float = typer.Option(
-        None, help="Divisor of 16-bit depth PNGs to metres (default 1000; kitti 256)."),
+        "generic", help=f"Depth range, PNG depth scale and crops of: {', '.join(DATASET_KINDS)}."
+    ),
+    depth_scale: float = typer.Option(None, help="Divisor of 16-bit depth PNGs to metres (default 1000; kitti 256)."),
     processing_res: str = typer.Option(None, help=RES_HELP),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
     dtype: str = typer.Option("fp32", help="DiT precision: fp32 or bf16."),

@@ -18,10 +18,13 @@ def infer(
     images_dir: Path = typer.Argument(..., help="Folder of .jpg/.jpeg/.png images, searched recursively."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Output folder (sub-folders mirror the input)."),
     engine: Path = typer.Option(
-        None, help="Engine to run: a model folder (official files, as init-tiny writes). "
-        "Exclusive with the model file options."),
+        None,
+        help="Engine to run: a model folder (official files, as init-tiny writes). "
+        "Exclusive with the model file options.",
+    ),
     model_config: str = typer.Option(
-        None, help="Model config: a preset (step1x-edit, tiny) or a model_config.json with official names."),
+        None, help="Model config: a preset (step1x-edit, tiny) or a model_config.json with official names."
+    ),
     dit: Path = typer.Option(None, help="Official DiT checkpoint (.safetensors, connector included)."),
     vae: Path = typer.Option(None, help="Official FLUX VAE checkpoint (.safetensors)."),
     prompt_embedding: Path = typer.Option(None, help="Empty-prompt embedding (.npz with 'embeds' and 'masks')."),
@@ -29,9 +32,11 @@ def infer(
     dtype: str = typer.Option("fp32", help="DiT precision: fp32 or bf16 (the VAE always runs in FP32)."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
     processing_res: str = typer.Option(
-        None, help="Process at WIDTHxHEIGHT (multiples of 16) instead of FE2E's resize rule."),
+        None, help="Process at WIDTHxHEIGHT (multiples of 16) instead of FE2E's resize rule."
+    ),
     cfg_batch: bool = typer.Option(
-        False, "--cfg-batch", help="Run the official batch of 2 (cond + uncond, both empty prompts) instead of 1."),
+        False, "--cfg-batch", help="Run the official batch of 2 (cond + uncond, both empty prompts) instead of 1."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs instead of skipping them."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:

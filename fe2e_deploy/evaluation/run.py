@@ -70,8 +70,9 @@ def evaluate_engine(
     skipped: list[str] = []
     pooled = PooledAngularErrors()
     start = time.perf_counter()
-    for sample in tqdm(dataset, total=len(dataset), desc=f"evaluate {task} ({engine.name})", unit="img",
-                       disable=not progress):
+    for sample in tqdm(
+        dataset, total=len(dataset), desc=f"evaluate {task} ({engine.name})", unit="img", disable=not progress
+    ):
         n_valid = int(sample.valid.sum())
         if n_valid == 0:
             skipped.append(sample.name)

@@ -69,14 +69,15 @@ def load_into(
     model: nn.Module,
     layout: CheckpointLayout,
     path: str | Path,
-    dtype: torch.dtype,
+    dtype: torch.dtype | None,
     device: torch.device | str = "cpu",
     what: str = "checkpoint",
     progress: bool = True,
 ) -> nn.Module:
     """Fill ``model`` (built on meta) from the official file at ``path``, one tensor at a time.
 
-    Peak memory is the model in ``dtype`` plus one source tensor: safetensors memory-maps the file.
+    Peak memory is the model in ``dtype`` (None: as stored) plus one source tensor: safetensors
+    memory-maps the file.
     """
     expected = layout.official_shapes()
     with open_safetensors(path) as handle:

@@ -24,8 +24,17 @@ def _double_block(i: int) -> list[TensorRule]:
     rules = []
     for stream, q, k, v, out, norm_q, norm_k, ff, mod in (
         ("img", "to_q", "to_k", "to_v", "to_out.0", "norm_q", "norm_k", "ff", "norm1"),
-        ("txt", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "norm_added_q", "norm_added_k",
-         "ff_context", "norm1_context"),
+        (
+            "txt",
+            "add_q_proj",
+            "add_k_proj",
+            "add_v_proj",
+            "to_add_out",
+            "norm_added_q",
+            "norm_added_k",
+            "ff_context",
+            "norm1_context",
+        ),
     ):
         rules += _linear(f"{o}.{stream}_mod.lin", f"{t}.{mod}.linear")
         rules += _split_linear(f"{o}.{stream}_attn.qkv", [f"{t}.attn.{q}", f"{t}.attn.{k}", f"{t}.attn.{v}"])
