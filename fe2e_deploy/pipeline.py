@@ -23,6 +23,7 @@ from .config import ModelConfig
 from .loading import PromptEmbedding, load_dit, load_prompt_embedding, load_vae
 from .lora import apply_lora_unmerged, read_kohya_lora
 from .models.dit import Step1XEditDiT
+from .models.packing import latent_ids, pack, unpack
 from .models.vae import decode, encode_mean
 
 T_CURR, T_PREV = 1.0, 0.0  # the one-step schedule
@@ -54,25 +55,6 @@ def parse_resolution(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0 or w % RESOLUTION_MULTIPLE or h % RESOLUTION_MULTIPLE:
         raise ValueError(f"resolution {text!r}: width and height must be positive multiples of {RESOLUTION_MULTIPLE}")
     return w, h
-
-
-def pack(latent: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W] -> [B, (H/2)(W/2), C*4]``, i.e. ``b c (h ph) (w pw) -> b (h w) (c ph pw)``."""
-    b, c, h, w = latent.shape
-    return latent.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`pack` for a latent of ``height x width``."""
-    b, _, d = tokens.shape
-    c = d // 4
-    return tokens.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
-
-
-def latent_ids(height: int, width: int) -> torch.Tensor:
-    """Position ids (0, row, col) of the packed tokens of a ``height x width`` latent: ``[N, 3]``."""
-    rows, cols = torch.meshgrid(torch.arange(height // 2), torch.arange(width // 2), indexing="ij")
-    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
 
 
 @dataclass
@@ -118,13 +100,7 @@ class FE2EPipeline:
         return cls(dit, vae, prompt, device, cfg_batch)
 
     def preprocess(self, image: Image.Image, processing_res: tuple[int, int] | None = None) -> torch.Tensor:
-        """RGB image -> ``[1, 3, h, w]`` in [-1, 1] at FE2E's processing size (or ``processing_res``)."""
-        image = image.convert("RGB")
-        size = processing_res or fe2e_processing_size(*image.size)
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BICUBIC)  # PIL's default, as the official code
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        return (x * 2 - 1).to(self.device)
+        return preprocess(image, processing_res).to(self.device)
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
@@ -167,9 +143,24 @@ class FE2EPipeline:
         width, height = image.size
         ref_latent = self.encode(self.preprocess(image, processing_res))
         depth_latent, normal_latent = self.predict_latents(ref_latent)
-        depth = (self.decode(depth_latent) * 0.5 + 0.5).mean(dim=1, keepdim=True)
+        depth = depth_from_decoded(self.decode(depth_latent))
         normals = self.decode(normal_latent)
         return postprocess(depth, normals, (width, height))
+
+
+def depth_from_decoded(decoded: torch.Tensor) -> torch.Tensor:
+    """Decoded depth image ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 1, h, w]`` in [0, 1] (mean over RGB)."""
+    return (decoded * 0.5 + 0.5).mean(dim=1, keepdim=True)
+
+
+def preprocess(image: Image.Image, processing_res: tuple[int, int] | None = None) -> torch.Tensor:
+    """RGB image -> ``[1, 3, h, w]`` in [-1, 1] at FE2E's processing size (or ``processing_res``)."""
+    image = image.convert("RGB")
+    size = processing_res or fe2e_processing_size(*image.size)
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BICUBIC)  # PIL's default, as the official code
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    return x * 2 - 1
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Engines: one interface (image -> depth + normals), backends chosen by what the path is.
 
-Today: a model folder (official files, as ``init-tiny`` writes them) runs the eager PyTorch
-reference. Compiled backends (.onnx, .pt2, .plan) plug in here.
+A model folder (official files, as ``init-tiny`` writes them) runs the eager PyTorch reference;
+a stripped folder (``strip``) runs the deployment graph in eager PyTorch.
 """
 
 from __future__ import annotations
@@ -53,10 +53,20 @@ class EagerEngine:
 def load_engine(
     path: str | Path, device: str = "cpu", dtype: str = "fp32", processing_res: tuple[int, int] | None = None
 ) -> Engine:
-    """Open an engine by path: a model folder -> eager PyTorch reference."""
+    """Open an engine by path.
+
+    A folder with ``stripped.json`` -> the stripped model in eager PyTorch (its own dtype; ``dtype``
+    is ignored); another folder -> the official files through the eager reference pipeline.
+    """
     path = Path(path)
     if path.is_dir():
+        if (path / "stripped.json").is_file():
+            from .stripped import StrippedEngine  # noqa: PLC0415  (imports the strip module only when used)
+
+            return StrippedEngine(path, device, processing_res)
         return EagerEngine.from_model_files(ModelFiles.from_dir(path), dtype, device, processing_res)
     if not path.exists():
         raise FileNotFoundError(f"{path}: engine not found")
-    raise ValueError(f"{path}: unsupported engine file (supported: a model folder with the official files)")
+    raise ValueError(
+        f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder)"
+    )

@@ -1,0 +1,33 @@
+"""The stripped model in eager PyTorch: the deployment graph (``models.fused.FE2EGraph``) per resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..models.fused import FE2EGraph
+from ..pipeline import Prediction, fe2e_processing_size, postprocess, preprocess
+from ..strip import load_stripped
+
+
+class StrippedEngine:
+    """image -> depth + normals through the stripped folder's weights; one graph per processing size."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu", processing_res: tuple[int, int] | None = None):
+        self.model = load_stripped(folder, device)
+        self.device, self.processing_res = torch.device(device), processing_res
+        self.name = f"stripped-{self.model.meta['dtype']}"
+        self._graphs: dict[tuple[int, int], FE2EGraph] = {}
+
+    def graph(self, width: int, height: int) -> FE2EGraph:
+        if (width, height) not in self._graphs:
+            self._graphs[width, height] = FE2EGraph(self.model.vae, self.model.dit, width, height).eval()
+        return self._graphs[width, height]
+
+    @torch.inference_mode()
+    def predict(self, image: Image.Image) -> Prediction:
+        size = self.processing_res or fe2e_processing_size(*image.size)
+        depth, normals = self.graph(*size)(preprocess(image, size).to(self.device))
+        return postprocess(depth, normals, image.size)

@@ -1,0 +1,220 @@
+"""``strip``: fold FE2E's fixed conditioning (t = 1, empty prompt) into constants.
+
+Reads the official DiT checkpoint (merged with the LoRA, or with ``lora`` applied here) one tensor
+at a time and writes a deployment folder that later stages load without the original checkpoint
+or the connector:
+
+``STRIPPED/stripped_dit.safetensors``
+    the kept official weights (``img_in``, the blocks' attention/MLP linears and qk-norm scales,
+    ``final_layer.linear``) in the deployment dtype, plus FP32 constants: ``txt`` [L, H] (text
+    tokens after ``txt_in``), ``target_token`` [H] (``img_in`` of z0 = 0, i.e. its bias),
+    ``double_blocks.{i}.img_mod`` / ``txt_mod`` [6, H], ``single_blocks.{i}.modulation`` [3, H]
+    and ``final_layer.modulation`` [2, H] (shift, scale, gate order of the official code).
+``STRIPPED/vae.safetensors``
+    the official VAE file, copied.
+``STRIPPED/stripped.json``
+    format version, model config, text length, dtype, t, sources with SHA-256, parameter counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from tqdm import tqdm
+
+from . import __version__
+from .atomic import atomic_write
+from .config import ModelConfig
+from .loading import load_vae
+from .loading.checkpoint import CheckpointError, check_names_and_shapes, load_into, open_safetensors, set_tensor
+from .loading.dit_layout import dit_layout
+from .loading.layout import CheckpointLayout, copy_rules, parameter_shapes
+from .loading.prompt import load_prompt_embedding
+from .loading.vae_layout import vae_layout
+from .loading.writer import SafetensorsWriter
+from .lora import read_kohya_lora
+from .models.connector import Qwen2Connector, sinusoidal_embedding
+from .models.stripped import StrippedDiT
+
+FORMAT = "fe2e-stripped"
+FORMAT_VERSION = 1
+WEIGHTS_FILE, VAE_FILE, META_FILE = "stripped_dit.safetensors", "vae.safetensors", "stripped.json"
+T = 1.0
+FOLDED_PREFIXES = ("connector.", "time_in.", "vector_in.", "txt_in.", "final_layer.adaLN_modulation.")
+FOLDED_INFIXES = (".img_mod.lin.", ".txt_mod.lin.", ".modulation.lin.")
+
+
+def is_folded(official_name: str) -> bool:
+    """True for the official tensors that strip evaluates into constants."""
+    return official_name.startswith(FOLDED_PREFIXES) or any(s in official_name for s in FOLDED_INFIXES)
+
+
+def sha256_file(path: str | Path, chunk: int = 16 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class StripReport:
+    out_dir: Path
+    params_before: int
+    params_after: int
+    folded_params: int
+
+
+def stripped_shapes(config: ModelConfig, txt_len: int) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = StrippedDiT(config, txt_len)
+    return {k: tuple(v) for k, v in parameter_shapes(model).items()}
+
+
+def parameter_counts(config: ModelConfig, txt_len: int) -> tuple[int, int]:
+    """(official DiT parameters incl. connector, stripped DiT weights) for a config; built on meta.
+
+    Constants (text tokens, modulation vectors) are not counted as parameters.
+    """
+    official = dit_layout(config).official_shapes()
+    shapes = stripped_shapes(config, txt_len)
+    before = sum(torch.Size(s).numel() for s in official.values())
+    after = sum(torch.Size(shapes[n]).numel() for n in official if not is_folded(n))
+    return before, after
+
+
+def strip_model(
+    dit_path: str | Path,
+    prompt_path: str | Path,
+    vae_path: str | Path,
+    out_dir: str | Path,
+    config: ModelConfig,
+    lora_path: str | Path | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> StripReport:
+    """Write the stripped deployment folder; memory stays at about one tensor plus the connector."""
+    out_dir = Path(out_dir)
+    targets = [out_dir / n for n in (WEIGHTS_FILE, VAE_FILE, META_FILE)]
+    if any(p.exists() for p in targets) and not overwrite:
+        raise FileExistsError(f"{out_dir}: already holds a stripped model (pass --overwrite to replace it)")
+    prompt = load_prompt_embedding(prompt_path, config.connector.in_channels)
+    lora = read_kohya_lora(lora_path, config) if lora_path else {}
+    official = dit_layout(config).official_shapes()
+    with open_safetensors(vae_path) as vae_handle:  # validate the VAE before the long part
+        check_names_and_shapes(vae_path, vae_handle, vae_layout(config.vae).official_shapes(), "VAE checkpoint")
+
+    with open_safetensors(dit_path) as handle:
+        check_names_and_shapes(dit_path, handle, official, "DiT checkpoint")
+
+        def get(name: str) -> torch.Tensor:
+            """An official tensor in FP32, with the LoRA delta added when one targets it."""
+            tensor = handle.get_tensor(name).float()
+            pair = lora.get(name.removesuffix(".weight")) if name.endswith(".weight") else None
+            return tensor + pair.delta() if pair else tensor
+
+        constants = fold_constants(config, prompt, get)
+        shapes = stripped_shapes(config, prompt.length)
+        kept = [n for n in official if not is_folded(n)]
+        missing = set(shapes) - set(kept) - set(constants)
+        if missing:  # cannot happen for a consistent layout
+            raise AssertionError(f"stripped model has no source for {sorted(missing)[:5]}")
+        specs = {n: (dtype if n in kept else torch.float32, shapes[n]) for n in sorted(shapes)}
+        metadata = {"format": "pt", "fe2e_deploy_format": FORMAT}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with SafetensorsWriter(out_dir / WEIGHTS_FILE, specs, metadata) as writer:
+            for name in tqdm(specs, desc="strip", disable=not progress, leave=False):
+                value = constants[name] if name in constants else get(name)
+                writer.write(name, value.to(specs[name][0]).reshape(specs[name][1]))
+    atomic_write(out_dir / VAE_FILE, lambda p: shutil.copyfile(vae_path, p))
+
+    before, after = parameter_counts(config, prompt.length)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fe2e_deploy": __version__,
+        "model_config": config.to_dict(),
+        "txt_len": prompt.length,
+        "dtype": str(dtype).removeprefix("torch."),
+        "t": T,
+        "sources": {
+            "dit": {"path": str(dit_path), "sha256": sha256_file(dit_path)},
+            "prompt_embedding": {"path": str(prompt_path), "sha256": sha256_file(prompt_path)},
+            "vae": {"path": str(vae_path), "sha256": sha256_file(vae_path)},
+            "lora": {"path": str(lora_path), "sha256": sha256_file(lora_path)} if lora_path else None,
+        },
+        "parameters": {"official_dit": before, "stripped_dit": after, "folded": before - after},
+    }
+    atomic_write(out_dir / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    return StripReport(out_dir, before, after, before - after)
+
+
+@torch.no_grad()
+def fold_constants(config: ModelConfig, prompt, get) -> dict[str, torch.Tensor]:
+    """Evaluate the connector, embedders and every modulation at t = 1 under the empty prompt (FP32)."""
+    with torch.device("meta"):
+        connector = Qwen2Connector(config.connector)
+    for name in parameter_shapes(connector):
+        set_tensor(connector, name, get("connector." + name))
+    t = torch.tensor([T])
+    txt_raw, pooled = connector(prompt.embeds[None], t, prompt.mask[None])
+    del connector
+
+    def lin(prefix: str, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, get(prefix + ".weight"), get(prefix + ".bias"))
+
+    vec = lin("time_in.out_layer", F.silu(lin("time_in.in_layer", sinusoidal_embedding(t * 1000))))
+    vec = vec + lin("vector_in.out_layer", F.silu(lin("vector_in.in_layer", pooled)))
+    silu_vec = F.silu(vec)[0]
+    hidden = config.dit.hidden_size
+    out = {"txt": lin("txt_in", txt_raw)[0], "target_token": get("img_in.bias")}
+    for i in range(config.dit.depth):
+        for stream in ("img", "txt"):
+            name = f"double_blocks.{i}.{stream}_mod"
+            out[name] = lin(f"{name}.lin", silu_vec).view(6, hidden)
+    for i in range(config.dit.depth_single_blocks):
+        out[f"single_blocks.{i}.modulation"] = lin(f"single_blocks.{i}.modulation.lin", silu_vec).view(3, hidden)
+    out["final_layer.modulation"] = lin("final_layer.adaLN_modulation.1", silu_vec).view(2, hidden)
+    return out
+
+
+@dataclass
+class StrippedModel:
+    dit: StrippedDiT
+    vae: AutoencoderKL
+    meta: dict
+    config: ModelConfig
+    folder: Path
+
+
+def load_stripped(folder: str | Path, device: str | torch.device = "cpu", progress: bool = False) -> StrippedModel:
+    """Load a stripped folder (strictly: names, shapes, format version); the VAE in FP32."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder}: not a stripped model folder (no {META_FILE}; run `fe2e-deploy strip`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
+            f"{FORMAT!r} v{FORMAT_VERSION}"
+        )
+    config = ModelConfig.from_dict(meta["model_config"], source=str(meta_path))
+    with torch.device("meta"):
+        dit = StrippedDiT(config, int(meta["txt_len"]))
+    names = list(parameter_shapes(dit))
+    layout = CheckpointLayout(copy_rules(names), parameter_shapes(dit))
+    load_into(dit, layout, folder / WEIGHTS_FILE, None, device, "stripped model", progress)
+    vae = load_vae(config, folder / VAE_FILE, torch.float32, device, progress)
+    return StrippedModel(dit, vae, meta, config, folder)
