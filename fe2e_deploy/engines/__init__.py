@@ -55,10 +55,15 @@ def load_engine(
 ) -> Engine:
     """Open an engine by path.
 
-    A folder with ``stripped.json`` -> the stripped model in eager PyTorch (its own dtype; ``dtype``
-    is ignored); another folder -> the official files through the eager reference pipeline.
+    ``.onnx`` (a fused graph) or an export folder -> ONNX Runtime; a folder with ``stripped.json``
+    -> the stripped model in eager PyTorch (its own dtype; ``dtype`` is ignored); another folder ->
+    the official files through the eager reference pipeline.
     """
     path = Path(path)
+    if path.suffix == ".onnx" or (path / "manifest.json").is_file():
+        from .onnx import OnnxEngine  # noqa: PLC0415  (onnxruntime is imported only when used)
+
+        return OnnxEngine(path, device, processing_res)
     if path.is_dir():
         if (path / "stripped.json").is_file():
             from .stripped import StrippedEngine  # noqa: PLC0415  (imports the strip module only when used)
@@ -68,5 +73,6 @@ def load_engine(
     if not path.exists():
         raise FileNotFoundError(f"{path}: engine not found")
     raise ValueError(
-        f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder)"
+        f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder, "
+        "an export folder or its fe2e_WxH.onnx)"
     )

@@ -173,6 +173,12 @@ class StrippedDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.img_in.weight.dtype
 
+    def cast_weights(self, dtype: torch.dtype) -> StrippedDiT:
+        """Cast the weights (parameters) to ``dtype``; the folded constants (buffers) stay FP32."""
+        for param in self.parameters():
+            param.data = param.data.to(dtype)
+        return self
+
     def rope(self, latent_height: int, latent_width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for [text, target, reference] at a latent size (text ids 0, image ids (0, row, col))."""
         rows, cols = torch.meshgrid(torch.arange(latent_height // 2), torch.arange(latent_width // 2), indexing="ij")

@@ -1,0 +1,68 @@
+"""``fe2e-deploy export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+
+from ..onnx_check import check_export
+from ..onnx_export import FE2E_RESOLUTIONS, GRAPHS, export_onnx, resolution_name
+from ..pipeline import parse_resolution
+from .app import app, fail, user_errors
+
+EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DEFAULT_RESOLUTIONS = ", ".join(resolution_name(w, h) for w, h in FE2E_RESOLUTIONS)
+
+
+@app.command("export")
+def export(
+    stripped: Path = typer.Argument(..., help="Stripped model folder (from `fe2e-deploy strip`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export folder: graphs, shared weights.bin, manifest.json."),
+    resolution: list[str] = typer.Option(
+        None, help=f"WIDTHxHEIGHT to export at, repeatable (default: FE2E's {DEFAULT_RESOLUTIONS})."
+    ),
+    graph: list[str] = typer.Option(None, help=f"Graphs to export, repeatable (default: all of {', '.join(GRAPHS)})."),
+    dtype: str = typer.Option(None, help="DiT weight dtype: bf16 or fp32 (default: as stripped). The VAE stays FP32."),
+    batch: int = typer.Option(1, help="Static batch size of the graphs."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch axis dynamic (1-64)."),
+    check: bool = typer.Option(
+        False, "--check", help="Run every graph in ONNX Runtime on random inputs and compare with PyTorch."
+    ),
+    device: str = typer.Option("cpu", help="ONNX Runtime device for --check: cpu or cuda."),
+    tolerance: float = typer.Option(None, help="--check relative L2 tolerance (default: 1e-4 fp32, 3e-2 bf16)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an export already in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Export the stripped model to ONNX: VAE encoder, DiT step, VAE decoder and the fused image -> depth, normals.
+
+    Static shapes per resolution (opset 18, dynamo exporter); weights as external data shared by
+    all graphs. With --check, exits 1 if any graph is off by more than the tolerance.
+    """
+    with user_errors():
+        if dtype is not None and dtype not in EXPORT_DTYPES:
+            raise ValueError(f"dtype {dtype!r} not supported; choose one of {', '.join(EXPORT_DTYPES)}")
+        resolutions = tuple(parse_resolution(r) for r in resolution) if resolution else FE2E_RESOLUTIONS
+        report = export_onnx(
+            stripped,
+            out,
+            resolutions,
+            tuple(graph) if graph else tuple(GRAPHS),
+            batch,
+            dynamic_batch,
+            EXPORT_DTYPES.get(dtype),
+            overwrite,
+            progress,
+        )
+        typer.echo(
+            f"exported {len(report.files)} graph(s) to {out} in {report.seconds:.1f} s "
+            f"(shared weights {report.weights_bytes / 2**20:.1f} MiB)"
+        )
+        if check:
+            results = check_export(out, stripped, device, tolerance)
+            for result in results:
+                typer.echo(result.row())
+            failed = [r for r in results if not r.ok]
+            if failed:
+                raise fail(f"{len(failed)} output(s) above tolerance", code=1)

@@ -1,0 +1,290 @@
+"""``export``: the stripped model's deployment graphs to ONNX, one graph file per graph and resolution.
+
+Layout of an export folder (``manifest.json`` describes it; later stages read only this folder):
+
+```
+EXPORT/manifest.json               format, source stripped model, dtype, opset, graphs and their I/O
+EXPORT/weights.bin                 external data shared by every graph (each distinct tensor once)
+EXPORT/vae_encoder_1024x768.onnx   image [B,3,H,W] in [-1,1]  -> latent [B,16,H/8,W/8]
+EXPORT/dit_1024x768.onnx           ref_latent                 -> depth_latent, normal_latent
+EXPORT/vae_decoder_1024x768.onnx   latent                     -> decoded [B,3,H,W] in [-1,1]
+EXPORT/fe2e_1024x768.onnx          image                      -> depth [B,1,H,W], normals [B,3,H,W]
+```
+
+Graphs are exported with ``torch.onnx.export(dynamo=True)`` at opset 18, static shapes per
+resolution (RoPE tables are constants of the resolution); ``dynamic_batch`` makes the batch axis
+symbolic. Precision follows the stripped model: with BF16 weights the graph has BF16 matmuls and
+attention between explicit Casts, FP32 residual stream, norms, modulation and RoPE, and an FP32
+VAE: what a TensorRT strongly typed build needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .atomic import atomic_write
+from .models.fused import LATENT_DOWNSAMPLE, DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
+from .strip import StrippedModel, load_stripped
+
+FORMAT, FORMAT_VERSION = "fe2e-onnx-export", 1
+OPSET = 18
+MANIFEST, WEIGHTS = "manifest.json", "weights.bin"
+#: FE2E's three processing resolutions (``pipeline.fe2e_processing_size``).
+FE2E_RESOLUTIONS = ((1024, 768), (1216, 352), (864, 576))
+LATENT_CHANNELS = 16
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph: how to build it from the stripped model, its example inputs and I/O names."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    build: Callable[[StrippedModel, int, int], nn.Module]
+    example: Callable[[int, int, int], tuple[torch.Tensor, ...]]
+
+
+def _image(batch: int, width: int, height: int) -> tuple[torch.Tensor, ...]:
+    return (torch.rand(batch, 3, height, width) * 2 - 1,)
+
+
+def _latent(batch: int, width: int, height: int) -> tuple[torch.Tensor, ...]:
+    return (torch.randn(batch, LATENT_CHANNELS, height // LATENT_DOWNSAMPLE, width // LATENT_DOWNSAMPLE),)
+
+
+GRAPHS: dict[str, GraphSpec] = {
+    spec.name: spec
+    for spec in (
+        GraphSpec("vae_encoder", ("image",), ("latent",), lambda m, w, h: VAEEncoder(m.vae), _image),
+        GraphSpec(
+            "dit",
+            ("ref_latent",),
+            ("depth_latent", "normal_latent"),
+            lambda m, w, h: DiTStep(m.dit, h // LATENT_DOWNSAMPLE, w // LATENT_DOWNSAMPLE),
+            _latent,
+        ),
+        GraphSpec("vae_decoder", ("latent",), ("decoded",), lambda m, w, h: VAEDecoder(m.vae), _latent),
+        GraphSpec("fe2e", ("image",), ("depth", "normals"), lambda m, w, h: FE2EGraph(m.vae, m.dit, w, h), _image),
+    )
+}
+
+
+def resolution_name(width: int, height: int) -> str:
+    return f"{width}x{height}"
+
+
+def graph_file(name: str, width: int, height: int) -> str:
+    return f"{name}_{resolution_name(width, height)}.onnx"
+
+
+@dataclass
+class ExportReport:
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)  # "fe2e_1024x768" -> path
+    seconds: float = 0.0
+    weights_bytes: int = 0
+
+
+def export_module(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: str | Path,
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    dynamic_batch: bool = False,
+) -> Path:
+    """Export one module with the dynamo exporter, weights as external data next to ``path``."""
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=64)
+        dynamic_shapes = tuple({0: batch} for _ in example)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module.eval(),
+            example,
+            dynamo=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=OPSET,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=True)
+    return Path(path)
+
+
+def share_external_data(graph_paths: list[Path], weights_path: Path) -> int:
+    """Move every graph's external tensors into one file next to them, each distinct tensor stored once.
+
+    ONNX keeps external tensors per graph; the four graphs x three resolutions of the real model
+    would hold the 17 GB DiT six times. ONNX references external data by (location, offset,
+    length), so graphs can share one file: we hash each tensor's bytes and point duplicates at the
+    first copy. One tensor is in memory at a time. Returns the size of ``weights_path``.
+    """
+    offsets: dict[str, tuple[int, int]] = {}
+    with open(weights_path, "wb") as out:
+        for path in graph_paths:
+            model = onnx.load(str(path), load_external_data=False)
+            sources = set()
+            for tensor in _all_tensors(model):
+                if not uses_external_data(tensor):
+                    continue
+                info = ExternalDataInfo(tensor)
+                source = path.parent / info.location
+                sources.add(source)
+                with open(source, "rb") as fh:
+                    fh.seek(info.offset or 0)
+                    data = fh.read(info.length) if info.length else fh.read()
+                key = hashlib.sha256(data).hexdigest() + str(tensor.data_type) + str(list(tensor.dims))
+                if key not in offsets:
+                    pad = (-out.tell()) % 64  # keep tensors aligned for memory mapping
+                    out.write(b"\0" * pad)
+                    offsets[key] = (out.tell(), len(data))
+                    out.write(data)
+                offset, length = offsets[key]
+                _point_to(tensor, weights_path.name, offset, length)
+            onnx.save(model, str(path))
+            for source in sources:
+                source.unlink()
+        return out.tell()
+
+
+def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    # onnx's set_external_data needs the bytes loaded (raw_data); we only rewrite the reference.
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def export_onnx(
+    stripped: str | Path,
+    out_dir: str | Path,
+    resolutions: tuple[tuple[int, int], ...] = FE2E_RESOLUTIONS,
+    graphs: tuple[str, ...] = tuple(GRAPHS),
+    batch: int = 1,
+    dynamic_batch: bool = False,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExportReport:
+    """Export ``graphs`` at each resolution into ``out_dir`` (written in a temp folder, then moved in).
+
+    ``dtype`` casts the DiT weights (default: as stripped); the VAE and the constants stay FP32.
+    """
+    out_dir = Path(out_dir)
+    unknown = [g for g in graphs if g not in GRAPHS]
+    if unknown:
+        raise ValueError(f"unknown graph(s) {unknown}; choose from {', '.join(GRAPHS)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    for w, h in resolutions:
+        if w <= 0 or h <= 0 or w % 16 or h % 16:
+            raise ValueError(f"resolution {w}x{h}: both sides must be positive multiples of 16")
+    if (out_dir / MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir}: already holds an export (pass --overwrite to replace it)")
+    model = load_stripped(stripped, progress=progress)
+    if dtype is not None:
+        model.dit.cast_weights(dtype)
+    start = time.perf_counter()
+    report = ExportReport(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
+        tmp_dir = Path(tmp)
+        jobs = [(r, g) for r in resolutions for g in graphs]
+        for (w, h), name in tqdm(jobs, desc="export", unit="graph", disable=not progress):
+            spec = GRAPHS[name]
+            # torch.export specialises a size-1 dimension, so a dynamic batch is traced at 2.
+            example = spec.example(max(batch, 2) if dynamic_batch else batch, w, h)
+            module = spec.build(model, w, h)
+            path = tmp_dir / graph_file(name, w, h)
+            path = export_module(module, example, path, spec.inputs, spec.outputs, dynamic_batch)
+            key = path.stem
+            entries[key] = _graph_entry(path.relative_to(tmp_dir), spec, module, example, dynamic_batch)
+        graph_paths = [tmp_dir / e["file"] for e in entries.values()]
+        report.weights_bytes = share_external_data(graph_paths, tmp_dir / WEIGHTS)
+        for path in graph_paths:  # onnx.checker follows the external data references
+            onnx.checker.check_model(str(path))
+        _install(tmp_dir, out_dir, [WEIGHTS, *(e["file"] for e in entries.values())])
+    report.seconds = time.perf_counter() - start
+    report.files = {k: out_dir / e["file"] for k, e in entries.items()}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fe2e_deploy": __version__,
+        "torch": torch.__version__,
+        "opset": OPSET,
+        "dtype": str(model.dit.dtype).removeprefix("torch."),
+        "batch": "dynamic" if dynamic_batch else batch,
+        "resolutions": [resolution_name(w, h) for w, h in resolutions],
+        "stripped": {"path": str(stripped), "meta": model.meta["sources"], "txt_len": model.meta["txt_len"]},
+        "model_config": model.meta["model_config"],
+        "weights": {"file": WEIGHTS, "bytes": report.weights_bytes},
+        "graphs": entries,
+        "export_seconds": round(report.seconds, 2),
+    }
+    atomic_write(out_dir / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+    return report
+
+
+def _graph_entry(rel: Path, spec: GraphSpec, module: nn.Module, example, dynamic_batch: bool) -> dict:
+    with torch.no_grad():
+        outputs = module(*example)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+
+    def describe(t: torch.Tensor) -> dict:
+        shape = ["batch", *t.shape[1:]] if dynamic_batch else list(t.shape)
+        return {"shape": shape, "dtype": str(t.dtype).removeprefix("torch.")}
+
+    return {
+        "file": str(rel),
+        "inputs": {n: describe(t) for n, t in zip(spec.inputs, example, strict=True)},
+        "outputs": {n: describe(t) for n, t in zip(spec.outputs, outputs, strict=True)},
+    }
+
+
+def _install(tmp_dir: Path, out_dir: Path, files: list[str]) -> None:
+    """Move the finished files from the temp folder into ``out_dir`` (each move is a rename)."""
+    for rel in files:
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp_dir / rel), str(target))
+
+
+def load_manifest(export_dir: str | Path) -> dict:
+    path = Path(export_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{export_dir}: not an export folder (no {MANIFEST}; run `fe2e-deploy export`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r} v{FORMAT_VERSION}")
+    return manifest

@@ -1,0 +1,143 @@
+"""export: every graph exports, passes onnx.checker, runs in ONNX Runtime and matches PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import scene_image
+from typer.testing import CliRunner
+
+from fe2e_deploy.cli import app
+from fe2e_deploy.engines import load_engine
+from fe2e_deploy.engines.onnx import OnnxEngine
+from fe2e_deploy.onnx_check import check_export
+from fe2e_deploy.onnx_export import GRAPHS, export_onnx
+from fe2e_deploy.ort_session import has_bf16, make_session
+from fe2e_deploy.strip import load_stripped, strip_model
+
+runner = CliRunner()
+
+
+def strip_tiny(tiny_dir, tiny_config, out, dtype):
+    strip_model(
+        tiny_dir / "dit.safetensors",
+        tiny_dir / "empty_prompt.npz",
+        tiny_dir / "vae.safetensors",
+        out,
+        tiny_config,
+        tiny_dir / "lora.safetensors",
+        dtype=dtype,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def stripped32(tiny_dir, tiny_config, tmp_path_factory):
+    return strip_tiny(tiny_dir, tiny_config, tmp_path_factory.mktemp("exp") / "stripped32", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def export32(stripped32, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "onnx32"
+    export_onnx(stripped32, out, resolutions=((64, 48),), progress=False)
+    return out
+
+
+def test_every_graph_is_valid_and_matches_pytorch(export32):
+    manifest = json.loads((export32 / "manifest.json").read_text())
+    assert set(manifest["graphs"]) == {f"{g}_64x48" for g in GRAPHS}
+    assert manifest["graphs"]["fe2e_64x48"]["inputs"] == {"image": {"shape": [1, 3, 48, 64], "dtype": "float32"}}
+    assert manifest["graphs"]["dit_64x48"]["outputs"]["normal_latent"]["shape"] == [1, 16, 6, 8]
+    for entry in manifest["graphs"].values():
+        onnx.checker.check_model(str(export32 / entry["file"]))
+    results = check_export(export32)
+    assert len(results) == 6  # latent, depth/normal latents, decoded, depth, normals
+    for r in results:
+        print(r.row())
+        assert r.ok and r.rel_l2 < 1e-4 and not r.emulated, r.row()
+
+
+def test_weights_are_stored_once_for_all_graphs(export32, stripped32):
+    """dit and fe2e both hold the DiT, both VAE graphs the VAE; weights.bin holds each tensor once."""
+    stored = (stripped32 / "stripped_dit.safetensors").stat().st_size + (stripped32 / "vae.safetensors").stat().st_size
+    assert (export32 / "weights.bin").stat().st_size < 1.1 * stored
+    assert not list(export32.glob("*.data")) and not list(export32.glob(".export-*"))
+
+
+def test_fused_graph_maps_equal_the_reference_pipeline(export32, tiny_pipeline):
+    """ONNX Runtime FP32 vs the reference pipeline: depth 2e-4, normals 2e-3 (as the stripped engine)."""
+    engine = load_engine(export32 / "fe2e_64x48.onnx")
+    assert isinstance(engine, OnnxEngine)
+    image = scene_image(80, 60, seed=2)  # other size: resized to 64x48 and back
+    got, want = engine.predict(image), tiny_pipeline(image, (64, 48))
+    assert got.depth.shape == (60, 80)
+    np.testing.assert_allclose(got.depth, want.depth, atol=2e-4, rtol=0)
+    np.testing.assert_allclose(got.normals, want.normals, atol=2e-3, rtol=0)
+
+
+def test_bf16_export_keeps_bf16_matmuls_and_checks_in_emulation(stripped32, tmp_path):
+    out = tmp_path / "onnx16"
+    export_onnx(stripped32, out, resolutions=((32, 32),), graphs=("dit",), dtype=torch.bfloat16, progress=False)
+    model = onnx.load(str(out / "dit_32x32.onnx"), load_external_data=False)
+    assert has_bf16(model)
+    assert any(t.data_type == onnx.TensorProto.BFLOAT16 for t in model.graph.initializer)
+    results = check_export(out)
+    for r in results:
+        print(r.row())
+        assert r.ok and r.emulated and 1e-6 < r.rel_l2 < 3e-2, r.row()  # BF16 rounding is visible, and small
+
+
+def test_dynamic_batch_graph_runs_at_two_batch_sizes(stripped32, tmp_path):
+    out = tmp_path / "dyn"
+    export_onnx(stripped32, out, resolutions=((32, 32),), graphs=("dit",), dynamic_batch=True, progress=False)
+    session, _ = make_session(out / "dit_32x32.onnx")
+    model = load_stripped(stripped32)
+    from fe2e_deploy.models.fused import DiTStep
+
+    step = DiTStep(model.dit, 4, 4)
+    for batch in (1, 3):
+        x = torch.randn(batch, 16, 4, 4)
+        depth, normals = session.run(None, {"ref_latent": x.numpy()})
+        with torch.no_grad():
+            want = step(x)
+        np.testing.assert_allclose(depth, want[0].numpy(), atol=1e-4)
+        np.testing.assert_allclose(normals, want[1].numpy(), atol=1e-4)
+
+
+def test_export_refuses_overwrite_and_bad_options(stripped32, export32, tmp_path):
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_onnx(stripped32, export32, resolutions=((64, 48),), progress=False)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        export_onnx(stripped32, tmp_path / "x", resolutions=((60, 48),), progress=False)
+    with pytest.raises(ValueError, match="unknown graph"):
+        export_onnx(stripped32, tmp_path / "x", graphs=("unet",), progress=False)
+    with pytest.raises(ValueError, match="not exported"):
+        OnnxEngine(export32, processing_res=(1024, 768))
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        OnnxEngine(tmp_path / "lonely.onnx")
+
+
+def test_export_cli_check_and_infer(stripped32, tmp_path):
+    out = tmp_path / "cli"
+    args = ["export", str(stripped32), "-o", str(out), "--resolution", "32x32", "--graph", "fe2e", "--no-progress"]
+    result = runner.invoke(app, [*args, "--check"])
+    assert result.exit_code == 0, result.output
+    assert "fe2e_32x32" in result.output and "rel_l2" in result.output and "FAIL" not in result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    bad = runner.invoke(app, [*args[:-1], "--overwrite", "--dtype", "fp16"])
+    assert bad.exit_code == 2 and "fp16" in bad.output
+    images = tmp_path / "images"
+    images.mkdir()
+    scene_image(40, 30).save(images / "a.png")
+    result = runner.invoke(app, ["infer", str(images), "-o", str(tmp_path / "pred"), "--engine", str(out)])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "pred" / "normals_npy" / "a_normals.npy").shape == (30, 40, 3)
+    help_text = runner.invoke(app, ["export", "--help"]).output
+    for option in ("--out", "--resolution", "--graph", "--dtype", "--batch", "--dynamic-batch", "--check", "--device"):
+        assert option in help_text
