@@ -55,11 +55,15 @@ def load_engine(
 ) -> Engine:
     """Open an engine by path.
 
-    ``.onnx`` (a fused graph) or an export folder -> ONNX Runtime; a folder with ``stripped.json``
-    -> the stripped model in eager PyTorch (its own dtype; ``dtype`` is ignored); another folder ->
-    the official files through the eager reference pipeline.
+    ``.plan`` -> TensorRT (CUDA); ``.onnx`` (a fused graph) or an export folder -> ONNX Runtime;
+    a folder with ``stripped.json`` -> the stripped model in eager PyTorch (its own dtype; ``dtype``
+    is ignored); another folder -> the official files through the eager reference pipeline.
     """
     path = Path(path)
+    if path.suffix == ".plan":
+        from .tensorrt import TensorRTEngine  # noqa: PLC0415  (optional TensorRT extra)
+
+        return TensorRTEngine(path, device if device != "cpu" else "cuda", processing_res)
     if path.suffix == ".onnx" or (path / "manifest.json").is_file():
         from .onnx import OnnxEngine  # noqa: PLC0415  (onnxruntime is imported only when used)
 
@@ -74,5 +78,5 @@ def load_engine(
         raise FileNotFoundError(f"{path}: engine not found")
     raise ValueError(
         f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder, "
-        "an export folder or its fe2e_WxH.onnx)"
+        "an export folder or its fe2e_WxH.onnx, a TensorRT .plan)"
     )

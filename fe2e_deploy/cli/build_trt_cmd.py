@@ -1,0 +1,52 @@
+"""``fe2e-deploy build-trt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..trt_build import PRECISIONS, TensorRTUnavailable, build_trt_engine
+from .app import app, fail, user_errors
+
+
+@app.command("build-trt")
+def build_trt(
+    onnx_graph: Path = typer.Argument(..., help="A fused graph of an export folder, e.g. export/fe2e_1024x768.onnx."),
+    out: Path = typer.Option(..., "--out", "-o", help="Plan file to write, e.g. engines/fe2e.plan (+ .json sidecar)."),
+    precision: str = typer.Option(
+        "bf16", help=f"{' or '.join(PRECISIONS)}; must match the graph (strongly typed: export --dtype bf16 / fp8)."
+    ),
+    opt_level: int = typer.Option(3, help="TensorRT builder optimization level, 0-5 (higher: slower build)."),
+    timing_cache: Path = typer.Option(None, help="Timing cache file: read if present, written after the build."),
+    weight_streaming: bool = typer.Option(
+        False, "--weight-streaming", help="Build a weight-streaming engine (weights may exceed GPU memory)."
+    ),
+    max_batch: int = typer.Option(4, help="Largest batch of the optimization profile (dynamic-batch exports only)."),
+    workspace_gib: float = typer.Option(None, help="Builder workspace limit in GiB (default: TensorRT's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing plan."),
+) -> None:
+    """Build a TensorRT (>= 10) strongly typed engine from an exported fused graph.
+
+    Needs the optional extra (pip install 'fe2e-deploy[tensorrt]') and an NVIDIA GPU; without
+    TensorRT the command says so and exits 3. The plan is tied to this GPU and TensorRT version.
+    """
+    with user_errors():
+        try:
+            sidecar = build_trt_engine(
+                onnx_graph,
+                out,
+                precision,
+                opt_level,
+                timing_cache,
+                weight_streaming,
+                max_batch,
+                workspace_gib,
+                overwrite,
+            )
+        except TensorRTUnavailable as exc:
+            raise fail(str(exc), code=3) from None
+    typer.echo(
+        f"TensorRT {sidecar['tensorrt']} {precision} engine for {sidecar['resolution']} written to {out} "
+        f"in {sidecar['build_seconds']} s on {sidecar['gpu']['name']}"
+    )

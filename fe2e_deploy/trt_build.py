@@ -1,0 +1,190 @@
+"""``build-trt``: a TensorRT (>= 10) strongly typed engine from an exported fused graph.
+
+Strongly typed: TensorRT takes every tensor's precision from the graph, so ``--precision bf16``
+needs a BF16 export (``export --dtype bf16``) and ``--precision fp8`` a graph with FP8 Q/DQ nodes
+(``export --precision fp8``); both are checked before TensorRT is imported. Next to the plan goes
+a JSON sidecar (GPU, compute capability, TensorRT version, resolution, batch, source graph) that
+the runtime checks before running the plan.
+
+TensorRT is an optional extra (``pip install fe2e-deploy[tensorrt]``) and needs an NVIDIA GPU;
+this module imports it only inside :func:`build_trt_engine`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from . import __version__
+from .atomic import atomic_write
+from .onnx_export import load_manifest
+
+PRECISIONS = ("bf16", "fp8")
+SIDECAR_FORMAT = "fe2e-tensorrt-plan"
+INSTALL_HINT = "TensorRT is not installed: pip install 'fe2e-deploy[tensorrt]' (needs an NVIDIA GPU and driver)"
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT (the optional extra) cannot be imported."""
+
+
+def import_tensorrt():
+    try:
+        import tensorrt  # noqa: PLC0415  (optional extra)
+    except ImportError as exc:
+        raise TensorRTUnavailable(f"{INSTALL_HINT} ({exc})") from None
+    return tensorrt
+
+
+def sidecar_path(plan: str | Path) -> Path:
+    return Path(f"{plan}.json")
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What the builder needs to know about an exported fused graph, read without its weights."""
+
+    path: Path
+    dtype: str
+    has_fp8_qdq: bool
+    inputs: dict[str, list]
+    batch: int | str
+    resolution: str
+
+
+def inspect_graph(onnx_path: str | Path) -> GraphFacts:
+    """Read the export manifest entry and the graph's nodes (no weights loaded)."""
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX graph not found")
+    manifest = load_manifest(path.parent)
+    entry = next((e for k, e in manifest["graphs"].items() if e["file"] == path.name), None)
+    if entry is None:
+        raise ValueError(f"{path}: not listed in {path.parent / 'manifest.json'}")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fp8 = onnx.TensorProto.FLOAT8E4M3FN
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    fp8_typed = any(t.data_type == fp8 for t in graph.initializer) or any(
+        a.name == "output_dtype" and a.i == fp8 for n in qdq for a in n.attribute
+    )
+    has_fp8 = bool(qdq) and fp8_typed
+    resolution = path.stem.rsplit("_", 1)[1]
+    inputs = {name: desc["shape"] for name, desc in entry["inputs"].items()}
+    return GraphFacts(path, manifest["dtype"], has_fp8, inputs, manifest["batch"], resolution)
+
+
+def check_precision(facts: GraphFacts, precision: str) -> None:
+    """A strongly typed build gets its precision from the graph: refuse a graph of another precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} not supported; choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and (facts.dtype != "bfloat16" or facts.has_fp8_qdq):
+        raise ValueError(
+            f"{facts.path}: --precision bf16 needs a BF16 graph without FP8 Q/DQ "
+            f"(this one: {facts.dtype}{', FP8 Q/DQ' if facts.has_fp8_qdq else ''}); export with --dtype bf16"
+        )
+    if precision == "fp8" and not facts.has_fp8_qdq:
+        raise ValueError(f"{facts.path}: --precision fp8 needs a graph with FP8 Q/DQ nodes (export --precision fp8)")
+
+
+def build_trt_engine(
+    onnx_path: str | Path,
+    out: str | Path,
+    precision: str = "bf16",
+    opt_level: int = 3,
+    timing_cache: str | Path | None = None,
+    weight_streaming: bool = False,
+    max_batch: int = 4,
+    workspace_gib: float | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Build and write the plan and its sidecar; returns the sidecar."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
+    facts = inspect_graph(onnx_path)
+    check_precision(facts, precision)
+    if not 0 <= opt_level <= 5:
+        raise ValueError(f"builder optimization level must be 0-5, got {opt_level}")
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # always on (and deprecated) in TRT 11
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(facts.path)):  # follows the external weights.bin
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ValueError(f"{facts.path}: TensorRT cannot parse the graph: {errors}")
+    config = builder.create_builder_config()
+    config.builder_optimization_level = opt_level
+    if workspace_gib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    if weight_streaming:
+        config.set_flag(trt.BuilderFlag.WEIGHT_STREAMING)
+    if facts.batch == "dynamic":  # one profile over the batch axis at the exported resolution
+        profile = builder.create_optimization_profile()
+        for name, shape in facts.inputs.items():
+            dims = list(shape[1:])
+            profile.set_shape(name, [1, *dims], [1, *dims], [max_batch, *dims])
+        config.add_optimization_profile(profile)
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    start = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"{facts.path}: TensorRT build failed (see the log above)")
+    seconds = time.perf_counter() - start
+    atomic_write(out, lambda p: p.write_bytes(bytes(plan)))
+    if timing_cache:
+        atomic_write(Path(timing_cache), lambda p: p.write_bytes(bytes(config.get_timing_cache().serialize())))
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "fe2e_deploy": __version__,
+        "tensorrt": trt.__version__,
+        "gpu": _gpu_identity(),
+        "precision": precision,
+        "resolution": facts.resolution,
+        "batch": {"min": 1, "max": max_batch} if facts.batch == "dynamic" else facts.batch,
+        "source": {"onnx": str(facts.path), "dtype": facts.dtype},
+        "weight_streaming": weight_streaming,
+        "builder_optimization_level": opt_level,
+        "build_seconds": round(seconds, 1),
+    }
+    atomic_write(sidecar_path(out), lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
+    return sidecar
+
+
+def _gpu_identity() -> dict:
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available():
+        return {"name": None, "compute_capability": None}
+    major, minor = torch.cuda.get_device_capability()
+    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+
+
+def check_sidecar(plan: str | Path, gpu: dict | None = None) -> dict:
+    """Read a plan's sidecar and refuse a plan built for another GPU (TensorRT plans are not portable)."""
+    path = sidecar_path(plan)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing sidecar (rebuild with `fe2e-deploy build-trt`)")
+    try:
+        sidecar = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if sidecar.get("format") != SIDECAR_FORMAT:
+        raise ValueError(f"{path}: format {sidecar.get('format')!r} is not {SIDECAR_FORMAT!r}")
+    gpu = gpu if gpu is not None else _gpu_identity()
+    built = sidecar.get("gpu", {})
+    if built.get("compute_capability") != gpu.get("compute_capability") or built.get("name") != gpu.get("name"):
+        raise ValueError(
+            f"{plan}: built for {built.get('name')} (sm {built.get('compute_capability')}), this machine has "
+            f"{gpu.get('name')} (sm {gpu.get('compute_capability')}); rebuild the engine here"
+        )
+    return sidecar
