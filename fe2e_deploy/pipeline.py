@@ -25,6 +25,7 @@ from .lora import apply_lora_unmerged, read_kohya_lora
 from .models.dit import Step1XEditDiT
 from .models.packing import latent_ids, pack, unpack
 from .models.vae import decode, encode_mean
+from .timing import NO_TIMER
 
 T_CURR, T_PREV = 1.0, 0.0  # the one-step schedule
 CFG_SCALE = 6.0  # the official default; a no-op here because cond and uncond prompts are both empty
@@ -77,6 +78,7 @@ class FE2EPipeline:
         self.dit, self.vae, self.prompt = dit, vae, prompt
         self.device = torch.device(device)
         self.cfg_batch = cfg_batch
+        self.timer = NO_TIMER  # benchmark swaps in a StageTimer
 
     @classmethod
     def from_files(
@@ -141,11 +143,17 @@ class FE2EPipeline:
     @torch.inference_mode()
     def __call__(self, image: Image.Image, processing_res: tuple[int, int] | None = None) -> Prediction:
         width, height = image.size
-        ref_latent = self.encode(self.preprocess(image, processing_res))
-        depth_latent, normal_latent = self.predict_latents(ref_latent)
-        depth = depth_from_decoded(self.decode(depth_latent))
-        normals = self.decode(normal_latent)
-        return postprocess(depth, normals, (width, height))
+        with self.timer("preprocess"):
+            x = self.preprocess(image, processing_res)
+        with self.timer("vae_encode"):
+            ref_latent = self.encode(x)
+        with self.timer("dit"):
+            depth_latent, normal_latent = self.predict_latents(ref_latent)
+        with self.timer("vae_decode"):
+            depth = depth_from_decoded(self.decode(depth_latent))
+            normals = self.decode(normal_latent)
+        with self.timer("postprocess"):
+            return postprocess(depth, normals, (width, height))
 
 
 def depth_from_decoded(decoded: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,6 @@ from __future__ import annotations
 from .app import app
 
 # Each module registers its commands on ``app``.
-from . import build_trt_cmd, evaluate_cmd, export_cmd, infer_cmd, init_tiny_cmd, strip_cmd  # noqa: E402,F401  isort: skip
+from . import benchmark_cmd, build_trt_cmd, evaluate_cmd, export_cmd, infer_cmd, init_tiny_cmd, strip_cmd  # noqa: E402,F401  isort: skip
 
 __all__ = ["app"]

@@ -14,12 +14,14 @@ from PIL import Image
 
 from ..model_files import ModelFiles
 from ..pipeline import FE2EPipeline, Prediction
+from ..timing import NoTimer, StageTimer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Engine(Protocol):
     name: str
+    timer: NoTimer | StageTimer  # stage markers (preprocess, vae_encode, dit, vae_decode / model, postprocess)
 
     def predict(self, image: Image.Image) -> Prediction: ...
 
@@ -45,6 +47,14 @@ class EagerEngine:
             files.config, files.dit, files.vae, files.prompt, files.lora, DTYPES[dtype], device, cfg_batch
         )
         return cls(pipe, processing_res, name=f"eager-{dtype}")
+
+    @property
+    def timer(self) -> NoTimer | StageTimer:
+        return self.pipeline.timer
+
+    @timer.setter
+    def timer(self, value: NoTimer | StageTimer) -> None:
+        self.pipeline.timer = value
 
     def predict(self, image: Image.Image) -> Prediction:
         return self.pipeline(image, self.processing_res)

@@ -11,6 +11,7 @@ from PIL import Image
 from ..onnx_export import MANIFEST, load_manifest
 from ..ort_session import make_session
 from ..pipeline import Prediction, fe2e_processing_size, postprocess, preprocess
+from ..timing import NO_TIMER
 
 
 class OnnxEngine:
@@ -39,8 +40,13 @@ class OnnxEngine:
         if processing_res is not None and processing_res not in self.files:
             raise ValueError(f"processing resolution {processing_res} not exported; available: {self.resolutions()}")
         self._sessions: dict[tuple[int, int], object] = {}
-        self.emulated = False
-        self.name = f"onnxruntime-{manifest['dtype']}-{device}"
+        self.emulated = False  # set once a BF16 graph had to be emulated in FP32 (ORT CPU)
+        self.timer = NO_TIMER
+        self.dtype = manifest["dtype"]
+
+    @property
+    def name(self) -> str:
+        return f"onnxruntime-{self.dtype}{'-emulated' if self.emulated else ''}-{self.device}"
 
     def resolutions(self) -> str:
         return ", ".join(f"{w}x{h}" for w, h in self.files)
@@ -61,9 +67,13 @@ class OnnxEngine:
 
     def predict(self, image: Image.Image) -> Prediction:
         size = self.size_for(image)
-        x = preprocess(image, size).numpy()
-        depth, normals = self.session(size).run(["depth", "normals"], {"image": x})
-        return postprocess(torch.from_numpy(np.asarray(depth)), torch.from_numpy(np.asarray(normals)), image.size)
+        session = self.session(size)
+        with self.timer("preprocess"):
+            x = preprocess(image, size).numpy()
+        with self.timer("model"):
+            depth, normals = session.run(["depth", "normals"], {"image": x})
+        with self.timer("postprocess"):
+            return postprocess(torch.from_numpy(np.asarray(depth)), torch.from_numpy(np.asarray(normals)), image.size)
 
 
 def _size(key: str) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from PIL import Image
 from ..models.fused import FE2EGraph
 from ..pipeline import Prediction, fe2e_processing_size, postprocess, preprocess
 from ..strip import load_stripped
+from ..timing import NO_TIMER
 
 
 class StrippedEngine:
@@ -20,6 +21,7 @@ class StrippedEngine:
         self.device, self.processing_res = torch.device(device), processing_res
         self.name = f"stripped-{self.model.meta['dtype']}"
         self._graphs: dict[tuple[int, int], FE2EGraph] = {}
+        self.timer = NO_TIMER
 
     def graph(self, width: int, height: int) -> FE2EGraph:
         if (width, height) not in self._graphs:
@@ -29,5 +31,14 @@ class StrippedEngine:
     @torch.inference_mode()
     def predict(self, image: Image.Image) -> Prediction:
         size = self.processing_res or fe2e_processing_size(*image.size)
-        depth, normals = self.graph(*size)(preprocess(image, size).to(self.device))
-        return postprocess(depth, normals, image.size)
+        graph = self.graph(*size)
+        with self.timer("preprocess"):
+            x = preprocess(image, size).to(self.device)
+        with self.timer("vae_encode"):
+            ref_latent = graph.encoder(x)
+        with self.timer("dit"):
+            latents = graph.step(ref_latent)
+        with self.timer("vae_decode"):
+            depth, normals = graph.decode(*latents)
+        with self.timer("postprocess"):
+            return postprocess(depth, normals, image.size)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..pipeline import Prediction, parse_resolution, postprocess, preprocess
+from ..timing import NO_TIMER
 from ..trt_build import check_sidecar, import_tensorrt
 
 TRT_TO_TORCH = {"FLOAT": torch.float32, "BF16": torch.bfloat16, "HALF": torch.float16}
@@ -50,6 +51,7 @@ class TensorRTEngine:
         self.stream = torch.cuda.Stream(self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.name = f"tensorrt-{self.sidecar['precision']}"
+        self.timer = NO_TIMER
 
     def _run(self) -> None:
         if self.graph is None:  # first call: run once eagerly, then capture the launch in a CUDA graph
@@ -62,11 +64,14 @@ class TensorRTEngine:
     @torch.inference_mode()
     def predict(self, image: Image.Image) -> Prediction:
         size = self.processing_res_for(image)
-        self.buffers["image"].copy_(preprocess(image, size).to(self.device, non_blocking=True))
-        torch.cuda.current_stream().synchronize()
-        self._run()
-        self.stream.synchronize()
-        return postprocess(self.buffers["depth"].float(), self.buffers["normals"].float(), image.size)
+        with self.timer("preprocess"):
+            self.buffers["image"].copy_(preprocess(image, size).to(self.device, non_blocking=True))
+            torch.cuda.current_stream().synchronize()
+        with self.timer("model"):
+            self._run()
+            self.stream.synchronize()
+        with self.timer("postprocess"):
+            return postprocess(self.buffers["depth"].float(), self.buffers["normals"].float(), image.size)
 
     def processing_res_for(self, image: Image.Image) -> tuple[int, int]:
         """The plan's one resolution: every image is resized there (bicubic) and its maps back."""

@@ -73,8 +73,11 @@ class FE2EGraph(nn.Module):
         self.step = DiTStep(dit, height // LATENT_DOWNSAMPLE, width // LATENT_DOWNSAMPLE)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        depth_latent, normal_latent = self.step(self.encoder(image))
-        b = image.shape[0]
+        return self.decode(*self.step(self.encoder(image)))
+
+    def decode(self, depth_latent: torch.Tensor, normal_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both latents through the decoder in one batch -> (depth in [0, 1], decoded normals)."""
+        b = depth_latent.shape[0]
         decoded = self.decoder(torch.cat([depth_latent, normal_latent]))
         depth = (decoded[:b] * 0.5 + 0.5).mean(dim=1, keepdim=True)
         return depth, decoded[b:]

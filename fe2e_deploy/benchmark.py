@@ -1,0 +1,239 @@
+"""``benchmark``: per-stage and end-to-end latency of engines, measured side by side with the reference.
+
+Every engine is loaded alone (the previous one freed), warmed up, then run ``runs`` times on the
+same image; stages are timed by the engine's own markers (CUDA events on a GPU, wall clock on
+CPU), end to end by the wall clock around ``predict`` (which returns host arrays, so it includes
+every synchronisation). The reference is the official path: BF16 eager DiT, FP32 VAE, CFG batch
+2, unstripped. Speedups are ratios of medians measured in the same run, plus the ratio to the
+paper's 1.78 s. Accuracy: each engine's maps against the FP32 eager reference on the same image.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from .atomic import atomic_write
+from .engines import EagerEngine, Engine, load_engine
+from .model_files import ModelFiles
+from .pipeline import Prediction
+from .timing import NO_TIMER, StageTimer
+
+PAPER_SECONDS = 1.78  # FE2E's reported inference time per image
+STAGE_ORDER = ("preprocess", "vae_encode", "dit", "vae_decode", "model", "postprocess")
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "min": float(a.min()), "n": len(a)}
+
+
+@dataclass
+class EngineResult:
+    name: str
+    source: str
+    stages: dict[str, dict[str, float]]
+    end_to_end: dict[str, float]
+    peak_memory_bytes: int | None
+    memory_kind: str
+    accuracy: dict[str, float] | None = None
+    speedups: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "stages": self.stages,
+            "end_to_end": self.end_to_end,
+            "images_per_second": 1.0 / self.end_to_end["median"],
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "memory_kind": self.memory_kind,
+            "accuracy_vs_fp32_reference": self.accuracy,
+            "speedups": self.speedups,
+        }
+
+
+def map_errors(pred: Prediction, ref: Prediction) -> dict[str, float]:
+    """Relative L2 error of the depth and normal maps, and the mean normal angle difference (degrees)."""
+    cos = np.clip(np.sum(pred.normals * ref.normals, axis=-1), -1.0, 1.0)
+    return {
+        "depth_rel_l2": float(np.linalg.norm(pred.depth - ref.depth) / max(np.linalg.norm(ref.depth), 1e-12)),
+        "normals_rel_l2": float(np.linalg.norm(pred.normals - ref.normals) / max(np.linalg.norm(ref.normals), 1e-12)),
+        "normals_mean_angle_deg": float(np.degrees(np.arccos(cos)).mean()),
+    }
+
+
+def time_engine(
+    engine: Engine, image: Image.Image, runs: int, warmup: int, cuda: bool
+) -> tuple[dict, dict, Prediction]:
+    """Warm up, then ``runs`` timed predictions; returns (stage summaries, end-to-end summary, last prediction)."""
+    timer = StageTimer(cuda=cuda)
+    engine.timer = timer
+    prediction = None
+    for _ in range(warmup):
+        prediction = engine.predict(image)
+    timer.recording = True
+    totals = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        prediction = engine.predict(image)
+        if cuda:
+            torch.cuda.synchronize()
+        totals.append(time.perf_counter() - start)
+    timer.recording = False
+    engine.timer = NO_TIMER
+    recorded = timer.seconds()
+    stages = {s: summarize(recorded[s]) for s in STAGE_ORDER if s in recorded}
+    return stages, summarize(totals), prediction
+
+
+def _peak_memory(cuda: bool) -> tuple[int, str]:
+    if cuda:
+        return torch.cuda.max_memory_allocated(), "cuda max_memory_allocated (torch allocator only)"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS so far"
+
+
+def run_benchmark(
+    engines: list[str | Path],
+    image: Image.Image,
+    reference: ModelFiles | None = None,
+    processing_res: tuple[int, int] | None = None,
+    runs: int = 10,
+    warmup: int = 2,
+    device: str = "cpu",
+    engine_dtype: str = "bf16",
+    accuracy: bool = True,
+    log=print,
+) -> dict:
+    """Benchmark ``engines`` (paths as ``infer --engine`` takes) and, with ``reference``, the official path."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
+    cuda = device.startswith("cuda")
+    fp32_maps = None
+    if reference is not None and accuracy:
+        log("reference FP32 maps for accuracy ...")
+        ref32 = EagerEngine.from_model_files(reference, "fp32", device, processing_res)
+        fp32_maps = ref32.predict(image)
+        del ref32
+        _free(cuda)
+    jobs: list[tuple[str, object]] = []
+    if reference is not None:
+        jobs.append(("reference (eager BF16 DiT, FP32 VAE, CFG batch 2)", reference))
+    jobs.extend((str(e), e) for e in engines)
+    results: list[EngineResult] = []
+    for label, source in jobs:
+        log(f"benchmarking {label} ...")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        if isinstance(source, ModelFiles):
+            engine = EagerEngine.from_model_files(source, "bf16", device, processing_res, cfg_batch=True)
+            engine.name = "reference-bf16-cfg2"
+        else:
+            engine = load_engine(source, device=device, dtype=engine_dtype, processing_res=processing_res)
+        stages, total, prediction = time_engine(engine, image, runs, warmup, cuda)
+        peak, kind = _peak_memory(cuda)
+        errors = map_errors(prediction, fp32_maps) if fp32_maps is not None else None
+        results.append(EngineResult(engine.name, label, stages, total, peak, kind, errors))
+        del engine
+        _free(cuda)
+    ref_median = results[0].end_to_end["median"] if reference is not None else None
+    for r in results:
+        r.speedups["vs_paper_1.78s"] = PAPER_SECONDS / r.end_to_end["median"]
+        if ref_median is not None:
+            r.speedups["vs_reference"] = ref_median / r.end_to_end["median"]
+    return {
+        "fe2e_deploy": __version__,
+        "machine": machine_info(device),
+        "settings": {
+            "image_size": list(image.size),
+            "processing_res": list(processing_res) if processing_res else None,
+            "runs": runs,
+            "warmup": warmup,
+            "device": device,
+            "timing": "CUDA events per stage, wall clock end to end" if cuda else "wall clock",
+        },
+        "results": [r.to_dict() for r in results],
+    }
+
+
+def _free(cuda: bool) -> None:
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def machine_info(device: str) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
+    info["cpu"] = platform.processor() or platform.machine()
+    info["cpu_threads"] = torch.get_num_threads()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def format_table(report: dict) -> str:
+    """A fixed-width table: stage medians (ms), end to end median / p90 / min, images/s, speedups, accuracy."""
+    stages = [s for s in STAGE_ORDER if any(s in r["stages"] for r in report["results"])]
+    head = ["engine", *stages, "e2e med", "p90", "min", "img/s", "x ref", "x 1.78s", "depth rel", "normal deg"]
+    rows = []
+    for r in report["results"]:
+        ms = [f"{r['stages'][s]['median'] * 1e3:.1f}" if s in r["stages"] else "-" for s in stages]
+        e2e = r["end_to_end"]
+        acc = r["accuracy_vs_fp32_reference"] or {}
+        rows.append(
+            [
+                r["name"],
+                *ms,
+                f"{e2e['median'] * 1e3:.1f}",
+                f"{e2e['p90'] * 1e3:.1f}",
+                f"{e2e['min'] * 1e3:.1f}",
+                f"{r['images_per_second']:.2f}",
+                f"{r['speedups'].get('vs_reference', float('nan')):.2f}",
+                f"{r['speedups']['vs_paper_1.78s']:.2f}",
+                f"{acc['depth_rel_l2']:.2e}" if acc else "-",
+                f"{acc['normals_mean_angle_deg']:.3f}" if acc else "-",
+            ]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(str(x).rjust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], "(times in ms)"])
+
+
+def write_plot(report: dict, path: str | Path) -> None:
+    """Stacked horizontal bars of the median stage times per engine (PNG)."""
+    import matplotlib  # noqa: PLC0415  (imported only for the plot)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    results = report["results"]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(results)))
+    names = [r["name"] for r in results]
+    left = np.zeros(len(results))
+    for stage in STAGE_ORDER:
+        ms = np.array([r["stages"].get(stage, {}).get("median", 0.0) * 1e3 for r in results])
+        if ms.any():
+            ax.barh(names, ms, left=left, label=stage)
+            left += ms
+    ax.set_xlabel("median time per image (ms)")
+    ax.set_title(f"FE2E stage times on {report['machine'].get('gpu', report['machine']['cpu'])}")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    atomic_write(Path(path), lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
