@@ -89,6 +89,8 @@ def make_session(path: str | Path, device: str = "cpu") -> tuple[ort.InferenceSe
     providers = providers_for(device)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # ORT's CPU threads spin after each run and starve PyTorch's pre/post-processing threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     header = onnx.load(str(path), load_external_data=False)
     if providers[0] == "CPUExecutionProvider" and has_bf16(header):
         model = emulate_bf16(onnx.load(str(path), load_external_data=True))
