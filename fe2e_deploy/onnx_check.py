@@ -7,19 +7,22 @@ stripped model and run in PyTorch. Reported per output: max absolute error and r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .onnx_export import GRAPHS, load_manifest
 from .ort_session import make_session
 from .strip import StrippedModel, load_stripped
 
-#: Relative L2 tolerance per stripped dtype. FP32: export round-off only. BF16: ORT's run differs
-#: from PyTorch's CPU BF16 run in rounding order (measured ~0.3-0.8% on the tiny model).
-TOLERANCES = {"float32": 1e-4, "bfloat16": 3e-2}
+#: Relative L2 tolerance per dtype. FP32: summation-order round-off only (measured 1e-6 at 64x48,
+#: 2.4e-4 at 1024x768 where attention spans 6k tokens). BF16: ORT's run differs from PyTorch's CPU
+#: BF16 run in rounding order (measured 0.3-0.8% on the tiny model). A wrong graph is off by O(1).
+TOLERANCES = {"float32": 1e-3, "bfloat16": 3e-2}
 DIT_GRAPHS = ("dit", "fe2e")
 
 
@@ -82,6 +85,26 @@ def check_export(
             rel = float(np.linalg.norm(diff) / max(np.linalg.norm(b), 1e-12))
             results.append(OutputCheck(key, out_name, float(diff.max()), rel, tol, emulated))
     return results
+
+
+CHECK_FILE = "check.json"
+
+
+def write_check_report(export_dir: str | Path, results: list[OutputCheck]) -> Path:
+    """Record a check's results next to the graphs (``check.json``); ``passed`` is true only if all are ok."""
+    report = {
+        "passed": all(r.ok for r in results),
+        "outputs": [{**asdict(r), "ok": r.ok} for r in results],
+    }
+    return atomic_write(Path(export_dir) / CHECK_FILE, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+
+
+def check_passed(export_dir: str | Path) -> bool:
+    path = Path(export_dir) / CHECK_FILE
+    try:
+        return bool(json.loads(path.read_text())["passed"])
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _random_input(graph: str, shape: list[int], generator: torch.Generator) -> torch.Tensor:

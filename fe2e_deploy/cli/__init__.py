@@ -9,6 +9,15 @@ from __future__ import annotations
 from .app import app
 
 # Each module registers its commands on ``app``.
-from . import benchmark_cmd, build_trt_cmd, evaluate_cmd, export_cmd, infer_cmd, init_tiny_cmd, strip_cmd  # noqa: E402,F401  isort: skip
+from . import (  # noqa: E402,F401  isort: skip
+    benchmark_cmd,
+    build_trt_cmd,
+    evaluate_cmd,
+    export_cmd,
+    infer_cmd,
+    init_tiny_cmd,
+    quickstart_cmd,
+    strip_cmd,
+)
 
 __all__ = ["app"]

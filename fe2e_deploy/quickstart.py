@@ -1,0 +1,135 @@
+"""``quickstart``: the whole deployment chain on the embedded tiny model, one stage after another.
+
+init-tiny -> strip (LoRA merged, constants folded) -> export (ONNX, checked in ONNX Runtime)
+-> the best engine this machine can build -> infer. Each stage is the same library call its
+command makes, so the printed command lines reproduce the run step by step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import load_model_config
+from .engines import Engine, load_engine
+from .infer import InferReport, read_image, run_infer
+from .onnx_check import CHECK_FILE, check_export, check_passed, write_check_report
+from .onnx_export import MANIFEST, export_onnx, load_manifest, resolution_name
+from .outputs import find_images
+from .pipeline import fe2e_processing_size
+from .strip import META_FILE, strip_model
+from .tiny import FILES, write_tiny_model
+
+
+@dataclass
+class QuickstartReport:
+    stages: list[tuple[str, float]] = field(default_factory=list)  # (command line, seconds)
+    engine: str = ""
+    infer: InferReport | None = None
+
+
+def processing_sizes(images_dir: Path) -> tuple[tuple[int, int], ...]:
+    """FE2E's processing size of every readable image (sorted, unique): the resolutions to export."""
+    sizes = set()
+    for path in find_images(images_dir):
+        try:
+            sizes.add(fe2e_processing_size(*read_image(path).size))
+        except (OSError, ValueError):
+            continue  # infer reports unreadable images
+    if not sizes:
+        raise FileNotFoundError(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
+    return tuple(sorted(sizes))
+
+
+def best_engine(export_dir: Path, device: str, processing_res=None) -> tuple[Engine, str]:
+    """ONNX Runtime on this machine (CPU or CUDA provider); TensorRT/AOTInductor engines need a build step
+    that ``quickstart`` leaves to ``build-trt``/``build`` on a GPU."""
+    return load_engine(export_dir, device=device, processing_res=processing_res), str(export_dir)
+
+
+def run_quickstart(
+    images_dir: str | Path,
+    output_dir: str | Path,
+    work_dir: str | Path,
+    seed: int = 0,
+    processing_res: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], object] = print,
+) -> QuickstartReport:
+    """Run the chain; ``processing_res`` replaces FE2E's resize rule (one exported resolution)."""
+    images_dir, output_dir, work_dir = Path(images_dir), Path(output_dir), Path(work_dir)
+    report = QuickstartReport()
+    sizes = (processing_res,) if processing_res else processing_sizes(images_dir)
+    model, stripped, export_dir = work_dir / "model", work_dir / "stripped", work_dir / "export"
+
+    def stage(command: str, fn: Callable[[], object], done: Path | None = None) -> object:
+        """Run one stage; a stage whose output exists is reused unless ``overwrite``."""
+        log(f"$ {command}")
+        if done is not None and done.exists() and not overwrite:
+            log(f"  (reusing {done.parent}; pass --overwrite to rebuild)")
+            return None
+        start = time.perf_counter()
+        result = fn()
+        report.stages.append((command, time.perf_counter() - start))
+        return result
+
+    stage(
+        f"fe2e-deploy init-tiny {model} --seed {seed}",
+        lambda: write_tiny_model(model, seed=seed, overwrite=overwrite),
+        model / FILES["lora"],
+    )
+    files = {role: model / name for role, name in FILES.items()}
+    dtype = torch.float32  # CPU: FP32 runs natively in ONNX Runtime and is the fastest measured (BENCHMARKS.md)
+    stage(
+        f"fe2e-deploy strip -o {stripped} --model-config {files['config']} --dit {files['dit']} --vae {files['vae']} "
+        f"--prompt-embedding {files['prompt']} --lora {files['lora']} --dtype fp32",
+        lambda: strip_model(
+            files["dit"],
+            files["prompt"],
+            files["vae"],
+            stripped,
+            load_model_config(files["config"]),
+            files["lora"],
+            dtype,
+            overwrite,
+            progress,
+        ),
+        stripped / META_FILE,
+    )
+    res_args = " ".join(f"--resolution {resolution_name(w, h)}" for w, h in sizes)
+    stage(
+        f"fe2e-deploy export {stripped} -o {export_dir} {res_args} --graph fe2e --check",
+        lambda: _export_and_check(stripped, export_dir, sizes, overwrite, progress),
+        export_dir / CHECK_FILE if _has_resolutions(export_dir, sizes) and check_passed(export_dir) else None,
+    )
+    engine, engine_path = best_engine(export_dir, "cpu", processing_res)
+    report.engine = engine.name
+    report.infer = stage(
+        f"fe2e-deploy infer {images_dir} -o {output_dir} --engine {engine_path}"
+        + (f" --processing-res {resolution_name(*processing_res)}" if processing_res else ""),
+        lambda: run_infer(engine, images_dir, output_dir, overwrite=overwrite, progress=progress),
+    )
+    return report
+
+
+def _has_resolutions(export_dir: Path, sizes) -> bool:
+    if not (export_dir / MANIFEST).is_file():
+        return False
+    have = set(load_manifest(export_dir)["resolutions"])
+    if not {resolution_name(w, h) for w, h in sizes} <= have:
+        raise FileExistsError(f"{export_dir}: exported for {sorted(have)}, these images need more; pass --overwrite")
+    return True
+
+
+def _export_and_check(stripped: Path, export_dir: Path, sizes, overwrite: bool, progress: bool) -> None:
+    export_onnx(stripped, export_dir, sizes, ("fe2e",), overwrite=True, progress=progress)
+    results = check_export(export_dir, stripped)
+    write_check_report(export_dir, results)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise RuntimeError("exported graph does not match PyTorch: " + "; ".join(r.row() for r in failed))

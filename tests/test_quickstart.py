@@ -1,0 +1,53 @@
+"""quickstart: the whole chain on the tiny model, reproducing the reference pipeline's maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import scene_image
+from typer.testing import CliRunner
+
+from fe2e_deploy.cli import app
+from fe2e_deploy.config import load_model_config
+from fe2e_deploy.pipeline import FE2EPipeline
+
+runner = CliRunner()
+
+
+def test_quickstart_chain_matches_the_reference_and_reuses_stages(tmp_path):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    scene_image(64, 48, seed=1).save(images / "sub" / "a.png")
+    work, out = tmp_path / "work", tmp_path / "out"
+    args = ["quickstart", str(images), "-o", str(out), "--work-dir", str(work), "--processing-res", "64x48"]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for command in ("init-tiny", "strip", "export", "--check", "infer"):
+        assert f"{command}" in result.output
+    assert "engine: onnxruntime-float32-cpu" in result.output and "1 image(s) written" in result.output
+    assert json.loads((work / "export" / "check.json").read_text())["passed"]
+
+    model = work / "model"
+    reference = FE2EPipeline.from_files(
+        load_model_config(model / "model_config.json"),
+        model / "dit.safetensors",
+        model / "vae.safetensors",
+        model / "empty_prompt.npz",
+        model / "lora.safetensors",
+    )
+    want = reference(scene_image(64, 48, seed=1), (64, 48))
+    depth = np.load(out / "depth_npy" / "sub" / "a_depth.npy")
+    normals = np.load(out / "normals_npy" / "sub" / "a_normals.npy")
+    np.testing.assert_allclose(depth, want.depth, atol=2e-4, rtol=0)
+    np.testing.assert_allclose(normals, want.normals, atol=2e-3, rtol=0)
+
+    again = runner.invoke(app, [*args, "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("reusing") == 3 and "1 skipped" in again.output
+
+
+def test_quickstart_without_images_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["quickstart", str(tmp_path / "empty"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no readable" in result.output
