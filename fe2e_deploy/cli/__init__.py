@@ -16,6 +16,7 @@ from . import (  # noqa: E402,F401  isort: skip
     export_cmd,
     infer_cmd,
     init_tiny_cmd,
+    merge_lora_cmd,
     quickstart_cmd,
     strip_cmd,
 )

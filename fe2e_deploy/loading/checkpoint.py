@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,11 +23,43 @@ def _listing(names: set[str] | list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + more
 
 
+class ShardedCheckpoint:
+    """A sharded checkpoint (``*.safetensors.index.json`` + shards) behind the ``safe_open`` interface we use."""
+
+    def __init__(self, index: Path):
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index with a weight_map ({exc})") from exc
+        self.index, self.weight_map = index, dict(weight_map)
+        self._handles = {f: open_safetensors(index.parent / f) for f in sorted(set(self.weight_map.values()))}
+
+    def __enter__(self) -> ShardedCheckpoint:
+        for handle in self._handles.values():
+            handle.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles.values():
+            handle.__exit__(*exc)
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def get_slice(self, name: str):
+        return self._handles[self.weight_map[name]].get_slice(name)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self._handles[self.weight_map[name]].get_tensor(name)
+
+
 def open_safetensors(path: str | Path):
-    """``safe_open`` with errors that name the file."""
+    """``safe_open`` with errors that name the file; a ``.index.json`` opens the sharded checkpoint it lists."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    if path.name.endswith(".index.json"):
+        return ShardedCheckpoint(path)
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

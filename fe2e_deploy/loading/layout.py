@@ -50,6 +50,17 @@ class TensorRule:
         else:
             yield self.targets[0], tensor.reshape(tensor.shape[:2])
 
+    def join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`convert`: the target tensors (in ``targets`` order) -> the official tensor."""
+        if self.kind == "split":
+            return torch.cat(parts, dim=0)
+        if self.kind == "swap_halves":
+            scale, shift = parts[0].chunk(2, dim=0)
+            return torch.cat([shift, scale], dim=0)
+        if self.kind == "conv1x1":
+            return parts[0].reshape(*parts[0].shape, 1, 1)
+        return parts[0]
+
 
 @dataclass(frozen=True)
 class CheckpointLayout:

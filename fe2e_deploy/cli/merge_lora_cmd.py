@@ -1,0 +1,47 @@
+"""``fe2e-deploy merge-lora``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..config import load_model_config
+from ..merge import merge_lora, parse_size
+from .app import app, user_errors
+
+
+@app.command("merge-lora")
+def merge_lora_command(
+    dit: Path = typer.Option(..., help="Base DiT checkpoint in the official format (.safetensors or .index.json)."),
+    lora: Path = typer.Option(..., help="FE2E's kohya LoRA (.safetensors) or a peft adapter folder (train-lora)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged checkpoint to write (official names and dtypes)."),
+    model_config: str = typer.Option(
+        "step1x-edit", help="Model config: a preset (step1x-edit, tiny) or a model_config.json with official names."
+    ),
+    multiplier: float = typer.Option(1.0, help="LoRA strength: W + multiplier * (alpha / rank) * up @ down."),
+    max_shard_size: str = typer.Option(
+        None, help="Split the output into shards of at most this size (e.g. 5GB) with a .index.json."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be merged; write nothing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Merge a LoRA into the DiT weights, one tensor at a time (memory stays far below the checkpoint size).
+
+    Later stages (strip, infer --dit) read the merged file like the original checkpoint.
+    """
+    with user_errors():
+        config = load_model_config(model_config)
+        shard = parse_size(max_shard_size) if max_shard_size else None
+        report = merge_lora(dit, lora, out, config, multiplier, shard, dry_run, overwrite, progress)
+    for item in report.merged if dry_run else []:
+        typer.echo(
+            f"{item.weight}: {', '.join(item.sources)} rank {'/'.join(map(str, item.ranks))} "
+            f"scale {'/'.join(f'{s:g}' for s in item.scales)}"
+        )
+    if dry_run:
+        typer.echo(f"dry run: {len(report.merged)} weight(s) would be merged (x{multiplier:g}); nothing written")
+    else:
+        files = ", ".join(str(p) for p in report.files)
+        typer.echo(f"merged {len(report.merged)} weight(s) (x{multiplier:g}) into {files}")
