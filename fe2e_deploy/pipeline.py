@@ -108,33 +108,41 @@ class FE2EPipeline:
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return encode_mean(self.vae, image).float()
 
+    def velocity(self, ref_latent: torch.Tensor, copies: int = 1) -> torch.Tensor:
+        """The DiT's velocity ``[copies * B, 2N, 64]`` at t = 1 for image tokens [z0 = 0, reference].
+
+        ``copies = 2`` is the official CFG batch (cond then uncond, both with the empty prompt).
+        Not under inference mode: ``train-lora`` calls it with gradients.
+        """
+        b, _, h, w = ref_latent.shape
+        dtype = self.dit.dtype
+        ref = pack(ref_latent).to(dtype)
+        img = torch.cat([torch.zeros_like(ref), ref], dim=1).repeat(copies, 1, 1)
+        ids = latent_ids(h, w).to(self.device)
+        img_ids = torch.cat([ids, ids], dim=0)
+        txt_ids = torch.zeros(self.prompt.length, 3, device=self.device)
+        batch = copies * b
+        embeds = self.prompt.embeds.to(self.device, dtype)[None].expand(batch, -1, -1)
+        mask = self.prompt.mask.to(self.device)[None].expand(batch, -1)
+        t = torch.full((batch,), T_CURR, device=self.device, dtype=dtype)
+        return self.dit(img, img_ids, txt_ids, t, embeds, mask)
+
     @torch.inference_mode()
     def predict_latents(self, ref_latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference latent ``[B, 16, h, w]`` -> (depth latent, normal latent), same shape, float32."""
         b, _, h, w = ref_latent.shape
-        dtype = self.dit.dtype
-        ref = pack(ref_latent).to(dtype)
-        z0 = torch.zeros_like(ref)
-        n = ref.shape[1]
-        img = torch.cat([z0, ref], dim=1)
-        ids = latent_ids(h, w).to(self.device)
-        img_ids = torch.cat([ids, ids], dim=0)
-        txt_ids = torch.zeros(self.prompt.length, 3, device=self.device)
-        batch = 2 * b if self.cfg_batch else b
-        embeds = self.prompt.embeds.to(self.device, dtype)[None].expand(batch, -1, -1)
-        mask = self.prompt.mask.to(self.device)[None].expand(batch, -1)
-        t = torch.full((batch,), T_CURR, device=self.device, dtype=dtype)
+        n = (h // 2) * (w // 2)
+        z0 = torch.zeros(b, n, 4 * ref_latent.shape[1], device=self.device)
         if self.cfg_batch:  # the official batch of 2: [cond, uncond], both with the empty prompt
-            v = self.dit(torch.cat([img, img]), img_ids, txt_ids, t, embeds, mask)
-            cond, uncond = v.chunk(2)
+            cond, uncond = self.velocity(ref_latent, copies=2).float().chunk(2)
             guided = uncond + CFG_SCALE * (cond - uncond)
             depth_tokens = z0 + (T_PREV - T_CURR) * guided[:, :n]
             normal_tokens = cond[:, n:]
         else:
-            v = self.dit(img, img_ids, txt_ids, t, embeds, mask)
+            v = self.velocity(ref_latent).float()
             depth_tokens = z0 + (T_PREV - T_CURR) * v[:, :n]
             normal_tokens = v[:, n:]
-        return unpack(depth_tokens.float(), h, w), unpack(normal_tokens.float(), h, w)
+        return unpack(depth_tokens, h, w), unpack(normal_tokens, h, w)
 
     @torch.inference_mode()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
