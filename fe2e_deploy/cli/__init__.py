@@ -19,6 +19,7 @@ from . import (  # noqa: E402,F401  isort: skip
     merge_lora_cmd,
     quickstart_cmd,
     strip_cmd,
+    train_lora_cmd,
 )
 
 __all__ = ["app"]

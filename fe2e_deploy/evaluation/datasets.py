@@ -212,7 +212,7 @@ def read_range_file(path: Path, kind: DatasetKind) -> DatasetKind:
     return replace(kind, min_depth=float(lo), max_depth=float(hi))
 
 
-def _find_gt(folder: Path, rel_stem: Path, image: Path, what: str) -> Path:
+def find_ground_truth(folder: Path, rel_stem: Path, image: Path, what: str) -> Path:
     for suffix in (".npy", ".png"):
         path = folder / rel_stem.with_name(rel_stem.name + suffix)
         if path.is_file():
@@ -230,7 +230,7 @@ def _generic_items(root: Path, task: str, limit: int | None) -> list[Item]:
     for image in find_images(rgb)[:limit]:
         rel = image.relative_to(rgb)
         rel_stem = rel.with_suffix("")
-        gt = _find_gt(gt_dir, rel_stem, image, f"{task} ground truth")
+        gt = find_ground_truth(gt_dir, rel_stem, image, f"{task} ground truth")
         masks = [root / "mask" / rel_stem.with_name(rel_stem.name + s) for s in (".png", ".npy")]
         mask = next((m for m in masks if m.is_file()), None)
         items.append(Item(rel.as_posix(), image, gt, mask))

@@ -1,0 +1,72 @@
+"""``fe2e-deploy train-lora``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..model_files import ModelFiles
+from ..pipeline import parse_resolution
+from ..train.loop import TrainOptions, train_lora
+from .app import app, user_errors
+
+
+@app.command("train-lora")
+def train_lora_command(
+    data_dir: Path = typer.Argument(..., help="Training folder: rgb/, depth/, normals/ and optional mask/ (README)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: peft adapter, checkpoints/, loss.jsonl."),
+    model_config: str = typer.Option(None, help="Model config preset or JSON (default: the tiny demo model)."),
+    dit: Path = typer.Option(None, help="Official DiT checkpoint (the base; stays frozen)."),
+    vae: Path = typer.Option(None, help="Official FLUX VAE checkpoint (frozen, FP32)."),
+    prompt_embedding: Path = typer.Option(None, help="Empty-prompt embedding (.npz with 'embeds' and 'masks')."),
+    rank: int = typer.Option(64, help="LoRA rank (FE2E: 64)."),
+    alpha: float = typer.Option(32.0, help="LoRA alpha (FE2E: 32); the update is scaled by alpha / rank."),
+    target_modules: list[str] = typer.Option(
+        None, help="Regex over diffusers module names, repeatable (default: FE2E's, every block Linear)."
+    ),
+    lr: float = typer.Option(1e-4, help="AdamW learning rate (FE2E: 1e-4)."),
+    steps: int = typer.Option(1000, help="Optimizer steps in total (a resumed run continues to this number)."),
+    batch_size: int = typer.Option(1, help="Images per micro-batch."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
+    mixed_precision: str = typer.Option("no", help="no (FP32) or bf16 (BF16 base weights and autocast; GPU)."),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", help="Recompute block activations in the backward pass (less memory)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the data order and the LoRA initialisation."),
+    save_every: int = typer.Option(0, help="Write a resumable checkpoint every N steps (0: never)."),
+    resume: str = typer.Option(None, help="'latest' (in --out/checkpoints) or a checkpoint folder to continue from."),
+    resolution: str = typer.Option("1024x768", help="Training resolution WIDTHxHEIGHT (multiples of 16)."),
+    kohya: bool = typer.Option(False, "--kohya", help="Also write lora.safetensors in FE2E's kohya format."),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a trained adapter already in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with the loss."),
+) -> None:
+    """Fine-tune a LoRA on the DiT with FE2E's consistent-velocity objective (z0 = 0, t = 1).
+
+    The left half of the velocity learns -(depth latent), the right half +(normal latent); base
+    weights stay frozen. The adapter folder loads into merge-lora.
+    """
+    with user_errors():
+        files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, None)
+        opts = TrainOptions(
+            rank=rank,
+            alpha=alpha,
+            target_modules=list(target_modules) if target_modules else None,
+            lr=lr,
+            steps=steps,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing,
+            seed=seed,
+            save_every=save_every,
+            resolution=parse_resolution(resolution),
+            kohya=kohya,
+            device=device,
+        )
+        report = train_lora(files, data_dir, out, opts, resume, overwrite, progress)
+    losses = report.losses
+    if losses:
+        typer.echo(f"steps {report.start_step + 1}-{report.steps}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    typer.echo(f"adapter written to {out}")
