@@ -1,6 +1,6 @@
 """``quickstart``: the whole deployment chain on the embedded tiny model, one stage after another.
 
-init-tiny -> strip (LoRA merged, constants folded) -> export (ONNX, checked in ONNX Runtime)
+init-tiny -> merge-lora -> strip (constants folded) -> export (ONNX, checked in ONNX Runtime)
 -> the best engine this machine can build -> infer. Each stage is the same library call its
 command makes, so the printed command lines reproduce the run step by step.
 """
@@ -17,6 +17,7 @@ import torch
 from .config import load_model_config
 from .engines import Engine, load_engine
 from .infer import InferReport, read_image, run_infer
+from .merge import merge_lora
 from .onnx_check import CHECK_FILE, check_export, check_passed, write_check_report
 from .onnx_export import MANIFEST, export_onnx, load_manifest, resolution_name
 from .outputs import find_images
@@ -84,21 +85,19 @@ def run_quickstart(
         model / FILES["lora"],
     )
     files = {role: model / name for role, name in FILES.items()}
+    config = load_model_config(files["config"])
+    merged = work_dir / "merged_dit.safetensors"
+    stage(
+        f"fe2e-deploy merge-lora --dit {files['dit']} --lora {files['lora']} --out {merged} "
+        f"--model-config {files['config']}",
+        lambda: merge_lora(files["dit"], files["lora"], merged, config, overwrite=overwrite, progress=progress),
+        merged,
+    )
     dtype = torch.float32  # CPU: FP32 runs natively in ONNX Runtime and is the fastest measured (BENCHMARKS.md)
     stage(
-        f"fe2e-deploy strip -o {stripped} --model-config {files['config']} --dit {files['dit']} --vae {files['vae']} "
-        f"--prompt-embedding {files['prompt']} --lora {files['lora']} --dtype fp32",
-        lambda: strip_model(
-            files["dit"],
-            files["prompt"],
-            files["vae"],
-            stripped,
-            load_model_config(files["config"]),
-            files["lora"],
-            dtype,
-            overwrite,
-            progress,
-        ),
+        f"fe2e-deploy strip -o {stripped} --model-config {files['config']} --dit {merged} --vae {files['vae']} "
+        f"--prompt-embedding {files['prompt']} --dtype fp32",
+        lambda: strip_model(merged, files["prompt"], files["vae"], stripped, config, None, dtype, overwrite, progress),
         stripped / META_FILE,
     )
     res_args = " ".join(f"--resolution {resolution_name(w, h)}" for w, h in sizes)

@@ -23,7 +23,7 @@ def test_quickstart_chain_matches_the_reference_and_reuses_stages(tmp_path):
     args = ["quickstart", str(images), "-o", str(out), "--work-dir", str(work), "--processing-res", "64x48"]
     result = runner.invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
-    for command in ("init-tiny", "strip", "export", "--check", "infer"):
+    for command in ("init-tiny", "merge-lora", "strip", "export", "--check", "infer"):
         assert f"{command}" in result.output
     assert "engine: onnxruntime-float32-cpu" in result.output and "1 image(s) written" in result.output
     assert json.loads((work / "export" / "check.json").read_text())["passed"]
@@ -44,7 +44,7 @@ def test_quickstart_chain_matches_the_reference_and_reuses_stages(tmp_path):
 
     again = runner.invoke(app, [*args, "--no-progress"])
     assert again.exit_code == 0, again.output
-    assert again.output.count("reusing") == 3 and "1 skipped" in again.output
+    assert again.output.count("reusing") == 4 and "1 skipped" in again.output
 
 
 def test_quickstart_without_images_is_a_clear_error(tmp_path):

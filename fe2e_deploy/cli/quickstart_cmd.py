@@ -25,7 +25,7 @@ def quickstart(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild every stage and replace existing outputs."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Run the whole chain on the embedded tiny model: init-tiny, strip, export (+ check), engine, infer.
+    """Run the whole chain on the embedded tiny model: init-tiny, merge-lora, strip, export (+ check), engine, infer.
 
     Prints each stage as the equivalent command line with its time. Existing stage outputs in
     --work-dir are reused unless --overwrite.
