@@ -38,11 +38,13 @@ from tqdm import tqdm
 from . import __version__
 from .atomic import atomic_write
 from .models.fused import LATENT_DOWNSAMPLE, DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
+from .quantize.calibrate import load_scales
+from .quantize.fp8 import FP8_OPSET, quantize_dit
 from .strip import StrippedModel, load_stripped
 
 FORMAT, FORMAT_VERSION = "fe2e-onnx-export", 1
 OPSET = 18
-MANIFEST, WEIGHTS = "manifest.json", "weights.bin"
+MANIFEST, WEIGHTS, SCALES = "manifest.json", "weights.bin", "fp8_scales.json"
 #: FE2E's three processing resolutions (``pipeline.fe2e_processing_size``).
 FE2E_RESOLUTIONS = ((1024, 768), (1216, 352), (864, 576))
 LATENT_CHANNELS = 16
@@ -107,6 +109,7 @@ def export_module(
     input_names: tuple[str, ...],
     output_names: tuple[str, ...],
     dynamic_batch: bool = False,
+    opset: int = OPSET,
 ) -> Path:
     """Export one module with the dynamo exporter, weights as external data next to ``path``."""
     dynamic_shapes = None
@@ -120,7 +123,7 @@ def export_module(
             dynamo=True,
             input_names=list(input_names),
             output_names=list(output_names),
-            opset_version=OPSET,
+            opset_version=opset,
             dynamic_shapes=dynamic_shapes,
             optimize=True,
             verbose=False,
@@ -190,12 +193,14 @@ def export_onnx(
     batch: int = 1,
     dynamic_batch: bool = False,
     dtype: torch.dtype | None = None,
+    fp8_scales: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ExportReport:
     """Export ``graphs`` at each resolution into ``out_dir`` (written in a temp folder, then moved in).
 
     ``dtype`` casts the DiT weights (default: as stripped); the VAE and the constants stay FP32.
+    ``fp8_scales`` (from ``calibrate``) turns the calibrated linears into FP8 Q/DQ (opset 19).
     """
     out_dir = Path(out_dir)
     unknown = [g for g in graphs if g not in GRAPHS]
@@ -211,6 +216,13 @@ def export_onnx(
     model = load_stripped(stripped, progress=progress)
     if dtype is not None:
         model.dit.cast_weights(dtype)
+    compute_dtype = str(model.dit.dtype).removeprefix("torch.")
+    scales = load_scales(fp8_scales) if fp8_scales is not None else None
+    if scales is not None:
+        if scales["stripped"]["sources"] != model.meta["sources"]:
+            raise ValueError(f"{fp8_scales}: calibrated on another stripped model ({scales['stripped']['path']})")
+        quantize_dit(model.dit, scales)
+    opset = FP8_OPSET if scales is not None else OPSET
     start = time.perf_counter()
     report = ExportReport(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,14 +236,18 @@ def export_onnx(
             example = spec.example(max(batch, 2) if dynamic_batch else batch, w, h)
             module = spec.build(model, w, h)
             path = tmp_dir / graph_file(name, w, h)
-            path = export_module(module, example, path, spec.inputs, spec.outputs, dynamic_batch)
+            path = export_module(module, example, path, spec.inputs, spec.outputs, dynamic_batch, opset)
             key = path.stem
             entries[key] = _graph_entry(path.relative_to(tmp_dir), spec, module, example, dynamic_batch)
         graph_paths = [tmp_dir / e["file"] for e in entries.values()]
         report.weights_bytes = share_external_data(graph_paths, tmp_dir / WEIGHTS)
         for path in graph_paths:  # onnx.checker follows the external data references
             onnx.checker.check_model(str(path))
-        _install(tmp_dir, out_dir, [WEIGHTS, *(e["file"] for e in entries.values())])
+        installed = [WEIGHTS, *(e["file"] for e in entries.values())]
+        if scales is not None:  # the check rebuilds the fake-quantised PyTorch model from these
+            (tmp_dir / SCALES).write_text(json.dumps(scales, indent=2) + "\n")
+            installed.append(SCALES)
+        _install(tmp_dir, out_dir, installed)
     report.seconds = time.perf_counter() - start
     report.files = {k: out_dir / e["file"] for k, e in entries.items()}
     manifest = {
@@ -239,8 +255,10 @@ def export_onnx(
         "format_version": FORMAT_VERSION,
         "fe2e_deploy": __version__,
         "torch": torch.__version__,
-        "opset": OPSET,
-        "dtype": str(model.dit.dtype).removeprefix("torch."),
+        "opset": opset,
+        "dtype": compute_dtype,
+        "precision": "fp8" if scales is not None else compute_dtype,
+        "fp8_scales": SCALES if scales is not None else None,
         "batch": "dynamic" if dynamic_batch else batch,
         "resolutions": [resolution_name(w, h) for w, h in resolutions],
         "stripped": {"path": str(stripped), "meta": model.meta["sources"], "txt_len": model.meta["txt_len"]},

@@ -12,6 +12,7 @@ from .app import app
 from . import (  # noqa: E402,F401  isort: skip
     benchmark_cmd,
     build_trt_cmd,
+    calibrate_cmd,
     evaluate_cmd,
     export_cmd,
     infer_cmd,

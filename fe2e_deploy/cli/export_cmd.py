@@ -25,13 +25,19 @@ def export(
     ),
     graph: list[str] = typer.Option(None, help=f"Graphs to export, repeatable (default: all of {', '.join(GRAPHS)})."),
     dtype: str = typer.Option(None, help="DiT weight dtype: bf16 or fp32 (default: as stripped). The VAE stays FP32."),
+    precision: str = typer.Option(
+        None, help="fp8: FP8 Q/DQ linears from --scales (compute dtype from --dtype). Default: the dtype only."
+    ),
+    scales: Path = typer.Option(None, help="FP8 scales from `fe2e-deploy calibrate` (with --precision fp8)."),
     batch: int = typer.Option(1, help="Static batch size of the graphs."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch axis dynamic (1-64)."),
     check: bool = typer.Option(
         False, "--check", help="Run every graph in ONNX Runtime on random inputs and compare with PyTorch."
     ),
     device: str = typer.Option("cpu", help="ONNX Runtime device for --check: cpu or cuda."),
-    tolerance: float = typer.Option(None, help="--check relative L2 tolerance (default: 1e-3 fp32, 3e-2 bf16)."),
+    tolerance: float = typer.Option(
+        None, help="--check relative L2 tolerance (default 1e-3 fp32, 3e-2 bf16, 1e-1 fp8)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an export already in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -43,6 +49,10 @@ def export(
     with user_errors():
         if dtype is not None and dtype not in EXPORT_DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported; choose one of {', '.join(EXPORT_DTYPES)}")
+        if precision not in (None, "fp8"):
+            raise ValueError(f"precision {precision!r} not supported; use fp8 (with --scales) or --dtype")
+        if (precision == "fp8") != (scales is not None):
+            raise ValueError("--precision fp8 and --scales go together")
         resolutions = tuple(parse_resolution(r) for r in resolution) if resolution else FE2E_RESOLUTIONS
         report = export_onnx(
             stripped,
@@ -52,6 +62,7 @@ def export(
             batch,
             dynamic_batch,
             EXPORT_DTYPES.get(dtype),
+            scales,
             overwrite,
             progress,
         )

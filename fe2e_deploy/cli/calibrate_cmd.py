@@ -1,0 +1,43 @@
+"""``fe2e-deploy calibrate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..pipeline import parse_resolution
+from ..quantize.calibrate import DEFAULT_EXCLUDE, calibrate_fp8, write_scales
+from .app import app, user_errors
+
+
+@app.command("calibrate")
+def calibrate(
+    stripped: Path = typer.Argument(..., help="Stripped model folder (from `fe2e-deploy strip`)."),
+    out: Path = typer.Option(Path("calibration/fp8_scales.json"), "--out", "-o", help="Scales file to write (JSON)."),
+    images: Path = typer.Option(
+        None, help="Folder of calibration images (default: 8 built-in synthetic scenes at 1024x768)."
+    ),
+    processing_res: str = typer.Option(None, help="Calibrate at WIDTHxHEIGHT instead of FE2E's resize rule."),
+    exclude: list[str] = typer.Option(
+        None, help=f"Glob over Linear names kept out of FP8, repeatable (default: {', '.join(DEFAULT_EXCLUDE)})."
+    ),
+    max_images: int = typer.Option(None, help="Use at most N images (sorted by path)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing scales file."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Record per-tensor FP8 (E4M3) scales of the DiT's linear inputs and weights (max calibration).
+
+    Feed the file to `export --precision fp8 --scales FILE` for an FP8 Q/DQ graph (build-trt --precision fp8).
+    """
+    with user_errors():
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
+        res = parse_resolution(processing_res) if processing_res else None
+        patterns = tuple(exclude) if exclude else DEFAULT_EXCLUDE
+        document = calibrate_fp8(stripped, images, res, patterns, max_images, progress)
+        write_scales(document, out, overwrite)
+    typer.echo(
+        f"FP8 scales of {len(document['layers'])} linear layer(s) from {len(document['images'])} image(s) "
+        f"({', '.join(document['resolutions'])}) written to {out}; kept out: {len(document['excluded'])}"
+    )
