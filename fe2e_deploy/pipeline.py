@@ -175,7 +175,7 @@ def preprocess(image: Image.Image, processing_res: tuple[int, int] | None = None
     size = processing_res or fe2e_processing_size(*image.size)
     if image.size != size:
         image = image.resize(size, Image.Resampling.BICUBIC)  # PIL's default, as the official code
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
     return x * 2 - 1
 
 

@@ -11,6 +11,7 @@ from .app import app
 # Each module registers its commands on ``app``.
 from . import (  # noqa: E402,F401  isort: skip
     benchmark_cmd,
+    build_cmd,
     build_trt_cmd,
     calibrate_cmd,
     evaluate_cmd,

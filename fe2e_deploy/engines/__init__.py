@@ -1,7 +1,10 @@
 """Engines: one interface (image -> depth + normals), backends chosen by what the path is.
 
-A model folder (official files, as ``init-tiny`` writes them) runs the eager PyTorch reference;
-a stripped folder (``strip``) runs the deployment graph in eager PyTorch.
+``load_engine`` picks the backend from the path: a model folder (official files) runs the eager
+reference pipeline, a stripped folder the deployment graph in eager PyTorch (``stripped.py``), an
+export folder or ``.onnx`` graph ONNX Runtime (``onnx.py``), a ``.pt2`` package AOTInductor
+(``aoti.py``), a ``.plan`` TensorRT (``tensorrt.py``). All share pre- and post-processing with the
+reference (``pipeline.preprocess`` / ``pipeline.postprocess``).
 """
 
 from __future__ import annotations
@@ -65,15 +68,20 @@ def load_engine(
 ) -> Engine:
     """Open an engine by path.
 
-    ``.plan`` -> TensorRT (CUDA); ``.onnx`` (a fused graph) or an export folder -> ONNX Runtime;
-    a folder with ``stripped.json`` -> the stripped model in eager PyTorch (its own dtype; ``dtype``
-    is ignored); another folder -> the official files through the eager reference pipeline.
+    ``.plan`` -> TensorRT (CUDA); ``.pt2`` -> AOTInductor; ``.onnx`` (a fused graph) or an export
+    folder -> ONNX Runtime; a folder with ``stripped.json`` -> the stripped model in eager PyTorch
+    (its own dtype; ``dtype`` is ignored); another folder -> the official files through the eager
+    reference pipeline.
     """
     path = Path(path)
     if path.suffix == ".plan":
         from .tensorrt import TensorRTEngine  # noqa: PLC0415  (optional TensorRT extra)
 
         return TensorRTEngine(path, device if device != "cpu" else "cuda", processing_res)
+    if path.suffix == ".pt2":
+        from .aoti import AOTIEngine  # noqa: PLC0415
+
+        return AOTIEngine(path, device, processing_res)
     if path.suffix == ".onnx" or (path / "manifest.json").is_file():
         from .onnx import OnnxEngine  # noqa: PLC0415  (onnxruntime is imported only when used)
 
@@ -88,5 +96,5 @@ def load_engine(
         raise FileNotFoundError(f"{path}: engine not found")
     raise ValueError(
         f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder, "
-        "an export folder or its fe2e_WxH.onnx, a TensorRT .plan)"
+        "an export folder or its fe2e_WxH.onnx, a TensorRT .plan, an AOTInductor .pt2)"
     )

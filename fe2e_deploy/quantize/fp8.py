@@ -1,8 +1,10 @@
 """FP8 E4M3 linears: fake quantisation in PyTorch, standard ONNX Q/DQ at export.
 
 ``FP8Linear`` stores its weight quantised (``float8_e4m3fn`` + per-tensor scale) and quantises its
-input with the calibrated scale: ``q = clamp(x / s, +-448)`` cast to E4M3, dequantised back, then
-the matmul in the compute dtype. Under ``torch.onnx.export`` the same steps become
+input with the calibrated scale: ``q = clamp(x / s, +-448)`` cast to E4M3. On CUDA GPUs with
+compute capability >= 8.9 the product is a real FP8 GEMM (``torch._scaled_mm``; not run on the
+machines of this project so far); elsewhere both operands are dequantised and multiplied in the
+compute dtype, the exact same arithmetic up to accumulation order. Under ``torch.onnx.export`` the same steps become
 ``QuantizeLinear``/``DequantizeLinear`` nodes (opset 19, FLOAT8E4M3FN), the pattern TensorRT's
 strongly typed builder fuses into FP8 GEMMs and ONNX Runtime runs as written.
 """
@@ -18,6 +20,14 @@ from .calibrate import E4M3_MAX
 
 FP8 = torch.float8_e4m3fn
 FP8_OPSET = 19
+
+
+def fp8_gemm_supported(x: torch.Tensor) -> bool:
+    """CUDA with compute capability >= 8.9 (Ada, Hopper) and the 16-multiple shapes ``_scaled_mm`` needs."""
+    if not x.is_cuda or torch.cuda.get_device_capability(x.device) < (8, 9):
+        return False
+    rows = x.numel() // x.shape[-1]
+    return rows % 16 == 0 and x.shape[-1] % 16 == 0
 
 
 def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -58,10 +68,26 @@ class FP8Linear(nn.Module):
                 shape=self.weight_fp8.shape,
                 version=19,
             )
+        elif fp8_gemm_supported(x):
+            return self._scaled_mm(x, dtype)
         else:
             x = (quantize_fp8(x, self.input_scale).float() * self.input_scale.float()).to(dtype)
             w = self.weight
         return F.linear(x, w, self.bias)
+
+    def _scaled_mm(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A real FP8 GEMM (cuBLASLt through ``torch._scaled_mm``), FP32 accumulation, output in ``dtype``."""
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch._scaled_mm(
+            quantize_fp8(rows, self.input_scale),
+            self.weight_fp8.t(),  # column-major [K, N], as cuBLASLt wants the second operand
+            scale_a=self.input_scale.float(),
+            scale_b=self.weight_scale.float(),
+            out_dtype=dtype,
+        )
+        if self.bias is not None:
+            out = out + self.bias.to(dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 def quantize_dit(dit: nn.Module, scales: dict) -> nn.Module:
