@@ -42,7 +42,7 @@ class OnnxEngine:
         self._sessions: dict[tuple[int, int], object] = {}
         self.emulated = False  # set once a BF16 graph had to be emulated in FP32 (ORT CPU)
         self.timer = NO_TIMER
-        self.dtype = manifest["dtype"]
+        self.dtype = manifest.get("precision", manifest["dtype"])  # fp8, bfloat16 or float32
 
     @property
     def name(self) -> str:
