@@ -40,7 +40,7 @@ class LoraPair:
 
     def delta(self, multiplier: float = 1.0) -> torch.Tensor:
         """``multiplier * (alpha / rank) * up @ down`` in FP32: what merging adds to the weight."""
-        return (multiplier * self.scale) * (self.up.float() @ self.down.float())
+        return (self.up.float() @ self.down.float()).mul_(multiplier * self.scale)  # one allocation
 
 
 def read_kohya_lora(path: str | Path, config: ModelConfig) -> dict[str, LoraPair]:

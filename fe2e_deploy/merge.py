@@ -114,7 +114,7 @@ def peft_items(folder: str | Path, config: ModelConfig) -> dict[str, MergeItem]:
             for target in rule.targets:
                 if target in parts:
                     a, b, scale, _ = parts[target]
-                    pieces.append(scale * (b @ a))
+                    pieces.append((b @ a).mul_(scale))
                 else:
                     pieces.append(torch.zeros(tuple(layout.params[target])))
             return rule.join(pieces)
@@ -213,8 +213,10 @@ def merge_lora(
                 for name in shard:
                     tensor = handle.get_tensor(name)
                     if name in items:
-                        dtype = tensor.dtype
-                        tensor = (tensor.float() + multiplier * items[name].compute()).to(dtype)
+                        # ``tensor`` may be backed by the (copy-on-write) memory map: never write into it,
+                        # else the touched pages stay as private memory until the file is closed.
+                        merged = tensor.to(torch.float32, copy=True).add_(items[name].compute(), alpha=multiplier)
+                        tensor = merged.to(tensor.dtype)
                     writer.write(name, tensor)
                     bar.update()
             report.files.append(path)

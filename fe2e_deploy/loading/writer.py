@@ -70,7 +70,8 @@ class SafetensorsWriter:
         dtype, shape = self.specs[name]
         if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
             raise ValueError(f"{name}: got {tensor.dtype} {list(tensor.shape)}, declared {dtype} {list(shape)}")
-        self._file.write(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        # the tensor's own bytes through the buffer protocol: no extra copy of a (possibly 100 MB) tensor
+        self._file.write(memoryview(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
         self._next += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
