@@ -4,14 +4,18 @@ Two LoRA sources, both turned into one FP32 delta per official weight:
 
 - FE2E's kohya file (``lora_unet_<official module>.lora_down/.lora_up/.alpha``): the delta is
   ``(alpha / rank) * up @ down`` on the official (fused) weight.
-- a peft adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) trained on our
-  diffusers model (``train-lora`` writes these): each diffusers Linear's delta
-  ``(lora_alpha / r) * B @ A`` is placed where the checkpoint layout puts that Linear in the official
-  tensor (rows of the fused qkv / ``linear1``, the halves of the final adaLN swapped back).
+- a peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``), as ``train-lora``
+  writes it. Module names may be those of our diffusers DiT (``transformer_blocks.0.attn.to_q``, what
+  ``train-lora`` trains; an optional ``base_model.model.`` / ``transformer.`` prefix is ignored) or the
+  official ones (``double_blocks.0.img_attn.qkv``, e.g. peft on the official Step1X-Edit code). A
+  diffusers Linear's delta ``(lora_alpha / r) * B @ A`` is placed where the checkpoint layout puts that
+  Linear in the official tensor (rows of the fused qkv / ``linear1``, halves of the final adaLN swapped).
 
-The merged weight is ``W + multiplier * delta`` computed in FP32 and cast back to W's dtype. One
-source tensor (plus its delta) is in memory at a time; the output is written with the streaming
-writer, atomically, optionally in shards with a Hugging Face style ``.index.json``.
+The merged weight is ``W + multiplier * delta`` computed in FP32 and cast back to W's dtype. The LoRA
+files are checked from their headers; one base tensor and the LoRA pair(s) of that tensor are in memory
+at a time. The output is written with the streaming writer, atomically, optionally in shards with a
+Hugging Face style index (``OUT.index.json`` + ``OUT-00001-of-0000N.safetensors``) that
+``fe2e_deploy.loading.open_safetensors`` / ``load_dit`` read like a single file.
 """
 
 from __future__ import annotations
@@ -25,18 +29,20 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig
-from peft.utils import load_peft_weights
 from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_write
 from .config import ModelConfig
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors
-from .loading.dit_layout import dit_layout
+from .loading.dit_layout import dit_layout, lora_target_modules
 from .loading.writer import SafetensorsWriter
-from .lora import read_kohya_lora
+from .lora import PREFIX, LoraPair
 
 PEFT_PREFIXES = ("base_model.model.", "transformer.")
+PEFT_WEIGHTS = "adapter_model.safetensors"
+KOHYA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
+FLOAT_CODES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 @dataclass
@@ -44,87 +50,157 @@ class MergeItem:
     """The delta for one official weight tensor."""
 
     weight: str  # official tensor name, e.g. double_blocks.0.img_attn.qkv.weight
+    shape: tuple[int, ...]  # of the official weight
     sources: list[str]  # LoRA module names that contribute
     ranks: list[int]
-    scales: list[float]
+    alphas: list[float]
     compute: Callable[[], torch.Tensor]  # FP32 delta of the official shape (without the multiplier)
 
 
 def kohya_items(path: str | Path, config: ModelConfig) -> dict[str, MergeItem]:
-    """FE2E's kohya file: one pair per official module (names and shapes checked by read_kohya_lora)."""
+    """FE2E's kohya file, checked from its header (as ``read_kohya_lora``); pairs are read when merged."""
+    shapes = dit_layout(config).official_shapes()
+    modules = {m.replace(".", "_"): m for m in lora_target_modules(config)}
     items = {}
-    for module, pair in read_kohya_lora(path, config).items():
-        items[module + ".weight"] = MergeItem(
-            module + ".weight", [module], [pair.rank], [pair.scale], lambda p=pair: p.delta()
-        )
+    with open_safetensors(path) as handle:
+        groups: dict[str, dict[str, str]] = {}
+        for key in sorted(handle.keys()):  # noqa: SIM118  (a safe_open handle is not iterable)
+            stem, _, part = key.partition(".")
+            if not stem.startswith(PREFIX) or part not in KOHYA_PARTS:
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} is not a kohya LoRA tensor for the DiT "
+                    f"(expected {PREFIX}<module>.lora_down.weight / .lora_up.weight / .alpha)"
+                )
+            groups.setdefault(stem, {})[part] = key
+        if not groups:
+            raise CheckpointError(f"{path}: contains no LoRA tensors")
+        for stem, parts in sorted(groups.items()):
+            module = modules.get(stem.removeprefix(PREFIX))
+            if module is None:
+                raise CheckpointError(
+                    f"{path}: LoRA module {stem!r} matches no Linear of the double/single blocks of this "
+                    "model (a LoRA for another model or config?)"
+                )
+            for needed in KOHYA_PARTS[:2]:
+                if needed not in parts:
+                    raise CheckpointError(f"{path}: {stem} has no {needed}")
+            down = tuple(handle.get_slice(parts["lora_down.weight"]).get_shape())
+            up = tuple(handle.get_slice(parts["lora_up.weight"]).get_shape())
+            out_features, in_features = shape = shapes[module + ".weight"]
+            if len(down) != 2 or len(up) != 2 or down[0] != up[1]:
+                raise CheckpointError(
+                    f"{path}: {stem}: lora_down {list(down)} and lora_up {list(up)} are not a rank-r pair"
+                )
+            if down[1] != in_features or up[0] != out_features:
+                raise CheckpointError(
+                    f"{path}: {stem}: LoRA maps {down[1]} -> {up[0]} features but {module} "
+                    f"is {in_features} -> {out_features}"
+                )
+            alpha = float(handle.get_tensor(parts["alpha"]).item()) if "alpha" in parts else float(down[0])
+
+            def compute(module=module, parts=parts, alpha=alpha) -> torch.Tensor:
+                with open_safetensors(path) as fh:
+                    down = fh.get_tensor(parts["lora_down.weight"]).float()
+                    up = fh.get_tensor(parts["lora_up.weight"]).float()
+                return LoraPair(module, down, up, alpha).delta()
+
+            items[module + ".weight"] = MergeItem(module + ".weight", shape, [module], [down[0]], [alpha], compute)
     return items
 
 
-def _peft_scale(module: str, rank: int, cfg: LoraConfig) -> float:
+def _peft_alpha(module: str, cfg: LoraConfig) -> float:
+    """``lora_alpha``, or the ``alpha_pattern`` entry matching ``module`` (peft's suffix rule)."""
     alpha = cfg.lora_alpha
     for pattern, value in (cfg.alpha_pattern or {}).items():
-        if re.search(rf"(^|\.){pattern}$", module):
+        if re.fullmatch(rf"(.*\.)?({pattern})", module):
             alpha = value
-    return alpha / (rank**0.5 if cfg.use_rslora else rank)
+    return float(alpha)
+
+
+def _read_peft_config(folder: Path) -> LoraConfig:
+    if not (folder / "adapter_config.json").is_file():
+        raise CheckpointError(f"{folder}: not a peft adapter folder (no adapter_config.json)")
+    if not (folder / PEFT_WEIGHTS).is_file():
+        raise CheckpointError(f"{folder}: no {PEFT_WEIGHTS} (merge-lora reads safetensors adapters only)")
+    try:
+        cfg = LoraConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{folder}: unreadable adapter_config.json ({exc})") from exc
+    if getattr(cfg, "use_dora", False):
+        raise CheckpointError(f"{folder}: DoRA adapters are not supported (plain LoRA only)")
+    return cfg
 
 
 def peft_items(folder: str | Path, config: ModelConfig) -> dict[str, MergeItem]:
-    """A peft adapter folder on our diffusers DiT, mapped onto the official weights by the layout."""
+    """A peft adapter folder (diffusers or official module names), mapped onto the official weights."""
     folder = Path(folder)
-    if not (folder / "adapter_config.json").is_file():
-        raise CheckpointError(f"{folder}: not a peft adapter folder (no adapter_config.json)")
-    try:
-        cfg = LoraConfig.from_pretrained(str(folder))
-        state = load_peft_weights(str(folder), device="cpu")
-    except (OSError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{folder}: unreadable peft adapter ({exc})") from exc
+    cfg = _read_peft_config(folder)
+    weights = folder / PEFT_WEIGHTS
     layout = dit_layout(config)
+    official = layout.official_shapes()
     owner = {t: rule for rule in layout.rules.values() for t in rule.targets}  # model param -> official rule
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in state.items():
+    with open_safetensors(weights) as handle:
+        keys = {key: tuple(handle.get_slice(key).get_shape()) for key in sorted(handle.keys())}  # noqa: SIM118
+    pairs: dict[str, dict[str, str]] = {}
+    for key in keys:
         match = re.fullmatch(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", key)
         if match is None:
-            raise CheckpointError(f"{folder}: tensor {key!r} is not a LoRA A/B weight")
+            raise CheckpointError(f"{weights}: tensor {key!r} is not a LoRA A/B weight")
         module = match.group(1)
         for prefix in PEFT_PREFIXES:
             module = module.removeprefix(prefix)
-        pairs.setdefault(module, {})[match.group(2)] = tensor.float()
-    by_weight: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float, str]]] = {}
+        pairs.setdefault(module, {})[match.group(2)] = key
+    # official weight -> {model parameter (or the official weight itself): (A key, B key, alpha, module)}
+    by_weight: dict[str, dict[str, tuple[str, str, float, str]]] = {}
     for module, ab in sorted(pairs.items()):
         target = f"transformer.{module}.weight"
-        rule = owner.get(target)
-        if rule is None or not target.startswith("transformer."):
-            raise CheckpointError(f"{folder}: LoRA module {module!r} matches no Linear of the DiT")
-        if set(ab) != {"A", "B"}:
-            raise CheckpointError(f"{folder}: LoRA module {module!r} lacks lora_{'A' if 'A' not in ab else 'B'}")
-        a, b = ab["A"], ab["B"]
-        out_f, in_f = layout.params[target]
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[1] != in_f or b.shape[0] != out_f:
+        if target in owner:
+            rule, shape = owner[target], tuple(layout.params[target])
+        elif f"{module}.weight" in official and len(official[f"{module}.weight"]) == 2:
+            rule, target, shape = layout.rules[f"{module}.weight"], f"{module}.weight", official[f"{module}.weight"]
+        else:
             raise CheckpointError(
-                f"{folder}: {module}: lora_A {list(a.shape)} / lora_B {list(b.shape)} do not fit "
-                f"its weight [{out_f}, {in_f}] (an adapter for another model or config?)"
+                f"{weights}: LoRA module {module!r} matches no Linear of the DiT (neither a module of our "
+                "diffusers model nor an official name; an adapter for another model?)"
             )
-        by_weight.setdefault(rule.official, {})[target] = (a, b, _peft_scale(module, a.shape[0], cfg), module)
+        if set(ab) != {"A", "B"}:
+            raise CheckpointError(f"{weights}: LoRA module {module!r} lacks lora_{'A' if 'A' not in ab else 'B'}")
+        a, b = keys[ab["A"]], keys[ab["B"]]
+        out_f, in_f = shape
+        if len(a) != 2 or len(b) != 2 or a[0] != b[1] or a[1] != in_f or b[0] != out_f:
+            raise CheckpointError(
+                f"{weights}: {module}: lora_A {list(a)} / lora_B {list(b)} do not fit its weight "
+                f"[{out_f}, {in_f}] (an adapter for another model or config?)"
+            )
+        parts = by_weight.setdefault(rule.official, {})
+        if rule.official in parts or (parts and target == rule.official):
+            raise CheckpointError(f"{weights}: {rule.official} is adapted under both official and diffusers names")
+        parts[target] = (ab["A"], ab["B"], _peft_alpha(module, cfg), module)
+    if not by_weight:
+        raise CheckpointError(f"{weights}: the adapter holds no LoRA weights")
+    rslora = bool(getattr(cfg, "use_rslora", False))
+
+    def delta(fh, a_key: str, b_key: str, alpha: float) -> torch.Tensor:
+        a, b = fh.get_tensor(a_key).float(), fh.get_tensor(b_key).float()
+        return (b @ a).mul_(alpha / (a.shape[0] ** 0.5 if rslora else a.shape[0]))
+
     items = {}
-    for official, parts in by_weight.items():
-        rule = layout.rules[official]
+    for name, parts in by_weight.items():
+        rule = layout.rules[name]
 
         def compute(rule=rule, parts=parts) -> torch.Tensor:
-            pieces = []
-            for target in rule.targets:
-                if target in parts:
-                    a, b, scale, _ = parts[target]
-                    pieces.append((b @ a).mul_(scale))
-                else:
-                    pieces.append(torch.zeros(tuple(layout.params[target])))
+            with open_safetensors(weights) as fh:
+                if rule.official in parts:
+                    return delta(fh, *parts[rule.official][:3])
+                pieces = [
+                    delta(fh, *parts[t][:3]) if t in parts else torch.zeros(tuple(layout.params[t]))
+                    for t in rule.targets
+                ]
             return rule.join(pieces)
 
-        mods = [p[3] for p in parts.values()]
-        items[official] = MergeItem(
-            official, mods, [p[0].shape[0] for p in parts.values()], [p[2] for p in parts.values()], compute
-        )
-    if not items:
-        raise CheckpointError(f"{folder}: the adapter holds no LoRA weights")
+        ranks = [keys[p[0]][0] for p in parts.values()]
+        alphas = [p[2] for p in parts.values()]
+        items[name] = MergeItem(name, official[name], [p[3] for p in parts.values()], ranks, alphas, compute)
     return items
 
 
@@ -198,12 +274,13 @@ def merge_lora(
     for path in [*names, *([index] if index else [])]:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+    lora_file = Path(lora_path) / PEFT_WEIGHTS if Path(lora_path).is_dir() else Path(lora_path)
     metadata = {
         "format": "pt",
         "fe2e_deploy": __version__,
         "merged_from": str(dit_path),
-        "lora": str(lora_path),
-        "lora_sha256": _sha256(Path(lora_path)) if Path(lora_path).is_file() else "peft-adapter-dir",
+        "lora": str(lora_file),
+        "lora_sha256": _sha256(lora_file),
         "multiplier": repr(multiplier),
     }
     bar = tqdm(total=len(official), desc="merge-lora", unit="tensor", disable=not progress)
@@ -228,9 +305,6 @@ def merge_lora(
         atomic_write(index, lambda p: p.write_text(json.dumps(body, indent=2) + "\n"))
         report.files.append(index)
     return report
-
-
-FLOAT_CODES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def _itemsize(code: str) -> int:

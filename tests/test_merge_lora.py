@@ -117,6 +117,10 @@ def test_sharded_output_loads_like_the_single_file(merged, tiny_dir, tiny_config
     single = load_dit(tiny_config, merged, torch.float32, progress=False).state_dict()
     sharded = load_dit(tiny_config, index, torch.float32, progress=False).state_dict()
     assert all(torch.equal(single[k], sharded[k]) for k in single)
+    again = tmp_path / "from_shards.safetensors"  # a sharded base merges too (multiplier 0: a plain copy)
+    merge_lora(index, tiny_dir / "lora.safetensors", again, tiny_config, 0.0, progress=False)
+    want = load_file(merged)
+    assert all(torch.equal(want[k], v) for k, v in load_file(again).items())
 
 
 def test_errors_name_the_problem(tiny_dir, tiny_config, tmp_path):
@@ -146,13 +150,59 @@ def test_errors_name_the_problem(tiny_dir, tiny_config, tmp_path):
         parse_size("five")
 
 
+def test_kohya_errors_name_the_tensor(tiny_dir, tiny_config, tmp_path):
+    base, lora = tiny_dir / "dit.safetensors", load_file(tiny_dir / "lora.safetensors")
+    stem = "lora_unet_single_blocks_0_linear2"
+    cases = {
+        "not a rank-r pair": {**lora, f"{stem}.lora_up.weight": lora[f"{stem}.lora_up.weight"][:, :3].contiguous()},
+        "lora_unet_double_blocks_7_img_attn_qkv.*matches no Linear": {
+            **lora,
+            "lora_unet_double_blocks_7_img_attn_qkv.lora_down.weight": torch.zeros(4, 64),
+            "lora_unet_double_blocks_7_img_attn_qkv.lora_up.weight": torch.zeros(192, 4),
+        },
+        f"{stem} has no lora_up": {k: v for k, v in lora.items() if k != f"{stem}.lora_up.weight"},
+        "'lora_te_x.lora_down.weight' is not a kohya": {**lora, "lora_te_x.lora_down.weight": torch.zeros(1, 1)},
+    }
+    for i, (message, tensors) in enumerate(cases.items()):
+        save_file(tensors, tmp_path / f"bad{i}.safetensors")
+        with pytest.raises(CheckpointError, match=message):
+            merge_lora(base, tmp_path / f"bad{i}.safetensors", tmp_path / "o.safetensors", tiny_config, dry_run=True)
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_peft_adapter_with_official_names_equals_the_kohya_file(tiny_dir, tiny_config, tmp_path):
+    """A peft adapter on official module names (e.g. trained on the official code) merges like kohya."""
+    lora = load_file(tiny_dir / "lora.safetensors")
+    modules = ["double_blocks.0.img_attn.qkv", "single_blocks.1.linear1", "double_blocks.1.txt_mod.lin"]
+    kohya, peft_state = {}, {}
+    for module in modules:
+        stem = "lora_unet_" + module.replace(".", "_")
+        down, up = lora[f"{stem}.lora_down.weight"], lora[f"{stem}.lora_up.weight"]
+        kohya |= {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": torch.tensor(3.0)}
+        peft_state |= {f"base_model.model.{module}.lora_A.weight": down, f"base_model.model.{module}.lora_B.weight": up}
+    folder = tmp_path / "official"
+    LoraConfig(r=4, lora_alpha=3, target_modules=modules).save_pretrained(str(folder))
+    save_file(peft_state, folder / "adapter_model.safetensors")
+    save_file(kohya, tmp_path / "kohya.safetensors")
+    base = tiny_dir / "dit.safetensors"
+    merge_lora(base, folder, tmp_path / "a.safetensors", tiny_config, 0.7, progress=False)
+    merge_lora(base, tmp_path / "kohya.safetensors", tmp_path / "b.safetensors", tiny_config, 0.7, progress=False)
+    a, b, w = (load_file(p) for p in (tmp_path / "a.safetensors", tmp_path / "b.safetensors", base))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(not torch.equal(a[k], w[k]) for k in a) == 3
+
+
 def test_cli_dry_run_writes_nothing(tiny_dir, tmp_path):
     out = tmp_path / "m.safetensors"
     args = ["merge-lora", "--dit", str(tiny_dir / "dit.safetensors"), "--lora", str(tiny_dir / "lora.safetensors")]
     args += ["--out", str(out), "--model-config", str(tiny_dir / "model_config.json")]
     result = runner.invoke(app, [*args, "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "26 weight(s) would be merged" in result.output and "double_blocks.0.img_attn.qkv" in result.output
+    assert "26 weight(s) would be merged" in result.output
+    assert (
+        "double_blocks.0.img_attn.qkv.weight [192, 64] <- double_blocks.0.img_attn.qkv: rank 4, alpha 2"
+        in result.output
+    )
     assert not out.exists()
     result = runner.invoke(app, [*args, "--no-progress", "--multiplier", "0.5"])
     assert result.exit_code == 0 and out.is_file()

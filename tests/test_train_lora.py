@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def dataset_dir(tmp_path_factory):
 
 
 def options(**kw) -> TrainOptions:
-    base = dict(rank=8, alpha=8.0, lr=1e-2, steps=40, batch_size=2, resolution=RES, seed=0)
+    base = dict(rank=8, alpha=8.0, lr=1e-2, steps=40, batch_size=2, resolution=RES, seed=0, cache_latents=True)
     return TrainOptions(**{**base, **kw})
 
 
@@ -41,7 +42,7 @@ def options(**kw) -> TrainOptions:
 def trained(tiny_dir, dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "lora"
     report = train_lora(
-        ModelFiles.from_dir(tiny_dir, lora=False), dataset_dir, out, options(kohya=True), progress=False
+        ModelFiles.from_dir(tiny_dir, lora=False), dataset_dir, out, options(kohya=True, save_every=10), progress=False
     )
     return out, report
 
@@ -103,17 +104,45 @@ def test_kohya_and_peft_outputs_merge_to_the_same_weights(trained, tiny_dir, tin
 
 
 def test_resume_continues_from_the_same_step(tiny_dir, dataset_dir, trained, tmp_path):
-    files = ModelFiles.from_dir(tiny_dir, lora=False)
+    """A run resumed from the step-30 checkpoint repeats the straight run's last 10 steps and final adapter."""
+    straight_dir, straight = trained
     out = tmp_path / "resumed"
-    first = train_lora(files, dataset_dir, out, options(steps=20, save_every=10), progress=False)
-    assert (out / "checkpoints" / "step-000020").is_dir()
-    # continue the 40-step schedule from step 20
-    second = train_lora(files, dataset_dir, out, options(steps=40, save_every=10), resume="latest", progress=False)
-    assert second.start_step == 20 and len(second.losses) == 20
-    _, straight = trained
-    np.testing.assert_allclose(first.losses + second.losses, straight.losses, rtol=1e-4, atol=1e-6)
+    shutil.copytree(straight_dir, out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-2:] == ["step-000030", "step-000040"]
+    shutil.rmtree(out / "checkpoints" / "step-000040")  # as if the run had stopped after step 30
+    files = ModelFiles.from_dir(tiny_dir, lora=False)
+    second = train_lora(files, dataset_dir, out, options(save_every=10), resume="latest", progress=False)
+    assert second.start_step == 30 and len(second.losses) == 10
+    np.testing.assert_allclose(second.losses, straight.losses[30:], rtol=1e-4, atol=1e-6)
     lines = [json.loads(x)["step"] for x in (out / "loss.jsonl").read_text().splitlines()]
     assert lines == list(range(1, 41))
+    want, got = (load_file(d / "adapter_model.safetensors") for d in (straight_dir, out))
+    assert want.keys() == got.keys() and all(torch.allclose(want[k], got[k], atol=1e-5) for k in want)
+
+
+def test_cli_partial_targets_without_the_latent_cache(tiny_dir, tiny_config, dataset_dir, tmp_path):
+    """Only some parts of the fused qkv / linear1 plus the modulation linears: kohya and peft still merge alike."""
+    out = tmp_path / "cli"
+    args = ["train-lora", str(dataset_dir), "--out", str(out), "--model-config", str(tiny_dir / "model_config.json")]
+    args += ["--dit", str(tiny_dir / "dit.safetensors"), "--vae", str(tiny_dir / "vae.safetensors")]
+    args += ["--prompt-embedding", str(tiny_dir / "empty_prompt.npz"), "--resolution", "64x48", "--steps", "3"]
+    args += ["--rank", "4", "--alpha", "4", "--lr", "1e-2", "--batch-size", "2", "--grad-accum", "2", "--kohya"]
+    args += ["--target-modules", "attn.to_(q|v)", "--target-modules", "norm1?.linear"]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "steps 1-3: loss" in result.output
+    for name in ("adapter_config.json", "adapter_model.safetensors", "lora.safetensors", "loss.jsonl"):
+        assert (out / name).is_file()
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    base = tiny_dir / "dit.safetensors"
+    merge_lora(base, out, tmp_path / "a.safetensors", tiny_config, progress=False)
+    merge_lora(base, out / "lora.safetensors", tmp_path / "b.safetensors", tiny_config, progress=False)
+    a, b, w = (load_file(p) for p in (tmp_path / "a.safetensors", tmp_path / "b.safetensors", base))
+    changed = {k.split(".", 2)[-1] for k in a if not torch.equal(a[k], w[k])}
+    assert changed == {"img_attn.qkv.weight", "linear1.weight", "img_mod.lin.weight", "modulation.lin.weight"}
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    again = runner.invoke(app, [*args, "--no-progress"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
 
 
 def test_cli_errors_and_help(dataset_dir, tmp_path):
@@ -125,6 +154,10 @@ def test_cli_errors_and_help(dataset_dir, tmp_path):
     assert result.exit_code == 2 and "depth not found" in result.output
     result = runner.invoke(app, ["train-lora", str(dataset_dir), "-o", str(tmp_path / "o"), "--resume", "latest"])
     assert result.exit_code == 2 and "no checkpoint" in result.output
+    outside = ["--kohya", "--target-modules", "x_embedder", "--resolution", "64x48", "--no-progress"]
+    result = runner.invoke(app, ["train-lora", str(dataset_dir), "-o", str(tmp_path / "k"), *outside])
+    assert result.exit_code == 2 and "'x_embedder' has no kohya name" in result.output
+    assert not (tmp_path / "k" / "adapter_model.safetensors").exists()
     text = runner.invoke(app, ["train-lora", "--help"], env={"COLUMNS": "200"}).output
     for option in (
         "--rank",
@@ -140,5 +173,7 @@ def test_cli_errors_and_help(dataset_dir, tmp_path):
         "--save-every",
         "--resume",
         "--kohya",
+        "--cache-latents",
+        "--resolution",
     ):
         assert option in text

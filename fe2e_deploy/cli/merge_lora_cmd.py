@@ -36,10 +36,8 @@ def merge_lora_command(
         shard = parse_size(max_shard_size) if max_shard_size else None
         report = merge_lora(dit, lora, out, config, multiplier, shard, dry_run, overwrite, progress)
     for item in report.merged if dry_run else []:
-        typer.echo(
-            f"{item.weight}: {', '.join(item.sources)} rank {'/'.join(map(str, item.ranks))} "
-            f"scale {'/'.join(f'{s:g}' for s in item.scales)}"
-        )
+        for source, rank, alpha in zip(item.sources, item.ranks, item.alphas, strict=True):
+            typer.echo(f"{item.weight} {list(item.shape)} <- {source}: rank {rank}, alpha {alpha:g}")
     if dry_run:
         typer.echo(f"dry run: {len(report.merged)} weight(s) would be merged (x{multiplier:g}); nothing written")
     else:

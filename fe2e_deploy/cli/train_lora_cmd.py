@@ -14,7 +14,9 @@ from .app import app, user_errors
 
 @app.command("train-lora")
 def train_lora_command(
-    data_dir: Path = typer.Argument(..., help="Training folder: rgb/, depth/, normals/ and optional mask/ (README)."),
+    data_dir: Path = typer.Argument(
+        ..., help="Training folder: rgb/, depth/, normals/ and optional mask/ (docs/train_lora.md)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: peft adapter, checkpoints/, loss.jsonl."),
     model_config: str = typer.Option(None, help="Model config preset or JSON (default: the tiny demo model)."),
     dit: Path = typer.Option(None, help="Official DiT checkpoint (the base; stays frozen)."),
@@ -23,7 +25,9 @@ def train_lora_command(
     rank: int = typer.Option(64, help="LoRA rank (FE2E: 64)."),
     alpha: float = typer.Option(32.0, help="LoRA alpha (FE2E: 32); the update is scaled by alpha / rank."),
     target_modules: list[str] = typer.Option(
-        None, help="Regex over diffusers module names, repeatable (default: FE2E's, every block Linear)."
+        None,
+        help="Regex for the end of diffusers module names (e.g. 'attn.to_(q|k|v)'), repeatable "
+        "(default: FE2E's, every block Linear).",
     ),
     lr: float = typer.Option(1e-4, help="AdamW learning rate (FE2E: 1e-4)."),
     steps: int = typer.Option(1000, help="Optimizer steps in total (a resumed run continues to this number)."),
@@ -38,6 +42,10 @@ def train_lora_command(
     resume: str = typer.Option(None, help="'latest' (in --out/checkpoints) or a checkpoint folder to continue from."),
     resolution: str = typer.Option("1024x768", help="Training resolution WIDTHxHEIGHT (multiples of 16)."),
     kohya: bool = typer.Option(False, "--kohya", help="Also write lora.safetensors in FE2E's kohya format."),
+    cache_latents: bool = typer.Option(
+        False, "--cache-latents", help="Encode each sample with the VAE once and keep it in memory (small datasets)."
+    ),
+    depth_scale: float = typer.Option(1000.0, help="16-bit depth PNGs: metres = value / depth-scale (KITTI: 256)."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a trained adapter already in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with the loss."),
@@ -64,6 +72,8 @@ def train_lora_command(
             resolution=parse_resolution(resolution),
             kohya=kohya,
             device=device,
+            cache_latents=cache_latents,
+            depth_scale=depth_scale,
         )
         report = train_lora(files, data_dir, out, opts, resume, overwrite, progress)
     losses = report.losses

@@ -19,18 +19,27 @@ from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..lora import PREFIX
 
 
+def kohya_modules(modules: list[str], config: ModelConfig) -> dict[str, str]:
+    """Diffusers module names (under ``transformer.``) -> the official block Linear holding each (its kohya name)."""
+    layout = dit_layout(config)
+    block_linears = set(lora_target_modules(config))
+    owner = {t.removesuffix(".weight"): rule for rule in layout.rules.values() for t in rule.targets}
+    found = {}
+    for module in modules:
+        rule = owner.get(f"transformer.{module}")
+        official = rule.official.removesuffix(".weight") if rule else None
+        if official not in block_linears:
+            raise CheckpointError(f"LoRA module {module!r} has no kohya name in FE2E's format (only block Linears)")
+        found[module] = official
+    return found
+
+
 def peft_to_kohya(adapter: dict[str, tuple[torch.Tensor, torch.Tensor, float]], config: ModelConfig, out: Path) -> Path:
     """``adapter``: diffusers module name (under ``transformer.``) -> (A, B, scale). Writes ``out``."""
     layout = dit_layout(config)
-    kohya_modules = set(lora_target_modules(config))
-    owner = {t.removesuffix(".weight"): rule for rule in layout.rules.values() for t in rule.targets}
     by_official: dict[str, dict[str, tuple]] = {}
-    for module, pair in adapter.items():
-        rule = owner.get(f"transformer.{module}")
-        official = rule.official.removesuffix(".weight") if rule else None
-        if official not in kohya_modules:
-            raise CheckpointError(f"LoRA module {module!r} has no kohya name in FE2E's format (only block Linears)")
-        by_official.setdefault(official, {})[f"transformer.{module}.weight"] = pair
+    for module, official in kohya_modules(list(adapter), config).items():
+        by_official.setdefault(official, {})[f"transformer.{module}.weight"] = adapter[module]
     tensors = {}
     for official, parts in sorted(by_official.items()):
         rule = layout.rules[official + ".weight"]

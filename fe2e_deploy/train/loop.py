@@ -35,7 +35,7 @@ from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..model_files import ModelFiles
 from ..pipeline import FE2EPipeline
 from .data import TrainDataset
-from .kohya import peft_to_kohya
+from .kohya import kohya_modules, peft_to_kohya
 from .objective import velocity_loss, velocity_targets
 
 ADAPTER = "default"
@@ -46,7 +46,7 @@ STATE_FILE = "training_state.pt"
 class TrainOptions:
     rank: int = 64
     alpha: float = 32.0
-    target_modules: list[str] | None = None  # regexes over diffusers module names; None: FE2E's
+    target_modules: list[str] | None = None  # regexes for diffusers module-name suffixes; None: FE2E's
     lr: float = 1e-4
     steps: int = 1000
     batch_size: int = 1
@@ -58,6 +58,8 @@ class TrainOptions:
     resolution: tuple[int, int] = (1024, 768)
     kohya: bool = False
     device: str = "cpu"
+    cache_latents: bool = False  # keep each sample's VAE latents in memory (small datasets)
+    depth_scale: float = 1000.0  # 16-bit depth PNG value / depth_scale = metres
 
 
 @dataclass
@@ -83,7 +85,7 @@ def lora_config(files: ModelFiles, opts: TrainOptions) -> LoraConfig:
     return LoraConfig(
         r=opts.rank,
         lora_alpha=opts.alpha,
-        target_modules="^(" + "|".join(modules) + ")$",
+        target_modules=r"^(.*\.)?(" + "|".join(modules) + ")$",  # a suffix at a module boundary, as peft's lists
         lora_dropout=0.0,
         init_lora_weights=True,  # B = 0: training starts at the base model
     )
@@ -102,6 +104,26 @@ def sample_indices(step: int, micro: int, opts: TrainOptions, n: int) -> list[in
 def _collate(dataset: TrainDataset, indices: list[int], device: torch.device):
     samples = [dataset[i] for i in indices]
     return tuple(torch.stack([getattr(s, f) for s in samples]).to(device) for f in ("rgb", "depth", "normals", "valid"))
+
+
+class Targets:
+    """(reference latent, target velocity, token weights) of a micro-batch; with ``cache``, encoded once per sample.
+
+    The frozen VAE's encoding is deterministic (posterior mean, no augmentation), so caching changes
+    nothing but the time: at 1024x768 it holds ~2.4 MB per sample.
+    """
+
+    def __init__(self, pipe: FE2EPipeline, dataset: TrainDataset, device: torch.device, cache: bool):
+        self.pipe, self.dataset, self.device = pipe, dataset, device
+        self.cache: dict[int, tuple[torch.Tensor, ...]] | None = {} if cache else None
+
+    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        if self.cache is None:
+            return velocity_targets(self.pipe, *_collate(self.dataset, indices, self.device))
+        for i in indices:
+            if i not in self.cache:
+                self.cache[i] = velocity_targets(self.pipe, *_collate(self.dataset, [i], self.device))
+        return tuple(torch.cat([self.cache[i][k] for i in indices]) for k in range(3))
 
 
 def save_adapter(transformer: torch.nn.Module, config: LoraConfig, folder: Path) -> None:
@@ -137,7 +159,7 @@ def train_lora(
         raise ValueError(f"mixed precision {opts.mixed_precision!r} not supported; choose no or bf16")
     if (out_dir / "adapter_model.safetensors").exists() and resume is None and not overwrite:
         raise FileExistsError(f"{out_dir}: holds a trained adapter (pass --resume to continue or --overwrite)")
-    dataset = TrainDataset(data_dir, opts.resolution)
+    dataset = TrainDataset(data_dir, opts.resolution, opts.depth_scale)
     device = torch.device(opts.device)
     torch.manual_seed(opts.seed)
     base_dtype = torch.bfloat16 if opts.mixed_precision == "bf16" else torch.float32
@@ -153,6 +175,8 @@ def train_lora(
             params.append(param)
     if not params:
         raise ValueError("the target modules matched no Linear of the DiT")
+    if opts.kohya:  # fail before training, not after
+        kohya_modules(list(_adapter_pairs(transformer, config)), files.config)
     if opts.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
@@ -177,13 +201,13 @@ def train_lora(
     bar = tqdm(
         range(start, opts.steps), desc="train-lora", unit="step", disable=not progress, initial=start, total=opts.steps
     )
+    targets = Targets(pipe, dataset, device, opts.cache_latents)
     t0 = time.perf_counter()
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(opts.grad_accum):
-            batch = _collate(dataset, sample_indices(step, micro, opts, len(dataset)), device)
-            ref_latent, target, weight = velocity_targets(pipe, *batch)
+            ref_latent, target, weight = targets(sample_indices(step, micro, opts, len(dataset)))
             with autocast:
                 loss = velocity_loss(pipe, ref_latent, target, weight) / opts.grad_accum
             loss.backward()
