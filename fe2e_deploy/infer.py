@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from .engines import Engine
+from .engines import Engine, predict_batch
 from .outputs import find_images, output_paths, write_prediction
 
 
@@ -54,8 +54,14 @@ def run_infer(
     output_dir: str | Path,
     overwrite: bool = False,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> InferReport:
-    """Predict every image under ``input_dir``; unreadable images are reported, not fatal."""
+    """Predict every image under ``input_dir``; unreadable images are reported, not fatal.
+
+    ``batch_size`` images go to the engine together (:func:`predict_batch`); outputs are the same.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     out_resolved = output_dir.resolve()
     images = [p for p in find_images(input_dir) if not p.resolve().is_relative_to(out_resolved)]
@@ -63,24 +69,31 @@ def run_infer(
         raise FileNotFoundError(f"{input_dir}: no .jpg/.jpeg/.png images found")
     report = InferReport()
     start = time.perf_counter()
-    bar = tqdm(images, desc=f"infer ({engine.name})", unit="img", disable=not progress)
-    for path in bar:
+    bar = tqdm(total=len(images), desc=f"infer ({engine.name})", unit="img", disable=not progress)
+    pending: list[tuple[Path, dict[str, Path], Image.Image]] = []
+    for index, path in enumerate(images):
         rel = path.relative_to(input_dir)
         paths = output_paths(output_dir, rel)
         existing = [p for p in paths.values() if p.exists()]
         if existing and not overwrite:
             report.skipped.append((path, f"{existing[0]} exists (pass --overwrite to replace)"))
-            continue
-        try:
-            image = read_image(path)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            report.failed.append((path, f"unreadable image: {exc}"))
-            tqdm.write(f"warning: skipping {path}: unreadable image: {exc}")
-            continue
-        t0 = time.perf_counter()
-        prediction = engine.predict(image)
-        report.predict_seconds += time.perf_counter() - t0
-        write_prediction(paths, prediction)
-        report.written.append(path)
+            bar.update()
+        else:
+            try:
+                pending.append((path, paths, read_image(path)))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                report.failed.append((path, f"unreadable image: {exc}"))
+                tqdm.write(f"warning: skipping {path}: unreadable image: {exc}")
+                bar.update()
+        if pending and (len(pending) == batch_size or index == len(images) - 1):
+            t0 = time.perf_counter()
+            predictions = predict_batch(engine, [image for _, _, image in pending])
+            report.predict_seconds += time.perf_counter() - t0
+            for (path, paths, _), prediction in zip(pending, predictions, strict=True):
+                write_prediction(paths, prediction)
+                report.written.append(path)
+            bar.update(len(pending))
+            pending = []
+    bar.close()
     report.total_seconds = time.perf_counter() - start
     return report

@@ -141,3 +141,23 @@ def test_export_cli_check_and_infer(stripped32, tmp_path):
     help_text = runner.invoke(app, ["export", "--help"]).output
     for option in ("--out", "--resolution", "--graph", "--dtype", "--batch", "--dynamic-batch", "--check", "--device"):
         assert option in help_text
+
+
+def test_dynamic_batch_export_batches_infer(stripped32, tmp_path):
+    """infer --batch-size 3 over 4 images (one unreadable) through a dynamic-batch export == batch 1."""
+    out = tmp_path / "dyn"
+    export_onnx(stripped32, out, resolutions=((32, 32),), graphs=("fe2e",), dynamic_batch=True, progress=False)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        scene_image(32 + 8 * i, 32, seed=i).save(images / f"{i}.png")
+    (images / "broken.png").write_bytes(b"not a png")
+    results = {}
+    for batch in (1, 3):
+        pred = tmp_path / f"pred{batch}"
+        args = ["infer", str(images), "-o", str(pred), "--engine", str(out), "--batch-size", str(batch)]
+        result = runner.invoke(app, [*args, "--no-progress"])
+        assert result.exit_code == 1 and "4 image(s) written" in result.output and "1 failed" in result.output
+        results[batch] = [np.load(pred / "depth_npy" / f"{i}_depth.npy") for i in range(4)]
+    for a, b in zip(results[1], results[3], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)

@@ -138,3 +138,14 @@ def test_strip_cli_and_infer_with_the_stripped_folder(tiny_dir, tmp_path):
     result = runner.invoke(app, ["infer", str(images), "-o", str(tmp_path / "pred"), "--engine", str(out)])
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "pred" / "depth_npy" / "a_depth.npy").shape == (48, 64)
+
+
+def test_stripped_engine_batches_like_single_images(stripped_fp32):
+    engine = StrippedEngine(stripped_fp32, processing_res=(64, 48))
+    images = [scene_image(64 + 16 * i, 48, seed=i) for i in range(3)]
+    batched = engine.predict_batch(images)
+    for image, got in zip(images, batched, strict=True):
+        want = engine.predict(image)
+        assert got.depth.shape == want.depth.shape
+        np.testing.assert_allclose(got.depth, want.depth, atol=1e-5)
+        np.testing.assert_allclose(got.normals, want.normals, atol=1e-4)

@@ -37,6 +37,10 @@ def infer(
     cfg_batch: bool = typer.Option(
         False, "--cfg-batch", help="Run the official batch of 2 (cond + uncond, both empty prompts) instead of 1."
     ),
+    batch_size: int = typer.Option(
+        1,
+        help="Images per engine call (batched by stripped folders and dynamic-batch ONNX exports).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs instead of skipping them."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -57,7 +61,9 @@ def infer(
         else:
             files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, lora)
             runner = EagerEngine.from_model_files(files, dtype, device, res, cfg_batch)
-        report = run_infer(runner, images_dir, output_dir, overwrite=overwrite, progress=progress)
+        report = run_infer(
+            runner, images_dir, output_dir, overwrite=overwrite, progress=progress, batch_size=batch_size
+        )
     for path, reason in report.skipped:
         typer.echo(f"skipped {path}: {reason}")
     for path, reason in report.failed:

@@ -63,6 +63,13 @@ class EagerEngine:
         return self.pipeline(image, self.processing_res)
 
 
+def predict_batch(engine: Engine, images: list[Image.Image]) -> list[Prediction]:
+    """Several images through one engine call where the engine batches (``predict_batch``), else one by one."""
+    if len(images) > 1 and hasattr(engine, "predict_batch"):
+        return engine.predict_batch(images)
+    return [engine.predict(image) for image in images]
+
+
 def load_engine(
     path: str | Path, device: str = "cpu", dtype: str = "fp32", processing_res: tuple[int, int] | None = None
 ) -> Engine:

@@ -43,6 +43,7 @@ class OnnxEngine:
         self.emulated = False  # set once a BF16 graph had to be emulated in FP32 (ORT CPU)
         self.timer = NO_TIMER
         self.dtype = manifest.get("precision", manifest["dtype"])  # fp8, bfloat16 or float32
+        self.dynamic_batch = manifest["batch"] == "dynamic"
 
     @property
     def name(self) -> str:
@@ -64,6 +65,18 @@ class OnnxEngine:
             self._sessions[size], emulated = make_session(self.files[size], self.device)
             self.emulated |= emulated
         return self._sessions[size]
+
+    def predict_batch(self, images: list[Image.Image]) -> list[Prediction]:
+        """One session run for images of one processing size if the export has a dynamic batch, else one by one."""
+        sizes = {self.size_for(image) for image in images}
+        if not self.dynamic_batch or len(sizes) != 1:
+            return [self.predict(image) for image in images]
+        size = sizes.pop()
+        x = torch.cat([preprocess(image, size) for image in images]).numpy()
+        depth, normals = (
+            torch.from_numpy(np.asarray(a)) for a in self.session(size).run(["depth", "normals"], {"image": x})
+        )
+        return [postprocess(depth[i : i + 1], normals[i : i + 1], image.size) for i, image in enumerate(images)]
 
     def predict(self, image: Image.Image) -> Prediction:
         size = self.size_for(image)

@@ -29,6 +29,17 @@ class StrippedEngine:
         return self._graphs[width, height]
 
     @torch.inference_mode()
+    def predict_batch(self, images: list[Image.Image]) -> list[Prediction]:
+        """One batched graph call when every image has the same processing size, else one by one."""
+        sizes = {self.processing_res or fe2e_processing_size(*image.size) for image in images}
+        if len(sizes) != 1:
+            return [self.predict(image) for image in images]
+        size = sizes.pop()
+        x = torch.cat([preprocess(image, size) for image in images]).to(self.device)
+        depth, normals = self.graph(*size)(x)
+        return [postprocess(depth[i : i + 1], normals[i : i + 1], image.size) for i, image in enumerate(images)]
+
+    @torch.inference_mode()
     def predict(self, image: Image.Image) -> Prediction:
         size = self.processing_res or fe2e_processing_size(*image.size)
         graph = self.graph(*size)
