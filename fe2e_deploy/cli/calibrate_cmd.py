@@ -16,13 +16,18 @@ def calibrate(
     stripped: Path = typer.Argument(..., help="Stripped model folder (from `fe2e-deploy strip`)."),
     out: Path = typer.Option(Path("calibration/fp8_scales.json"), "--out", "-o", help="Scales file to write (JSON)."),
     images: Path = typer.Option(
-        None, help="Folder of calibration images (default: 8 built-in synthetic scenes at 1024x768)."
+        None,
+        help="Folder of calibration images, searched recursively (default: the 8 built-in synthetic scenes, "
+        "the same as calibration/images/).",
     ),
     processing_res: str = typer.Option(None, help="Calibrate at WIDTHxHEIGHT instead of FE2E's resize rule."),
     exclude: list[str] = typer.Option(
-        None, help=f"Glob over Linear names kept out of FP8, repeatable (default: {', '.join(DEFAULT_EXCLUDE)})."
+        None,
+        help="Glob over Linear names kept out of FP8 (repeatable), replacing the defaults "
+        f"({', '.join(DEFAULT_EXCLUDE)}).",
     ),
     max_images: int = typer.Option(None, help="Use at most N images (sorted by path)."),
+    device: str = typer.Option("cpu", help="Run the model on cpu or cuda (calibrating the full model needs a GPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing scales file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -35,9 +40,10 @@ def calibrate(
             raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
         res = parse_resolution(processing_res) if processing_res else None
         patterns = tuple(exclude) if exclude else DEFAULT_EXCLUDE
-        document = calibrate_fp8(stripped, images, res, patterns, max_images, progress)
+        document = calibrate_fp8(stripped, images, res, patterns, max_images, progress, device)
         write_scales(document, out, overwrite)
     typer.echo(
-        f"FP8 scales of {len(document['layers'])} linear layer(s) from {len(document['images'])} image(s) "
-        f"({', '.join(document['resolutions'])}) written to {out}; kept out: {len(document['excluded'])}"
+        f"FP8 scales of {len(document['layers'])} linear layer(s) from {document['num_images']} image(s) "
+        f"({', '.join(document['resolutions'])}) written to {out}; kept out of FP8: "
+        f"{', '.join(document['excluded']) or 'none'}"
     )

@@ -1,25 +1,35 @@
 """``calibrate``: per-tensor FP8 E4M3 scales (max calibration) for the DiT's linear layers.
 
-The stripped model runs over calibration images; forward pre-hooks record the absolute maximum
-of every quantised Linear's input, the weights' maxima are read directly; scale = amax / 448.
-``img_in`` (x_embedder) and ``final_layer.linear`` stay in BF16 by default (first and last layer),
-and the attention BMMs are never quantised (they are not Linear modules).
+The stripped model runs image by image through :class:`~fe2e_deploy.models.fused.FE2EGraph`;
+forward pre-hooks record the absolute maximum of every quantised Linear's input (after the cast to
+the weight dtype, i.e. exactly what the matmul sees); weight maxima are read from the weights.
+scale = amax / 448 (the largest finite E4M3 value). ``img_in`` (x_embedder) and
+``final_layer.linear`` stay out of FP8 by default (``--exclude`` replaces that list), and the
+attention BMMs (QK^T, PV) are never quantised: they are not Linear modules.
 
-Why not NVIDIA ModelOpt: ``nvidia-modelopt`` 0.47 installs and max-calibrates on CPU here, but its
-quantised modules do not export with the dynamo ONNX exporter our graphs use (the conversion fails)
-and the TorchScript exporter emits ``trt::TRT_FP8QuantizeLinear`` custom ops that ONNX Runtime
-cannot run, so the exported FP8 graph could not be verified here. Max calibration itself is a few
-lines, and :mod:`fe2e_deploy.quantize.fp8` emits standard ONNX Q/DQ (opset 19) that both TensorRT
-and ONNX Runtime read.
+Why not NVIDIA ModelOpt (``nvidia-modelopt`` 0.47, tried on CPU with this torch 2.13):
+``mtq.quantize(..., FP8_DEFAULT_CFG, forward_loop)`` does max-calibrate the stripped DiT on CPU, and
+its amaxes equal ours on the same inputs, but its quantised modules cannot be exported with the
+dynamo exporter every graph here uses (``No ONNX function found for tensorrt.quantize_op``), and
+the TorchScript exporter writes ``trt::TRT_FP8QuantizeLinear`` custom ops that ONNX Runtime cannot
+load, so the exported graph cannot be checked anywhere here. Its ONNX-level PTQ
+(``modelopt.onnx.quantization``) does run on CPU, but only when installed without its ``[onnx]``
+extra, which pins ``onnx~=1.21``, ``onnxruntime-gpu`` and ``cupy-cuda12x`` against this project's
+onnx/onnxruntime; it calibrates an already exported graph in ONNX Runtime (FP32 on CPU: twice the
+17 GB BF16 DiT) and quantises every MatMul, including ``img_in``, the final layer and the attention
+BMMs, unless told otherwise. Max calibration is a few lines of hooks, and
+:mod:`fe2e_deploy.quantize.fp8` writes standard ONNX Q/DQ that TensorRT and ONNX Runtime both read.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -29,29 +39,43 @@ from ..infer import read_image
 from ..models.fused import FE2EGraph
 from ..outputs import find_images
 from ..pipeline import fe2e_processing_size, preprocess
-from ..scenes import synthetic_scene
-from ..strip import load_stripped
+from ..strip import WEIGHTS_FILE, load_stripped, sha256_file
+from .synthetic_scenes import COUNT, render_scene, scene_name
 
 FORMAT, FORMAT_VERSION = "fe2e-fp8-scales", 1
 E4M3_MAX = 448.0
 DEFAULT_EXCLUDE = ("img_in", "final_layer.linear")
-SYNTHETIC_IMAGES = 8
+NOT_QUANTISED = "attention BMMs (QK^T, PV), RoPE, norms, modulation and residual stream stay in the compute dtype"
+
+
+def linear_names(dit: nn.Module) -> list[str]:
+    return [name for name, module in dit.named_modules() if isinstance(module, nn.Linear)]
 
 
 def quantizable_linears(dit: nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> dict[str, nn.Linear]:
-    """The DiT's Linear modules (official names) not matched by an ``exclude`` glob pattern."""
-    return {
-        name: module
-        for name, module in dit.named_modules()
-        if isinstance(module, nn.Linear) and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
-    }
+    """The DiT's Linear modules (official names) not matched by an ``exclude`` glob pattern.
+
+    A pattern that matches no Linear is an error (most likely a typo that would quantise a layer
+    meant to stay in high precision).
+    """
+    names = linear_names(dit)
+    unmatched = [p for p in exclude if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(f"--exclude pattern(s) {unmatched} match no Linear layer; names look like {names[:3]}")
+    modules = dict(dit.named_modules())
+    return {n: modules[n] for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)}
 
 
-def calibration_images(images: str | Path | None, max_images: int | None):
-    """(name, PIL image) pairs: a folder's images, or deterministic synthetic scenes when ``images`` is None."""
+def calibration_images(images: str | Path | None, max_images: int | None = None) -> list[tuple[str, Image.Image]]:
+    """(name, RGB image) pairs: a folder's images (sorted), or the built-in synthetic scenes when ``images`` is None.
+
+    The built-in scenes are the ones shipped in ``calibration/images/`` (see ``synthetic_scenes``).
+    """
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {max_images}")
     if images is None:
-        count = min(SYNTHETIC_IMAGES, max_images or SYNTHETIC_IMAGES)
-        return [(f"synthetic-{i}", synthetic_scene(1024, 768, seed=100 + i)) for i in range(count)]
+        count = min(COUNT, max_images or COUNT)
+        return [(f"builtin:{scene_name(i)}", render_scene(i)) for i in range(count)]
     paths = find_images(images)[:max_images]
     if not paths:
         raise FileNotFoundError(f"{images}: no .jpg/.jpeg/.png calibration images found")
@@ -66,58 +90,71 @@ def calibrate_fp8(
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
     max_images: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
-    """Run the stripped model over the calibration images; returns the scales document."""
-    model = load_stripped(stripped)
+    """Run the stripped model over the calibration images; returns the scales document (see ``write_scales``)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU available here")
+    pictures = calibration_images(images, max_images)
+    model = load_stripped(stripped, device=device, progress=progress)
     linears = quantizable_linears(model.dit, exclude)
     if not linears:
         raise ValueError(f"every Linear is excluded by {list(exclude)}")
-    amax = {name: torch.zeros(()) for name in linears}
+    amax = {name: torch.zeros((), device=device) for name in linears}
 
     def hook(name: str):
-        def record(_module, args):
-            amax[name] = torch.maximum(amax[name], args[0].detach().abs().max().float().cpu())
+        def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            amax[name] = torch.maximum(amax[name], args[0].detach().abs().amax().float())
 
         return record
 
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in linears.items()]
-    pictures = calibration_images(images, max_images)
-    sizes = set()
+    graphs: dict[tuple[int, int], FE2EGraph] = {}  # RoPE tables once per resolution
     try:
         for _, image in tqdm(pictures, desc="calibrate", unit="img", disable=not progress):
             size = processing_res or fe2e_processing_size(*image.size)
-            sizes.add(size)
-            FE2EGraph(model.vae, model.dit, *size)(preprocess(image, size))
+            if size not in graphs:
+                graphs[size] = FE2EGraph(model.vae, model.dit, *size).to(device)
+            graphs[size](preprocess(image, size).to(device))
     finally:
         for handle in handles:
             handle.remove()
     layers = {}
     for name, module in sorted(linears.items()):
-        w_amax = float(module.weight.detach().abs().max().float())
+        w_amax = float(module.weight.detach().abs().amax().float())
         x_amax = float(amax[name])
-        if x_amax <= 0 or w_amax <= 0:
-            raise ValueError(f"{name}: zero range during calibration (input amax {x_amax}, weight amax {w_amax})")
+        if not all(math.isfinite(v) and v > 0 for v in (x_amax, w_amax)):
+            raise ValueError(f"{name}: unusable range after calibration (input amax {x_amax}, weight amax {w_amax})")
         layers[name] = {
-            "input_amax": x_amax,
-            "weight_amax": w_amax,
             "input_scale": x_amax / E4M3_MAX,
             "weight_scale": w_amax / E4M3_MAX,
+            "input_amax": x_amax,
+            "weight_amax": w_amax,
         }
+    folder = Path(stripped)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fe2e_deploy": __version__,
-        "fp8": "e4m3fn, per-tensor, max calibration",
-        "stripped": {"path": str(stripped), "sources": model.meta["sources"], "dtype": model.meta["dtype"]},
-        "resolutions": sorted(f"{w}x{h}" for w, h in sizes),
+        "fp8": "float8_e4m3fn, per-tensor scales, max calibration (scale = amax / 448)",
+        "stripped": {
+            "path": str(folder),
+            "weights_sha256": sha256_file(folder / WEIGHTS_FILE),
+            "sources": model.meta["sources"],
+            "dtype": model.meta["dtype"],
+        },
+        "resolutions": sorted(f"{w}x{h}" for w, h in graphs),
+        "num_images": len(pictures),
         "images": [name for name, _ in pictures],
-        "excluded": sorted(set(quantizable_linears(model.dit, ())) - set(linears)),
         "exclude_patterns": list(exclude),
+        "excluded": sorted(set(linear_names(model.dit)) - set(linears)),
+        "not_quantised": NOT_QUANTISED,
         "layers": layers,
     }
 
 
 def write_scales(document: dict, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a scales document as JSON, atomically; an existing file needs ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
@@ -125,7 +162,7 @@ def write_scales(document: dict, path: str | Path, overwrite: bool = False) -> P
 
 
 def load_scales(path: str | Path) -> dict:
-    """A scales document (checked format)."""
+    """A scales document (format checked; every layer's scales positive and finite)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FP8 scales not found (run `fe2e-deploy calibrate`)")
@@ -135,4 +172,8 @@ def load_scales(path: str | Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not an FP8 scales file ({FORMAT} v{FORMAT_VERSION})")
+    for name, entry in document.get("layers", {}).items():
+        scales = (entry.get("input_scale"), entry.get("weight_scale"))
+        if not all(isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(f"{path}: layer {name} has invalid scales {scales}")
     return document

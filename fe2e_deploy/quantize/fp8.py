@@ -56,17 +56,24 @@ class FP8Linear(nn.Module):
         dtype = self.weight_scale.dtype
         x = x.to(dtype)
         if torch.onnx.is_in_onnx_export():
+            # Q/DQ on the input, DQ on the FLOAT8E4M3FN weight initializer; F.linear then exports as
+            # DQ(W) -> Transpose -> MatMul, the same pattern ModelOpt's TensorRT FP8 export produces.
             q = symbolic(
-                "QuantizeLinear", (x, self.input_scale, self.zero_point), {}, dtype=FP8, shape=x.shape, version=19
+                "QuantizeLinear",
+                (x, self.input_scale, self.zero_point),
+                {},
+                dtype=FP8,
+                shape=x.shape,
+                version=FP8_OPSET,
             )
-            x = symbolic("DequantizeLinear", (q, self.input_scale), {}, dtype=dtype, shape=x.shape, version=19)
+            x = symbolic("DequantizeLinear", (q, self.input_scale), {}, dtype=dtype, shape=x.shape, version=FP8_OPSET)
             w = symbolic(
                 "DequantizeLinear",
                 (self.weight_fp8, self.weight_scale),
                 {},
                 dtype=dtype,
                 shape=self.weight_fp8.shape,
-                version=19,
+                version=FP8_OPSET,
             )
         elif fp8_gemm_supported(x):
             return self._scaled_mm(x, dtype)
