@@ -43,49 +43,74 @@ class LoraPair:
         return (self.up.float() @ self.down.float()).mul_(multiplier * self.scale)  # one allocation
 
 
-def read_kohya_lora(path: str | Path, config: ModelConfig) -> dict[str, LoraPair]:
-    """All LoRA pairs of a kohya file, checked against the official shapes of ``config``."""
+KOHYA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
+
+
+@dataclass(frozen=True)
+class KohyaEntry:
+    """One module of a kohya file, checked from the header: tensor names, rank, alpha, official shape."""
+
+    module: str  # official module name
+    down_key: str
+    up_key: str
+    rank: int
+    alpha: float
+    shape: tuple[int, int]  # of the official weight, [out, in]
+
+
+def index_kohya_lora(path: str | Path, handle, config: ModelConfig) -> dict[str, KohyaEntry]:
+    """Check every name and shape of an open kohya file against ``config``; reads only the alphas."""
     shapes = dit_layout(config).official_shapes()
     modules = {m.replace(".", "_"): m for m in lora_target_modules(config)}
+    groups: dict[str, dict[str, str]] = {}
+    for key in sorted(handle.keys()):  # noqa: SIM118  (a safe_open handle is not iterable)
+        stem, _, part = key.partition(".")
+        if not stem.startswith(PREFIX) or part not in KOHYA_PARTS:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is not a kohya LoRA tensor for the DiT "
+                f"(expected {PREFIX}<module>.lora_down.weight / .lora_up.weight / .alpha)"
+            )
+        groups.setdefault(stem, {})[part] = key
+    if not groups:
+        raise CheckpointError(f"{path}: contains no LoRA tensors")
+    entries = {}
+    for stem, parts in sorted(groups.items()):
+        module = modules.get(stem.removeprefix(PREFIX))
+        if module is None:
+            raise CheckpointError(
+                f"{path}: LoRA module {stem!r} matches no Linear of the double/single blocks of this "
+                "model (a LoRA for another model or config?)"
+            )
+        for needed in KOHYA_PARTS[:2]:
+            if needed not in parts:
+                raise CheckpointError(f"{path}: {stem} has no {needed}")
+        down = tuple(handle.get_slice(parts["lora_down.weight"]).get_shape())
+        up = tuple(handle.get_slice(parts["lora_up.weight"]).get_shape())
+        out_features, in_features = shape = shapes[module + ".weight"]
+        if len(down) != 2 or len(up) != 2 or down[0] != up[1]:
+            raise CheckpointError(
+                f"{path}: {stem}: lora_down {list(down)} and lora_up {list(up)} are not a rank-r pair"
+            )
+        if down[1] != in_features or up[0] != out_features:
+            raise CheckpointError(
+                f"{path}: {stem}: LoRA maps {down[1]} -> {up[0]} features but {module} "
+                f"is {in_features} -> {out_features}"
+            )
+        alpha = float(handle.get_tensor(parts["alpha"]).item()) if "alpha" in parts else float(down[0])
+        entries[module] = KohyaEntry(module, parts["lora_down.weight"], parts["lora_up.weight"], down[0], alpha, shape)
+    return entries
+
+
+def read_kohya_pair(handle, entry: KohyaEntry) -> LoraPair:
+    return LoraPair(
+        entry.module, handle.get_tensor(entry.down_key).float(), handle.get_tensor(entry.up_key).float(), entry.alpha
+    )
+
+
+def read_kohya_lora(path: str | Path, config: ModelConfig) -> dict[str, LoraPair]:
+    """All LoRA pairs of a kohya file, checked against the official shapes of ``config``."""
     with open_safetensors(path) as handle:
-        keys = set(handle.keys())
-        groups: dict[str, dict[str, str]] = {}
-        for key in keys:
-            stem, _, part = key.partition(".")
-            if not stem.startswith(PREFIX) or part not in ("lora_down.weight", "lora_up.weight", "alpha"):
-                raise CheckpointError(
-                    f"{path}: tensor {key!r} is not a kohya LoRA tensor for the DiT "
-                    f"(expected {PREFIX}<module>.lora_down.weight / .lora_up.weight / .alpha)"
-                )
-            groups.setdefault(stem, {})[part] = key
-        if not groups:
-            raise CheckpointError(f"{path}: contains no LoRA tensors")
-        pairs = {}
-        for stem, parts in sorted(groups.items()):
-            module = modules.get(stem.removeprefix(PREFIX))
-            if module is None:
-                raise CheckpointError(
-                    f"{path}: LoRA module {stem!r} matches no Linear of the double/single blocks of this "
-                    "model (a LoRA for another model or config?)"
-                )
-            for needed in ("lora_down.weight", "lora_up.weight"):
-                if needed not in parts:
-                    raise CheckpointError(f"{path}: {stem} has no {needed}")
-            down = handle.get_tensor(parts["lora_down.weight"]).float()
-            up = handle.get_tensor(parts["lora_up.weight"]).float()
-            out_features, in_features = shapes[module + ".weight"]
-            if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
-                raise CheckpointError(
-                    f"{path}: {stem}: lora_down {list(down.shape)} and lora_up {list(up.shape)} are not a rank-r pair"
-                )
-            if down.shape[1] != in_features or up.shape[0] != out_features:
-                raise CheckpointError(
-                    f"{path}: {stem}: LoRA maps {down.shape[1]} -> {up.shape[0]} features but {module} "
-                    f"is {in_features} -> {out_features}"
-                )
-            alpha = float(handle.get_tensor(parts["alpha"]).item()) if "alpha" in parts else float(down.shape[0])
-            pairs[module] = LoraPair(module, down, up, alpha)
-    return pairs
+        return {m: read_kohya_pair(handle, e) for m, e in index_kohya_lora(path, handle, config).items()}
 
 
 def apply_lora_unmerged(dit: torch.nn.Module, pairs: dict[str, LoraPair], adapter: str = "fe2e") -> None:

@@ -35,13 +35,12 @@ from . import __version__
 from .atomic import atomic_write
 from .config import ModelConfig
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors
-from .loading.dit_layout import dit_layout, lora_target_modules
+from .loading.dit_layout import dit_layout
 from .loading.writer import SafetensorsWriter
-from .lora import PREFIX, LoraPair
+from .lora import KohyaEntry, index_kohya_lora, read_kohya_pair
 
 PEFT_PREFIXES = ("base_model.model.", "transformer.")
 PEFT_WEIGHTS = "adapter_model.safetensors"
-KOHYA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
 FLOAT_CODES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -58,54 +57,20 @@ class MergeItem:
 
 
 def kohya_items(path: str | Path, config: ModelConfig) -> dict[str, MergeItem]:
-    """FE2E's kohya file, checked from its header (as ``read_kohya_lora``); pairs are read when merged."""
-    shapes = dit_layout(config).official_shapes()
-    modules = {m.replace(".", "_"): m for m in lora_target_modules(config)}
-    items = {}
+    """FE2E's kohya file, checked from its header (``lora.index_kohya_lora``); pairs are read when merged."""
     with open_safetensors(path) as handle:
-        groups: dict[str, dict[str, str]] = {}
-        for key in sorted(handle.keys()):  # noqa: SIM118  (a safe_open handle is not iterable)
-            stem, _, part = key.partition(".")
-            if not stem.startswith(PREFIX) or part not in KOHYA_PARTS:
-                raise CheckpointError(
-                    f"{path}: tensor {key!r} is not a kohya LoRA tensor for the DiT "
-                    f"(expected {PREFIX}<module>.lora_down.weight / .lora_up.weight / .alpha)"
-                )
-            groups.setdefault(stem, {})[part] = key
-        if not groups:
-            raise CheckpointError(f"{path}: contains no LoRA tensors")
-        for stem, parts in sorted(groups.items()):
-            module = modules.get(stem.removeprefix(PREFIX))
-            if module is None:
-                raise CheckpointError(
-                    f"{path}: LoRA module {stem!r} matches no Linear of the double/single blocks of this "
-                    "model (a LoRA for another model or config?)"
-                )
-            for needed in KOHYA_PARTS[:2]:
-                if needed not in parts:
-                    raise CheckpointError(f"{path}: {stem} has no {needed}")
-            down = tuple(handle.get_slice(parts["lora_down.weight"]).get_shape())
-            up = tuple(handle.get_slice(parts["lora_up.weight"]).get_shape())
-            out_features, in_features = shape = shapes[module + ".weight"]
-            if len(down) != 2 or len(up) != 2 or down[0] != up[1]:
-                raise CheckpointError(
-                    f"{path}: {stem}: lora_down {list(down)} and lora_up {list(up)} are not a rank-r pair"
-                )
-            if down[1] != in_features or up[0] != out_features:
-                raise CheckpointError(
-                    f"{path}: {stem}: LoRA maps {down[1]} -> {up[0]} features but {module} "
-                    f"is {in_features} -> {out_features}"
-                )
-            alpha = float(handle.get_tensor(parts["alpha"]).item()) if "alpha" in parts else float(down[0])
+        entries = index_kohya_lora(path, handle, config)
 
-            def compute(module=module, parts=parts, alpha=alpha) -> torch.Tensor:
-                with open_safetensors(path) as fh:
-                    down = fh.get_tensor(parts["lora_down.weight"]).float()
-                    up = fh.get_tensor(parts["lora_up.weight"]).float()
-                return LoraPair(module, down, up, alpha).delta()
+    def compute(entry: KohyaEntry) -> torch.Tensor:
+        with open_safetensors(path) as fh:
+            return read_kohya_pair(fh, entry).delta()
 
-            items[module + ".weight"] = MergeItem(module + ".weight", shape, [module], [down[0]], [alpha], compute)
-    return items
+    return {
+        e.module + ".weight": MergeItem(
+            e.module + ".weight", e.shape, [e.module], [e.rank], [e.alpha], lambda e=e: compute(e)
+        )
+        for e in entries.values()
+    }
 
 
 def _peft_alpha(module: str, cfg: LoraConfig) -> float:
