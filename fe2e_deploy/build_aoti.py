@@ -9,17 +9,16 @@ the exact fake quantisation elsewhere (a correctness build on CPU, not a fast on
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .atomic import atomic_write
 from .models.fused import FE2EGraph
 from .quantize.calibrate import load_scales
 from .quantize.fp8 import quantize_dit
+from .sidecar import read_sidecar, write_sidecar
 from .strip import load_stripped
 
 SIDECAR_FORMAT = "fe2e-aoti-package"
@@ -36,10 +35,6 @@ def device_identity(device: str) -> dict:
     if device != "cpu":
         raise ValueError(f"device {device!r} not supported; use cpu or cuda")
     return {"kind": "cpu", "name": "cpu", "compute_capability": None}
-
-
-def sidecar_path(package: str | Path) -> Path:
-    return Path(f"{package}.json")
 
 
 def build_aoti(
@@ -99,21 +94,13 @@ def build_aoti(
         "build_seconds": round(seconds, 1),
         "package_bytes": out.stat().st_size,
     }
-    atomic_write(sidecar_path(out), lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
+    write_sidecar(out, sidecar)
     return sidecar
 
 
 def check_aoti_sidecar(package: str | Path, device: str) -> dict:
     """The package's sidecar, refusing a package built for another device kind or GPU or torch."""
-    path = sidecar_path(package)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing sidecar (rebuild with `fe2e-deploy build --backend aoti`)")
-    try:
-        sidecar = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if sidecar.get("format") != SIDECAR_FORMAT:
-        raise ValueError(f"{path}: format {sidecar.get('format')!r} is not {SIDECAR_FORMAT!r}")
+    sidecar = read_sidecar(package, SIDECAR_FORMAT, "fe2e-deploy build --backend aoti")
     here, built = device_identity(device), sidecar.get("device", {})
     if (built.get("kind"), built.get("name"), built.get("compute_capability")) != (
         here["kind"],

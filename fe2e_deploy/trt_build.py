@@ -12,7 +12,6 @@ this module imports it only inside :func:`build_trt_engine`.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import onnx
 from . import __version__
 from .atomic import atomic_write
 from .onnx_export import load_manifest
+from .sidecar import read_sidecar, write_sidecar
 
 PRECISIONS = ("bf16", "fp8")
 SIDECAR_FORMAT = "fe2e-tensorrt-plan"
@@ -38,10 +38,6 @@ def import_tensorrt():
     except ImportError as exc:
         raise TensorRTUnavailable(f"{INSTALL_HINT} ({exc})") from None
     return tensorrt
-
-
-def sidecar_path(plan: str | Path) -> Path:
-    return Path(f"{plan}.json")
 
 
 @dataclass(frozen=True)
@@ -156,7 +152,7 @@ def build_trt_engine(
         "builder_optimization_level": opt_level,
         "build_seconds": round(seconds, 1),
     }
-    atomic_write(sidecar_path(out), lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
+    write_sidecar(out, sidecar)
     return sidecar
 
 
@@ -171,15 +167,7 @@ def _gpu_identity() -> dict:
 
 def check_sidecar(plan: str | Path, gpu: dict | None = None) -> dict:
     """Read a plan's sidecar and refuse a plan built for another GPU (TensorRT plans are not portable)."""
-    path = sidecar_path(plan)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing sidecar (rebuild with `fe2e-deploy build-trt`)")
-    try:
-        sidecar = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if sidecar.get("format") != SIDECAR_FORMAT:
-        raise ValueError(f"{path}: format {sidecar.get('format')!r} is not {SIDECAR_FORMAT!r}")
+    sidecar = read_sidecar(plan, SIDECAR_FORMAT, "fe2e-deploy build-trt")
     gpu = gpu if gpu is not None else _gpu_identity()
     built = sidecar.get("gpu", {})
     if built.get("compute_capability") != gpu.get("compute_capability") or built.get("name") != gpu.get("name"):

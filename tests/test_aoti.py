@@ -10,12 +10,13 @@ import torch
 from conftest import scene_image
 from typer.testing import CliRunner
 
-from fe2e_deploy.build_aoti import build_aoti, sidecar_path
+from fe2e_deploy.build_aoti import build_aoti
 from fe2e_deploy.cli import app
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.aoti import AOTIEngine
 from fe2e_deploy.engines.stripped import StrippedEngine
 from fe2e_deploy.quantize.calibrate import calibrate_fp8, write_scales
+from fe2e_deploy.sidecar import sidecar_path
 from fe2e_deploy.strip import strip_model
 
 runner = CliRunner()
