@@ -11,6 +11,7 @@ from PIL import Image
 
 from fe2e_deploy.config import load_model_config
 from fe2e_deploy.pipeline import FE2EPipeline
+from fe2e_deploy.strip import strip_model
 from fe2e_deploy.tiny import write_tiny_model
 
 DATA = Path(__file__).parent / "data"
@@ -37,6 +38,14 @@ def tiny_pipeline(tiny_dir, tiny_config) -> FE2EPipeline:
         tiny_dir / "empty_prompt.npz",
         tiny_dir / "lora.safetensors",
     )
+
+
+def strip_tiny(tiny_dir: Path, config, out: Path, dtype=torch.float32, lora: bool = True, **kwargs) -> Path:
+    """``strip`` the tiny model (with its LoRA unless ``lora=False``) into ``out``; returns ``out``."""
+    names = ("dit.safetensors", "empty_prompt.npz", "vae.safetensors")
+    lora_path = tiny_dir / "lora.safetensors" if lora else None
+    strip_model(*(tiny_dir / n for n in names), out, config, lora_path, dtype, progress=False, **kwargs)
+    return out
 
 
 def scene_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import scene_image
+from conftest import scene_image, strip_tiny
 from typer.testing import CliRunner
 
 from fe2e_deploy.build_aoti import build_aoti
@@ -17,7 +17,6 @@ from fe2e_deploy.engines.aoti import AOTIEngine
 from fe2e_deploy.engines.stripped import StrippedEngine
 from fe2e_deploy.quantize.calibrate import calibrate_fp8, write_scales
 from fe2e_deploy.sidecar import sidecar_path
-from fe2e_deploy.strip import strip_model
 
 runner = CliRunner()
 
@@ -25,9 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def stripped(tiny_dir, tiny_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("aoti") / "stripped"
-    names = ("dit.safetensors", "empty_prompt.npz", "vae.safetensors")
-    strip_model(*(tiny_dir / n for n in names), out, tiny_config, tiny_dir / "lora.safetensors", torch.float32)
-    return out
+    return strip_tiny(tiny_dir, tiny_config, out)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import strip_tiny
 from typer.testing import CliRunner
 
 from fe2e_deploy.benchmark import PAPER_SECONDS, format_table, map_errors, run_benchmark
@@ -14,7 +15,6 @@ from fe2e_deploy.cli import app
 from fe2e_deploy.model_files import ModelFiles
 from fe2e_deploy.pipeline import Prediction
 from fe2e_deploy.scenes import synthetic_scene
-from fe2e_deploy.strip import strip_model
 
 runner = CliRunner()
 
@@ -22,9 +22,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def stripped(tiny_dir, tiny_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "stripped"
-    names = ("dit.safetensors", "empty_prompt.npz", "vae.safetensors")
-    strip_model(*(tiny_dir / n for n in names), out, tiny_config, tiny_dir / "lora.safetensors", torch.bfloat16)
-    return out
+    return strip_tiny(tiny_dir, tiny_config, out, torch.bfloat16)
 
 
 def test_map_errors():

@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
+from conftest import strip_tiny
 from typer.testing import CliRunner
 
 from fe2e_deploy.cli import app
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.onnx_export import export_onnx
 from fe2e_deploy.sidecar import sidecar_path
-from fe2e_deploy.strip import strip_model
 from fe2e_deploy.trt_build import check_precision, check_sidecar, inspect_graph
 
 runner = CliRunner()
@@ -24,8 +24,7 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 @pytest.fixture(scope="module")
 def bf16_graph(tiny_dir, tiny_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("trt")
-    names = ("dit.safetensors", "empty_prompt.npz", "vae.safetensors")
-    strip_model(*(tiny_dir / n for n in names), root / "s", tiny_config, dtype=torch.bfloat16, progress=False)
+    strip_tiny(tiny_dir, tiny_config, root / "s", torch.bfloat16, lora=False)
     export_onnx(root / "s", root / "e", resolutions=((32, 32),), graphs=("fe2e",), progress=False)
     return root / "e" / "fe2e_32x32.onnx"
 

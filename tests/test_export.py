@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import scene_image
+from conftest import scene_image, strip_tiny
 from typer.testing import CliRunner
 
 from fe2e_deploy.cli import app
@@ -17,23 +17,9 @@ from fe2e_deploy.engines.onnx import OnnxEngine
 from fe2e_deploy.onnx_check import check_export
 from fe2e_deploy.onnx_export import GRAPHS, export_onnx
 from fe2e_deploy.ort_session import has_bf16, make_session
-from fe2e_deploy.strip import load_stripped, strip_model
+from fe2e_deploy.strip import load_stripped
 
 runner = CliRunner()
-
-
-def strip_tiny(tiny_dir, tiny_config, out, dtype):
-    strip_model(
-        tiny_dir / "dit.safetensors",
-        tiny_dir / "empty_prompt.npz",
-        tiny_dir / "vae.safetensors",
-        out,
-        tiny_config,
-        tiny_dir / "lora.safetensors",
-        dtype=dtype,
-        progress=False,
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

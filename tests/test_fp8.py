@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import strip_tiny
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -23,19 +24,12 @@ from fe2e_deploy.pipeline import preprocess
 from fe2e_deploy.quantize.calibrate import calibration_images, load_scales
 from fe2e_deploy.quantize.fp8 import FP8Linear, quantize_dit
 from fe2e_deploy.quantize.synthetic_scenes import COUNT, render_scene, scene_name, write_scenes
-from fe2e_deploy.strip import load_stripped, sha256_file, strip_model
+from fe2e_deploy.strip import load_stripped, sha256_file
 from fe2e_deploy.trt_build import check_precision, inspect_graph
 
 runner = CliRunner()
 SHIPPED = Path(__file__).parents[1] / "calibration" / "images"
 N_LINEARS = 20  # tiny config: 2 double blocks x 8 linears + 2 single blocks x 2 (img_in, final_layer excluded)
-
-
-def strip_tiny(tiny_dir, tiny_config, out, seed_lora=True):
-    names = ("dit.safetensors", "empty_prompt.npz", "vae.safetensors")
-    lora = tiny_dir / "lora.safetensors" if seed_lora else None
-    strip_model(*(tiny_dir / n for n in names), out, tiny_config, lora, torch.float32, progress=False)
-    return out
 
 
 def same_picture(a: Image.Image, b: Image.Image) -> bool:
@@ -188,7 +182,7 @@ def test_fp8_qdq_graph_runs_in_onnx_runtime_and_matches(stripped, scales, tmp_pa
 
 
 def test_scales_must_belong_to_the_stripped_model(tiny_dir, tiny_config, scales, tmp_path):
-    other = strip_tiny(tiny_dir, tiny_config, tmp_path / "other", seed_lora=False)
+    other = strip_tiny(tiny_dir, tiny_config, tmp_path / "other", lora=False)
     with pytest.raises(ValueError, match="calibrated on another stripped model"):
         export_onnx(other, tmp_path / "x", resolutions=((32, 32),), graphs=("dit",), fp8_scales=scales, progress=False)
     doc = load_scales(scales)

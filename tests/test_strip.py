@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import scene_image
+from conftest import scene_image, strip_tiny
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -17,23 +17,9 @@ from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.stripped import StrippedEngine
 from fe2e_deploy.loading import CheckpointError
 from fe2e_deploy.models.fused import DiTStep
-from fe2e_deploy.strip import is_folded, load_stripped, parameter_counts, strip_model
+from fe2e_deploy.strip import is_folded, load_stripped, parameter_counts
 
 runner = CliRunner()
-
-
-def strip_tiny(tiny_dir, tiny_config, out, dtype=torch.float32, **kwargs):
-    return strip_model(
-        tiny_dir / "dit.safetensors",
-        tiny_dir / "empty_prompt.npz",
-        tiny_dir / "vae.safetensors",
-        out,
-        tiny_config,
-        tiny_dir / "lora.safetensors",
-        dtype=dtype,
-        progress=False,
-        **kwargs,
-    )
 
 
 @pytest.fixture(scope="module")
