@@ -57,9 +57,14 @@ class QKNorm(nn.Module):
         self.query_norm, self.key_norm = RMSNorm(dim), RMSNorm(dim)
 
 
+def compute_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype a Linear multiplies in: its weight's, or an FP8 linear's ``compute_dtype`` (no dequantisation)."""
+    return getattr(layer, "compute_dtype", None) or layer.weight.dtype
+
+
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """FP32 activations in, matmul in the weight dtype, FP32 out."""
-    return layer(x.to(layer.weight.dtype)).float()
+    return layer(x.to(compute_dtype(layer))).float()
 
 
 def attention(q, k, v, cos, sin, dtype) -> torch.Tensor:
@@ -87,7 +92,7 @@ def mlp(dim: int, hidden: int) -> nn.Sequential:
 
 
 def run_mlp(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    return linear(seq[2], seq[1](linear(seq[0], x).to(seq[0].weight.dtype)))
+    return linear(seq[2], seq[1](linear(seq[0], x).to(compute_dtype(seq[0]))))
 
 
 class DoubleBlock(nn.Module):
@@ -105,7 +110,7 @@ class DoubleBlock(nn.Module):
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod
         iq, ik, iv = self.img_attn.qkv_heads(layer_norm(img) * (1 + i_scale1) + i_shift1)
         tq, tk, tv = self.txt_attn.qkv_heads(layer_norm(txt) * (1 + t_scale1) + t_shift1)
-        dtype = self.img_attn.qkv.weight.dtype
+        dtype = compute_dtype(self.img_attn.qkv)
         attn = attention(torch.cat([tq, iq], 2), torch.cat([tk, ik], 2), torch.cat([tv, iv], 2), cos, sin, dtype)
         txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
         img = img + i_gate1 * linear(self.img_attn.proj, img_attn)
@@ -128,7 +133,7 @@ class SingleBlock(nn.Module):
 
     def forward(self, x, cos, sin):
         shift, scale, gate = self.modulation
-        dtype = self.linear1.weight.dtype
+        dtype = compute_dtype(self.linear1)
         hidden = self.linear1((layer_norm(x) * (1 + scale) + shift).to(dtype))
         qkv, mlp_in = hidden.split([3 * self.dim, hidden.shape[-1] - 3 * self.dim], dim=-1)
         q, k, v = qkv.float().unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
@@ -171,7 +176,7 @@ class StrippedDiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.img_in.weight.dtype
+        return compute_dtype(self.img_in)
 
     def cast_weights(self, dtype: torch.dtype) -> StrippedDiT:
         """Cast the weights (parameters) to ``dtype``; the folded constants (buffers) stay FP32."""
