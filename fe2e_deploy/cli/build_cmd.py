@@ -6,33 +6,53 @@ from pathlib import Path
 
 import typer
 
-from ..build_aoti import PRECISIONS, build_aoti
+from ..build_aoti import PRECISIONS, build_aoti, resolve_device
 from ..pipeline import parse_resolution
 from .app import app, user_errors
 
 
 @app.command("build")
 def build(
-    stripped: Path = typer.Argument(..., help="Stripped model folder (from `fe2e-deploy strip`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Package to write, e.g. engines/fe2e_1024x768.pt2 (+ .json)."),
+    stripped: Path = typer.Argument(..., help="Stripped model folder (from `fe2e-deploy strip`); the engine reads it."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Engine folder to write (one fe2e_WxH.pt2 per resolution + aoti_engine.json), e.g. engines/aoti; "
+        "or one package FILE.pt2 (+ FILE.pt2.json) for one resolution.",
+    ),
     backend: str = typer.Option("aoti", help="aoti: torch.export + AOTInductor (the only PyTorch-native backend)."),
     precision: str = typer.Option("bf16", help=f"{', '.join(PRECISIONS)} (fp8 needs --scales)."),
     scales: Path = typer.Option(None, help="FP8 scales from `fe2e-deploy calibrate` (with --precision fp8)."),
-    resolution: str = typer.Option("1024x768", help="Processing resolution WIDTHxHEIGHT (static; one per package)."),
-    batch: int = typer.Option(1, help="Static batch size."),
-    device: str = typer.Option("cpu", help="cpu or cuda: the package runs only on this kind of device (and GPU)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing package."),
+    resolution: list[str] = typer.Option(
+        None,
+        help="Processing resolution WIDTHxHEIGHT, repeatable (static, one package each). Default: FE2E's three "
+        "(1024x768, 1216x352, 864x576) for a folder, 1024x768 for a .pt2 (which holds exactly one).",
+    ),
+    batch: int = typer.Option(1, help="Static batch size: images of one resolution run this many at a time."),
+    device: str = typer.Option(
+        "auto", help="auto (cuda when a CUDA GPU is visible, else cpu), cpu or cuda: the packages run only there."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing package or engine folder whole."),
 ) -> None:
-    """Compile the stripped model's fused graph ahead of time into a .pt2 engine for `infer --engine`.
+    """Compile the stripped model's fused graph ahead of time into AOTInductor packages for `infer --engine`.
 
-    FP8 linears use torch._scaled_mm on CUDA GPUs with compute capability >= 8.9, exact fake
-    quantisation elsewhere. Compiling takes minutes at full size (about 45 s for the tiny model on 2 CPU cores).
+    The packages hold no weights: the engine loads them from the stripped folder (which must stay in
+    place, or be passed to the engine). FP8 linears use torch._scaled_mm on CUDA GPUs with compute
+    capability >= 8.9, exact fake quantisation elsewhere. Compiling takes minutes per resolution at
+    full size (about 25 s for the tiny model on 2 CPU cores).
     """
     with user_errors():
         if backend != "aoti":
             raise ValueError(f"backend {backend!r} not supported; use aoti (TensorRT: `fe2e-deploy build-trt`)")
-        sidecar = build_aoti(stripped, out, parse_resolution(resolution), precision, scales, batch, device, overwrite)
+        sizes = [parse_resolution(r) for r in resolution or []]
+        description = build_aoti(
+            stripped, out, sizes or None, precision, scales, batch, resolve_device(device), overwrite
+        )
+    built = description.get("resolutions") or [description["resolution"]]
+    size = description["package_bytes"]
+    total = sum(size.values()) if isinstance(size, dict) else size
     typer.echo(
-        f"{precision} AOTInductor package for {sidecar['resolution']} ({sidecar['device']['name']}) written to {out}: "
-        f"{sidecar['package_bytes'] / 2**20:.1f} MiB in {sidecar['build_seconds']} s"
+        f"{precision} AOTInductor engine for {', '.join(built)} (batch {batch}, {description['device']['name']}) "
+        f"written to {out}: {total / 2**20:.1f} MiB of code, weights read from {description['stripped']['path']}"
     )

@@ -2,9 +2,9 @@
 
 ``load_engine`` picks the backend from the path: a model folder (official files) runs the eager
 reference pipeline, a stripped folder the deployment graph in eager PyTorch (``stripped.py``), an
-export folder or ``.onnx`` graph ONNX Runtime (``onnx.py``), a ``.pt2`` package AOTInductor
-(``aoti.py``), a ``.plan`` TensorRT (``tensorrt.py``). All share pre- and post-processing with the
-reference (``pipeline.preprocess`` / ``pipeline.postprocess``).
+export folder or ``.onnx`` graph ONNX Runtime (``onnx.py``), a ``.pt2`` package or a folder with
+``aoti_engine.json`` AOTInductor (``aoti.py``), a ``.plan`` TensorRT (``tensorrt.py``). All share
+pre- and post-processing with the reference (``pipeline.preprocess`` / ``pipeline.postprocess``).
 """
 
 from __future__ import annotations
@@ -75,17 +75,17 @@ def load_engine(
 ) -> Engine:
     """Open an engine by path.
 
-    ``.plan`` -> TensorRT (CUDA); ``.pt2`` -> AOTInductor; ``.onnx`` (a fused graph) or an export
-    folder -> ONNX Runtime; a folder with ``stripped.json`` -> the stripped model in eager PyTorch
-    (its own dtype; ``dtype`` is ignored); another folder -> the official files through the eager
-    reference pipeline.
+    ``.plan`` -> TensorRT (CUDA); ``.pt2`` or a folder with ``aoti_engine.json`` -> AOTInductor;
+    ``.onnx`` (a fused graph) or an export folder -> ONNX Runtime; a folder with ``stripped.json`` ->
+    the stripped model in eager PyTorch (its own dtype; ``dtype`` is ignored); another folder -> the
+    official files through the eager reference pipeline.
     """
     path = Path(path)
     if path.suffix == ".plan":
         from .tensorrt import TensorRTEngine  # noqa: PLC0415  (optional TensorRT extra)
 
         return TensorRTEngine(path, device if device != "cpu" else "cuda", processing_res)
-    if path.suffix == ".pt2":
+    if path.suffix == ".pt2" or (path / "aoti_engine.json").is_file():  # build_aoti.ENGINE_FILE
         from .aoti import AOTIEngine  # noqa: PLC0415
 
         return AOTIEngine(path, device, processing_res)
@@ -103,5 +103,5 @@ def load_engine(
         raise FileNotFoundError(f"{path}: engine not found")
     raise ValueError(
         f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder, "
-        "an export folder or its fe2e_WxH.onnx, a TensorRT .plan, an AOTInductor .pt2)"
+        "an export folder or its fe2e_WxH.onnx, a TensorRT .plan, an AOTInductor .pt2 or engine folder)"
     )
