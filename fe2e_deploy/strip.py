@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,13 @@ from .loading import load_vae
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, load_into, open_safetensors, set_tensor
 from .loading.dit_layout import dit_layout
 from .loading.layout import CheckpointLayout, copy_rules, parameter_shapes
-from .loading.prompt import load_prompt_embedding
+from .loading.prompt import PromptEmbedding, load_prompt_embedding
 from .loading.vae_layout import vae_layout
 from .loading.writer import SafetensorsWriter
 from .lora import read_kohya_lora
 from .models.connector import Qwen2Connector, sinusoidal_embedding
 from .models.stripped import StrippedDiT
+from .synthetic import describe_prompt
 
 FORMAT = "fe2e-stripped"
 FORMAT_VERSION = 1
@@ -90,10 +92,52 @@ def parameter_counts(config: ModelConfig, txt_len: int) -> tuple[int, int]:
     return before, after
 
 
+def describe_source(source) -> dict:
+    """How ``stripped.json`` records a source: a file's path and SHA-256, or an in-memory source's own record."""
+    if isinstance(source, PromptEmbedding):
+        return describe_prompt(source)
+    if isinstance(source, str | Path):
+        return {"path": str(source), "sha256": sha256_file(source)}
+    return source.describe()
+
+
+def stripped_specs(config: ModelConfig, txt_len: int, dtype: torch.dtype) -> dict[str, tuple[torch.dtype, tuple]]:
+    """Name -> (dtype, shape) of every stripped tensor: kept official weights in ``dtype``, constants FP32."""
+    official = dit_layout(config).official_shapes()
+    shapes = stripped_shapes(config, txt_len)
+    kept = {n for n in official if not is_folded(n)}
+    return {n: (dtype if n in kept else torch.float32, shapes[n]) for n in sorted(shapes)}
+
+
+def stripped_values(
+    handle, config: ModelConfig, prompt: PromptEmbedding, lora: dict, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the stripped model in :func:`stripped_specs` order, read one official tensor at a time.
+
+    ``handle`` is an opened official DiT checkpoint (a file or a synthetic source); ``lora`` (from
+    ``read_kohya_lora``) is merged on the fly. Tensors come on the source's device.
+    """
+
+    def get(name: str) -> torch.Tensor:
+        """An official tensor in FP32, with the LoRA delta added when one targets it."""
+        tensor = handle.get_tensor(name).float()
+        pair = lora.get(name.removesuffix(".weight")) if name.endswith(".weight") else None
+        return tensor + pair.delta().to(tensor.device) if pair else tensor
+
+    constants = fold_constants(config, prompt, get)
+    specs = stripped_specs(config, prompt.length, dtype)
+    missing = set(specs) - set(dit_layout(config).official_shapes()) - set(constants)
+    if missing:  # cannot happen for a consistent layout
+        raise AssertionError(f"stripped model has no source for {sorted(missing)[:5]}")
+    for name, (tensor_dtype, shape) in specs.items():
+        value = constants.pop(name) if name in constants else get(name)
+        yield name, value.to(tensor_dtype).reshape(shape)
+
+
 def strip_model(
-    dit_path: str | Path,
-    prompt_path: str | Path,
-    vae_path: str | Path,
+    dit_path,
+    prompt_path: str | Path | PromptEmbedding,
+    vae_path,
     out_dir: str | Path,
     config: ModelConfig,
     lora_path: str | Path | None = None,
@@ -101,40 +145,42 @@ def strip_model(
     overwrite: bool = False,
     progress: bool = True,
 ) -> StripReport:
-    """Write the stripped deployment folder; memory stays at about one tensor plus the connector."""
+    """Write the stripped deployment folder; memory stays at about one tensor plus the connector.
+
+    ``dit_path`` / ``vae_path``: official files, or synthetic sources (:mod:`fe2e_deploy.synthetic`);
+    ``prompt_path``: the ``.npz`` file or an in-memory :class:`PromptEmbedding`.
+    """
     out_dir = Path(out_dir)
     targets = [out_dir / n for n in (WEIGHTS_FILE, VAE_FILE, META_FILE)]
     if any(p.exists() for p in targets) and not overwrite:
         raise FileExistsError(f"{out_dir}: already holds a stripped model (pass --overwrite to replace it)")
-    prompt = load_prompt_embedding(prompt_path, config.connector.in_channels)
+    prompt = _prompt(prompt_path, config)
     lora = read_kohya_lora(lora_path, config) if lora_path else {}
     official = dit_layout(config).official_shapes()
+    vae_shapes = vae_layout(config.vae).official_shapes()
     with open_safetensors(vae_path) as vae_handle:  # validate the VAE before the long part
-        check_names_and_shapes(vae_path, vae_handle, vae_layout(config.vae).official_shapes(), "VAE checkpoint")
+        check_names_and_shapes(vae_path, vae_handle, vae_shapes, "VAE checkpoint")
 
     with open_safetensors(dit_path) as handle:
         check_names_and_shapes(dit_path, handle, official, "DiT checkpoint")
-
-        def get(name: str) -> torch.Tensor:
-            """An official tensor in FP32, with the LoRA delta added when one targets it."""
-            tensor = handle.get_tensor(name).float()
-            pair = lora.get(name.removesuffix(".weight")) if name.endswith(".weight") else None
-            return tensor + pair.delta() if pair else tensor
-
-        constants = fold_constants(config, prompt, get)
-        shapes = stripped_shapes(config, prompt.length)
-        kept = [n for n in official if not is_folded(n)]
-        missing = set(shapes) - set(kept) - set(constants)
-        if missing:  # cannot happen for a consistent layout
-            raise AssertionError(f"stripped model has no source for {sorted(missing)[:5]}")
-        specs = {n: (dtype if n in kept else torch.float32, shapes[n]) for n in sorted(shapes)}
+        specs = stripped_specs(config, prompt.length, dtype)
         metadata = {"format": "pt", "fe2e_deploy_format": FORMAT}
         out_dir.mkdir(parents=True, exist_ok=True)
+        values = stripped_values(handle, config, prompt, lora, dtype)
         with SafetensorsWriter(out_dir / WEIGHTS_FILE, specs, metadata) as writer:
-            for name in tqdm(specs, desc="strip", disable=not progress, leave=False):
-                value = constants[name] if name in constants else get(name)
-                writer.write(name, value.to(specs[name][0]).reshape(specs[name][1]))
-    atomic_write(out_dir / VAE_FILE, lambda p: shutil.copyfile(vae_path, p))
+            for name, value in tqdm(values, total=len(specs), desc="strip", disable=not progress, leave=False):
+                writer.write(name, value.cpu())
+    if isinstance(vae_path, str | Path):
+        atomic_write(out_dir / VAE_FILE, lambda p: shutil.copyfile(vae_path, p))
+    else:  # a synthetic VAE: written in the official layout, FP32
+        with (
+            open_safetensors(vae_path) as vae_handle,
+            SafetensorsWriter(
+                out_dir / VAE_FILE, {n: (torch.float32, vae_shapes[n]) for n in sorted(vae_shapes)}, {"format": "pt"}
+            ) as writer,
+        ):
+            for name in sorted(vae_shapes):
+                writer.write(name, vae_handle.get_tensor(name).float().cpu())
 
     before, after = parameter_counts(config, prompt.length)
     meta = {
@@ -145,16 +191,65 @@ def strip_model(
         "txt_len": prompt.length,
         "dtype": str(dtype).removeprefix("torch."),
         "t": T,
-        "sources": {
-            "dit": {"path": str(dit_path), "sha256": sha256_file(dit_path)},
-            "prompt_embedding": {"path": str(prompt_path), "sha256": sha256_file(prompt_path)},
-            "vae": {"path": str(vae_path), "sha256": sha256_file(vae_path)},
-            "lora": {"path": str(lora_path), "sha256": sha256_file(lora_path)} if lora_path else None,
-        },
+        "sources": _sources(dit_path, prompt_path, vae_path, lora_path),
         "parameters": {"official_dit": before, "stripped_dit": after, "folded": before - after},
     }
     atomic_write(out_dir / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return StripReport(out_dir, before, after, before - after)
+
+
+def strip_in_memory(
+    dit_source,
+    prompt_source: str | Path | PromptEmbedding,
+    vae_source,
+    config: ModelConfig,
+    lora_path: str | Path | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+) -> StrippedModel:
+    """The stripped model built directly on ``device`` (no files written): what ``strip`` + ``load_stripped`` give.
+
+    Used by ``benchmark --synthetic-weights`` to build the 12 B model's deployment form on a GPU
+    without writing 17 GB; peak memory is the stripped model plus the connector in FP32.
+    """
+    device = torch.device(device)
+    prompt = _prompt(prompt_source, config)
+    prompt = PromptEmbedding(prompt.embeds.to(device), prompt.mask.to(device))
+    lora = read_kohya_lora(lora_path, config) if lora_path else {}
+    with torch.device("meta"):
+        dit = StrippedDiT(config, prompt.length)
+    with open_safetensors(dit_source) as handle:
+        check_names_and_shapes(dit_source, handle, dit_layout(config).official_shapes(), "DiT checkpoint")
+        for name, value in stripped_values(handle, config, prompt, lora, dtype):
+            set_tensor(dit, name, value.to(device).contiguous())
+    vae = load_vae(config, vae_source, torch.float32, device, progress=False)
+    before, after = parameter_counts(config, prompt.length)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": config.to_dict(),
+        "txt_len": prompt.length,
+        "dtype": str(dtype).removeprefix("torch."),
+        "t": T,
+        "sources": _sources(dit_source, prompt_source, vae_source, lora_path),
+        "parameters": {"official_dit": before, "stripped_dit": after, "folded": before - after},
+    }
+    return StrippedModel(dit.eval(), vae, meta, config, None)
+
+
+def _prompt(source: str | Path | PromptEmbedding, config: ModelConfig) -> PromptEmbedding:
+    if isinstance(source, PromptEmbedding):
+        return source
+    return load_prompt_embedding(source, config.connector.in_channels)
+
+
+def _sources(dit, prompt, vae, lora) -> dict:
+    return {
+        "dit": describe_source(dit),
+        "prompt_embedding": describe_source(prompt),
+        "vae": describe_source(vae),
+        "lora": describe_source(lora) if lora else None,
+    }
 
 
 @torch.no_grad()
@@ -164,7 +259,7 @@ def fold_constants(config: ModelConfig, prompt, get) -> dict[str, torch.Tensor]:
         connector = Qwen2Connector(config.connector)
     for name in parameter_shapes(connector):
         set_tensor(connector, name, get("connector." + name))
-    t = torch.tensor([T])
+    t = torch.tensor([T], device=prompt.embeds.device)
     txt_raw, pooled = connector(prompt.embeds[None], t, prompt.mask[None])
     del connector
 
@@ -192,7 +287,7 @@ class StrippedModel:
     vae: AutoencoderKL
     meta: dict
     config: ModelConfig
-    folder: Path
+    folder: Path | None  # None: built in memory (``strip_in_memory``)
 
 
 def load_stripped(folder: str | Path, device: str | torch.device = "cpu", progress: bool = False) -> StrippedModel:

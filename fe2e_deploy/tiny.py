@@ -28,10 +28,10 @@ LORA_ALPHA = 2.0
 
 
 def random_official_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """Non-degenerate random weights: fan-in scaled matrices, norm scales near 1, small biases."""
-    x = torch.randn(shape, generator=gen)
+    """Non-degenerate random weights: fan-in scaled matrices, norm scales near 1, small biases (on ``gen``'s device)."""
+    x = torch.randn(shape, generator=gen, device=gen.device)
     if name == "connector.scale_factor":
-        return torch.full(shape, -(1 - 0.09))
+        return torch.full(shape, -(1 - 0.09), device=gen.device)
     if len(shape) >= 2:
         return x / np.sqrt(np.prod(shape[1:]))
     if name.endswith(".bias"):

@@ -6,13 +6,17 @@ from pathlib import Path
 
 import typer
 
-from ..benchmark import format_table, run_benchmark, write_plot, write_report
-from ..infer import read_image
-from ..model_files import ModelFiles
-from ..outputs import find_images
 from ..pipeline import parse_resolution
-from ..scenes import synthetic_scene
 from .app import app, user_errors
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
+    if device != "auto":
+        return device
+    import torch  # noqa: PLC0415
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @app.command("benchmark")
@@ -25,46 +29,137 @@ def benchmark(
         help="Model folder (official files) to time the official path on (BF16 DiT, CFG batch 2) and as "
         "the FP32 accuracy reference. Default: none (no speedup vs reference).",
     ),
-    resolution: str = typer.Option("1024x768", help="Processing resolution WIDTHxHEIGHT."),
+    synthetic_weights: str = typer.Option(
+        None,
+        "--synthetic-weights",
+        help="Benchmark without weight files: build PRESET (step1x-edit = the 12 B model, tiny, or a "
+        "model_config.json) from seeded random weights directly on the device, strip it in memory and time "
+        "the engines of --engines. --json then writes one JSON line per engine as soon as it is measured.",
+    ),
+    engines: str = typer.Option(
+        "stripped-bf16,reference,compiled-bf16,fp8-tensor,fp8-row,fp8-row-fastacc,attention",
+        help="With --synthetic-weights: comma-separated engines, run in this order at each resolution "
+        "(stripped-bf16 first: every map error is measured against it).",
+    ),
+    resolution: list[str] = typer.Option(
+        ["1024x768"],
+        help="Processing resolution WIDTHxHEIGHT; repeatable with --synthetic-weights (e.g. 1024x768, 1216x352, "
+        "864x576), one otherwise.",
+    ),
     image: Path = typer.Option(
         None, help="Image to run on (a file, or a folder's first image); default: a synthetic scene."
     ),
     runs: int = typer.Option(10, help="Timed runs per engine."),
     warmup: int = typer.Option(2, help="Untimed warm-up runs per engine (compilation, CUDA graph capture)."),
-    device: str = typer.Option("cpu", help="cpu or cuda (CUDA events per stage on a GPU)."),
+    device: str = typer.Option("auto", help="auto (cuda if a GPU is visible, else cpu), cpu or cuda."),
     dtype: str = typer.Option("bf16", help="DiT dtype for engines that take one (model folders): fp32 or bf16."),
+    seed: int = typer.Option(0, help="With --synthetic-weights: seed of the random weights and the scene."),
+    compile_mode: str = typer.Option(
+        None, help="With --synthetic-weights: torch.compile mode of the compiled engines (default: its default)."
+    ),
+    time_budget: float = typer.Option(
+        None, help="With --synthetic-weights: seconds for the whole run; engines that would not fit are skipped."
+    ),
+    profile: bool = typer.Option(
+        False, "--profile", help="With --synthetic-weights: record each engine's 15 most expensive kernels."
+    ),
     accuracy: bool = typer.Option(True, "--accuracy/--no-accuracy", help="Compare maps with the FP32 reference."),
-    json_out: Path = typer.Option(None, "--json", help="Write the full report (JSON) here."),
+    json_out: Path = typer.Option(
+        None, "--json", help="Write the report (JSON; JSON lines with --synthetic-weights) here."
+    ),
     plot: Path = typer.Option(None, help="Write a PNG bar chart of the stage times here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --json/--plot files."),
 ) -> None:
     """Time engines per stage and end to end, next to the official reference path, in one run.
 
-    Prints a table (median stage times, end-to-end median/p90/min, images/s, speedup over the
-    reference and over the paper's 1.78 s, map error vs FP32) and writes JSON and a plot on request.
+    With engine files: prints a table (median stage times, end-to-end median/p90/min, images/s,
+    speedup over the reference and over the paper's 1.78 s, map error vs FP32) and writes JSON and
+    a plot on request. With --synthetic-weights: no files at all; the model is built on the device
+    and each engine gets a line with its time, DiT TFLOP/s and fraction of the BF16 peak, peak
+    device memory and map error vs the stripped BF16 model.
     """
     with user_errors():
         for out in (json_out, plot):
             if out is not None and out.exists() and not overwrite:
                 raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
-        if not engine and reference is None:
-            raise ValueError("nothing to benchmark: pass --engine and/or --reference")
-        res = parse_resolution(resolution)
-        if image is None:
-            picture = synthetic_scene(*res)
-        else:
-            paths = find_images(image) if image.is_dir() else [image]
-            if not paths:
-                raise FileNotFoundError(f"{image}: no .jpg/.jpeg/.png images found")
-            picture = read_image(paths[0])
-        files = ModelFiles.from_dir(reference) if reference is not None else None
-        report = run_benchmark(
-            list(engine or []), picture, files, res, runs, warmup, device, dtype, accuracy, log=typer.echo
-        )
-        typer.echo(format_table(report))
-        if json_out is not None:
-            write_report(report, json_out)
-            typer.echo(f"report written to {json_out}")
-        if plot is not None:
-            write_plot(report, plot)
-            typer.echo(f"plot written to {plot}")
+        resolutions = tuple(parse_resolution(r) for r in resolution)
+        device = resolve_device(device)
+        if synthetic_weights is not None:
+            if engine or reference is not None or image is not None:
+                raise ValueError("--synthetic-weights builds its own engines: drop --engine/--reference/--image")
+            _synthetic(
+                synthetic_weights,
+                engines,
+                resolutions,
+                runs,
+                warmup,
+                device,
+                seed,
+                compile_mode,
+                time_budget,
+                profile,
+                json_out,
+                plot,
+            )
+            return
+        if len(resolutions) != 1:
+            raise ValueError("several --resolution values need --synthetic-weights; engine files run at one")
+        _files(engine, reference, resolutions[0], image, runs, warmup, device, dtype, accuracy, json_out, plot)
+
+
+def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy, json_out, plot) -> None:
+    from ..benchmark import format_table, run_benchmark, write_plot, write_report  # noqa: PLC0415
+    from ..infer import read_image  # noqa: PLC0415
+    from ..model_files import ModelFiles  # noqa: PLC0415
+    from ..outputs import find_images  # noqa: PLC0415
+    from ..scenes import synthetic_scene  # noqa: PLC0415
+
+    if not engine and reference is None:
+        raise ValueError("nothing to benchmark: pass --engine and/or --reference (or --synthetic-weights PRESET)")
+    if image is None:
+        picture = synthetic_scene(*res)
+    else:
+        paths = find_images(image) if image.is_dir() else [image]
+        if not paths:
+            raise FileNotFoundError(f"{image}: no .jpg/.jpeg/.png images found")
+        picture = read_image(paths[0])
+    files = ModelFiles.from_dir(reference) if reference is not None else None
+    report = run_benchmark(list(engine or []), picture, files, res, runs, warmup, device, dtype, accuracy, typer.echo)
+    typer.echo(format_table(report))
+    if json_out is not None:
+        write_report(report, json_out)
+        typer.echo(f"report written to {json_out}")
+    if plot is not None:
+        write_plot(report, plot)
+        typer.echo(f"plot written to {plot}")
+
+
+def _synthetic(
+    preset, engines, resolutions, runs, warmup, device, seed, compile_mode, time_budget, profile, json_out, plot
+) -> None:
+    from ..synthetic_benchmark import (  # noqa: PLC0415
+        SyntheticSettings,
+        format_records,
+        run_synthetic_benchmark,
+        write_records_plot,
+    )
+
+    settings = SyntheticSettings(
+        preset=preset,
+        device=device,
+        resolutions=resolutions,
+        engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
+        runs=runs,
+        warmup=warmup,
+        seed=seed,
+        compile_mode=compile_mode,
+        time_budget=time_budget,
+        profile=profile,
+    )
+    records = run_synthetic_benchmark(settings, json_out, log=typer.echo)
+    typer.echo(format_records(records))
+    if json_out is not None:
+        typer.echo(f"{len(records)} JSON line(s) written to {json_out}")
+    if plot is not None:
+        write_records_plot(records, plot)
+        typer.echo(f"plot written to {plot}")

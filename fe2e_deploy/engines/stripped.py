@@ -1,26 +1,44 @@
-"""The stripped model in eager PyTorch: the deployment graph (``models.fused.FE2EGraph``) per resolution."""
+"""The stripped model in PyTorch: the deployment graph (``models.fused.FE2EGraph``) per resolution.
+
+Eager by default; with ``compile_mode`` the three stages (VAE encoder, DiT step, decoder) are each
+wrapped in ``torch.compile`` (static shapes, one graph per stage and resolution), so the stage
+timers still see them. On CUDA the attention backend order of :mod:`fe2e_deploy.kernels` applies
+(also while compiling).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
 from ..pipeline import Prediction, fe2e_processing_size, postprocess, preprocess
-from ..strip import load_stripped
+from ..strip import StrippedModel, load_stripped
 from ..timing import NO_TIMER
 
 
 class StrippedEngine:
-    """image -> depth + normals through the stripped folder's weights; one graph per processing size."""
+    """image -> depth + normals through a stripped model's weights; one graph per processing size."""
 
-    def __init__(self, folder: str | Path, device: str = "cpu", processing_res: tuple[int, int] | None = None):
-        self.model = load_stripped(folder, device)
+    def __init__(
+        self,
+        folder: str | Path | StrippedModel,
+        device: str = "cpu",
+        processing_res: tuple[int, int] | None = None,
+        compile_mode: str | None = None,
+        name: str | None = None,
+    ):
+        self.model = folder if isinstance(folder, StrippedModel) else load_stripped(folder, device)
         self.device, self.processing_res = torch.device(device), processing_res
-        self.name = f"stripped-{self.model.meta['dtype']}"
+        self.compile_mode = compile_mode
+        kind = "compiled" if compile_mode else "stripped"
+        self.name = name or f"{kind}-{self.model.meta['dtype']}"
         self._graphs: dict[tuple[int, int], FE2EGraph] = {}
+        self._stages: dict[tuple[int, int], tuple[Callable, Callable, Callable]] = {}
         self.timer = NO_TIMER
 
     def graph(self, width: int, height: int) -> FE2EGraph:
@@ -28,28 +46,40 @@ class StrippedEngine:
             self._graphs[width, height] = FE2EGraph(self.model.vae, self.model.dit, width, height).eval()
         return self._graphs[width, height]
 
+    def stages(self, width: int, height: int) -> tuple[Callable, Callable, Callable]:
+        """(encoder, DiT step, decode) at a size: the graph's modules, compiled when ``compile_mode`` is set."""
+        if (width, height) not in self._stages:
+            graph = self.graph(width, height)
+            parts = (graph.encoder, graph.step, graph.decode)
+            if self.compile_mode:
+                parts = tuple(torch.compile(p, mode=self.compile_mode, fullgraph=True, dynamic=False) for p in parts)
+            self._stages[width, height] = parts
+        return self._stages[width, height]
+
     @torch.inference_mode()
     def predict_batch(self, images: list[Image.Image]) -> list[Prediction]:
         """One batched graph call when every image has the same processing size, else one by one."""
         sizes = {self.processing_res or fe2e_processing_size(*image.size) for image in images}
-        if len(sizes) != 1:
+        if len(sizes) != 1 or self.compile_mode:  # compiled stages are specialised to batch 1
             return [self.predict(image) for image in images]
         size = sizes.pop()
         x = torch.cat([preprocess(image, size) for image in images]).to(self.device)
-        depth, normals = self.graph(*size)(x)
+        with preferred_attention(self.device):
+            depth, normals = self.graph(*size)(x)
         return [postprocess(depth[i : i + 1], normals[i : i + 1], image.size) for i, image in enumerate(images)]
 
     @torch.inference_mode()
     def predict(self, image: Image.Image) -> Prediction:
         size = self.processing_res or fe2e_processing_size(*image.size)
-        graph = self.graph(*size)
-        with self.timer("preprocess"):
-            x = preprocess(image, size).to(self.device)
-        with self.timer("vae_encode"):
-            ref_latent = graph.encoder(x)
-        with self.timer("dit"):
-            latents = graph.step(ref_latent)
-        with self.timer("vae_decode"):
-            depth, normals = graph.decode(*latents)
+        encoder, step, decode = self.stages(*size)
+        with preferred_attention(self.device):
+            with self.timer("preprocess"):
+                x = preprocess(image, size).to(self.device)
+            with self.timer("vae_encode"):
+                ref_latent = encoder(x)
+            with self.timer("dit"):
+                latents = step(ref_latent)
+            with self.timer("vae_decode"):
+                depth, normals = decode(*latents)
         with self.timer("postprocess"):
             return postprocess(depth, normals, image.size)

@@ -53,8 +53,14 @@ class ShardedCheckpoint:
         return self._handles[self.weight_map[name]].get_tensor(name)
 
 
-def open_safetensors(path: str | Path):
-    """``safe_open`` with errors that name the file; a ``.index.json`` opens the sharded checkpoint it lists."""
+def open_safetensors(path):
+    """``safe_open`` with errors that name the file; a ``.index.json`` opens the sharded checkpoint it lists.
+
+    An object that already offers ``keys`` / ``get_slice`` / ``get_tensor`` (e.g.
+    :class:`fe2e_deploy.synthetic.SyntheticCheckpoint`) is returned as it is.
+    """
+    if not isinstance(path, str | Path):
+        return path
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
@@ -107,7 +113,7 @@ def load_into(
     what: str = "checkpoint",
     progress: bool = True,
 ) -> nn.Module:
-    """Fill ``model`` (built on meta) from the official file at ``path``, one tensor at a time.
+    """Fill ``model`` (built on meta) from the official file at ``path`` (or an opened source), one tensor at a time.
 
     Peak memory is the model in ``dtype`` (None: as stored) plus one source tensor: safetensors
     memory-maps the file.
@@ -115,7 +121,8 @@ def load_into(
     expected = layout.official_shapes()
     with open_safetensors(path) as handle:
         check_names_and_shapes(path, handle, expected, what)
-        for name in tqdm(sorted(expected), desc=f"loading {Path(path).name}", disable=not progress, leave=False):
+        label = Path(path).name if isinstance(path, str | Path) else str(path)
+        for name in tqdm(sorted(expected), desc=f"loading {label}", disable=not progress, leave=False):
             try:
                 tensor = handle.get_tensor(name)
             except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -39,7 +39,7 @@ from ..infer import read_image
 from ..models.fused import FE2EGraph
 from ..outputs import find_images
 from ..pipeline import fe2e_processing_size, preprocess
-from ..strip import WEIGHTS_FILE, load_stripped, sha256_file
+from ..strip import WEIGHTS_FILE, StrippedModel, load_stripped, sha256_file
 from .synthetic_scenes import COUNT, render_scene, scene_name
 
 FORMAT, FORMAT_VERSION = "fe2e-fp8-scales", 1
@@ -83,23 +83,20 @@ def calibration_images(images: str | Path | None, max_images: int | None = None)
 
 
 @torch.no_grad()
-def calibrate_fp8(
-    stripped: str | Path,
-    images: str | Path | None = None,
+def measure_scales(
+    model: StrippedModel,
+    linears: dict[str, nn.Linear],
+    images: list[Image.Image],
     processing_res: tuple[int, int] | None = None,
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
-    max_images: int | None = None,
-    progress: bool = True,
-    device: str = "cpu",
-) -> dict:
-    """Run the stripped model over the calibration images; returns the scales document (see ``write_scales``)."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA GPU available here")
-    pictures = calibration_images(images, max_images)
-    model = load_stripped(stripped, device=device, progress=progress)
-    linears = quantizable_linears(model.dit, exclude)
+    progress: bool = False,
+) -> tuple[dict[str, dict[str, float]], list[tuple[int, int]]]:
+    """Max-calibrate ``linears`` of a loaded stripped model on ``images``; returns (layers, resolutions used).
+
+    ``layers[name]`` holds ``input_scale``/``weight_scale`` (amax / 448) and the amaxes themselves.
+    """
     if not linears:
-        raise ValueError(f"every Linear is excluded by {list(exclude)}")
+        raise ValueError("no Linear layer left to quantise (every one is excluded)")
+    device = model.dit.img_in.weight.device
     amax = {name: torch.zeros((), device=device) for name in linears}
 
     def hook(name: str):
@@ -111,7 +108,7 @@ def calibrate_fp8(
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in linears.items()]
     graphs: dict[tuple[int, int], FE2EGraph] = {}  # RoPE tables once per resolution
     try:
-        for _, image in tqdm(pictures, desc="calibrate", unit="img", disable=not progress):
+        for image in tqdm(images, desc="calibrate", unit="img", disable=not progress):
             size = processing_res or fe2e_processing_size(*image.size)
             if size not in graphs:
                 graphs[size] = FE2EGraph(model.vae, model.dit, *size).to(device)
@@ -131,6 +128,26 @@ def calibrate_fp8(
             "input_amax": x_amax,
             "weight_amax": w_amax,
         }
+    return layers, sorted(graphs)
+
+
+@torch.no_grad()
+def calibrate_fp8(
+    stripped: str | Path,
+    images: str | Path | None = None,
+    processing_res: tuple[int, int] | None = None,
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    max_images: int | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> dict:
+    """Run the stripped model over the calibration images; returns the scales document (see ``write_scales``)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU available here")
+    pictures = calibration_images(images, max_images)
+    model = load_stripped(stripped, device=device, progress=progress)
+    linears = quantizable_linears(model.dit, exclude)
+    layers, sizes = measure_scales(model, linears, [image for _, image in pictures], processing_res, progress)
     folder = Path(stripped)
     return {
         "format": FORMAT,
@@ -143,7 +160,7 @@ def calibrate_fp8(
             "sources": model.meta["sources"],
             "dtype": model.meta["dtype"],
         },
-        "resolutions": sorted(f"{w}x{h}" for w, h in graphs),
+        "resolutions": sorted(f"{w}x{h}" for w, h in sizes),
         "num_images": len(pictures),
         "images": [name for name, _ in pictures],
         "exclude_patterns": list(exclude),
