@@ -362,7 +362,7 @@ def format_line(r: dict) -> str:
         f"{r['engine']:<16} {r['resolution']:>9}",
         f"e2e {r['e2e_median_s'] * 1e3:8.1f} ms (p90 {r['e2e_p90_s'] * 1e3:.1f})",
         f"{r['images_per_s']:6.2f} img/s",
-        f"DiT {r['dit_tflops']:.1f} TFLOP/s" if r.get("dit_tflops") else "DiT -",
+        f"DiT {r['dit_tflops']:.3g} TFLOP/s" if r.get("dit_tflops") else "DiT -",
         f"({r['dit_fraction_of_bf16_peak']:.0%} of peak)" if r.get("dit_fraction_of_bf16_peak") else "",
         f"peak mem {r['peak_mem_bytes'] / 2**30:.2f} GiB",
         f"x{r['speedup_vs_paper']:.2f} vs 1.78 s",
@@ -389,7 +389,7 @@ def format_records(records: list[dict]) -> str:
                 f"{r['e2e_median_s'] * 1e3:.1f}",
                 f"{r['e2e_p90_s'] * 1e3:.1f}",
                 f"{r['images_per_s']:.2f}",
-                f"{r['dit_tflops']:.1f}" if r.get("dit_tflops") else "-",
+                f"{r['dit_tflops']:.3g}" if r.get("dit_tflops") else "-",
                 f"{r['dit_fraction_of_bf16_peak']:.0%}" if r.get("dit_fraction_of_bf16_peak") else "-",
                 f"{r['peak_mem_bytes'] / 2**30:.2f}",
                 f"{r['speedup_vs_paper']:.2f}",
@@ -403,3 +403,23 @@ def format_records(records: list[dict]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [format_line(r) for r in records if "skipped" in r or r.get("kind") == "attention"]
     return "\n".join(lines)
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a ``--json`` file of this benchmark (a last line cut off mid-write is ignored)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+if __name__ == "__main__":  # python -m fe2e_deploy.synthetic_benchmark LINES.jsonl [PLOT.png]: table (and plot)
+    import sys
+
+    rows = read_records(sys.argv[1])
+    print(format_records(rows))
+    if len(sys.argv) > 2 and any("e2e_median_s" in r for r in rows):
+        write_records_plot(rows, sys.argv[2])

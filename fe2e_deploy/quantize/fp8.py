@@ -30,19 +30,39 @@ FP8 = torch.float8_e4m3fn
 FP8_OPSET = 19
 
 
-def fp8_gemm_supported(x: torch.Tensor) -> bool:
-    """CUDA with compute capability >= 8.9 (Ada, Hopper) and the 16-multiple shapes ``_scaled_mm`` needs."""
-    if not x.is_cuda or torch.cuda.get_device_capability(x.device) < (8, 9):
-        return False
+def fp8_gemm_device(device: torch.device) -> bool:
+    """CUDA with compute capability >= 8.9 (Ada, Hopper): where ``torch._scaled_mm`` runs FP8 GEMMs."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_gemm_shape(x: torch.Tensor, gemm_device: bool) -> bool:
+    """``gemm_device`` (decided when the module was placed) and the 16-multiple shapes ``_scaled_mm`` needs.
+
+    Only tensor shapes are looked at per call, so ``torch.compile(fullgraph=True)`` traces it.
+    """
     rows = x.numel() // x.shape[-1]
-    return rows % 16 == 0 and x.shape[-1] % 16 == 0
+    return gemm_device and x.is_cuda and rows % 16 == 0 and x.shape[-1] % 16 == 0
+
+
+class _PlacedFP8(nn.Module):
+    """Remembers whether its device runs FP8 GEMMs; refreshed whenever the module moves (``.to``, ``.cuda``)."""
+
+    gemm_device = False
+
+    def _place(self) -> None:
+        self.gemm_device = fp8_gemm_device(self.weight_fp8.device)
+
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        self._place()
+        return out
 
 
 def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x.float() / scale.float()).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
 
 
-class FP8Linear(nn.Module):
+class FP8Linear(_PlacedFP8):
     """A Linear with FP8 (E4M3) weight and input, per-tensor scales; output in the compute dtype."""
 
     def __init__(self, linear: nn.Linear, input_scale: float, weight_scale: float):
@@ -54,6 +74,7 @@ class FP8Linear(nn.Module):
         self.register_buffer("weight_fp8", quantize_fp8(linear.weight.detach(), self.weight_scale))
         self.register_buffer("zero_point", torch.zeros((), dtype=FP8, device=device))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self._place()
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -88,7 +109,7 @@ class FP8Linear(nn.Module):
                 shape=self.weight_fp8.shape,
                 version=FP8_OPSET,
             )
-        elif fp8_gemm_supported(x):
+        elif fp8_gemm_shape(x, self.gemm_device):
             return self._scaled_mm(x, dtype)
         else:
             x = (quantize_fp8(x, self.input_scale).float() * self.input_scale.float()).to(dtype)
@@ -116,7 +137,7 @@ def rowwise_scales(x: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
 
 
-class FP8RowwiseLinear(nn.Module):
+class FP8RowwiseLinear(_PlacedFP8):
     """A Linear with per-output-row FP8 weight scales and per-token dynamic FP8 input scales (torchao's PerRow)."""
 
     def __init__(self, linear: nn.Linear, fast_accum: bool = False):
@@ -129,6 +150,7 @@ class FP8RowwiseLinear(nn.Module):
         self.register_buffer("weight_scale", scale.t().contiguous())  # [1, N], the layout _scaled_mm takes
         self.register_buffer("weight_fp8", (weight.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self._place()
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -141,16 +163,16 @@ class FP8RowwiseLinear(nn.Module):
         rows = x.to(dtype).reshape(-1, x.shape[-1])
         x_scale = rowwise_scales(rows)  # [M, 1] FP32, computed per call (dynamic)
         x_fp8 = (rows.float() / x_scale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
-        if fp8_gemm_supported(rows) and dtype == torch.bfloat16:  # cuBLASLt row-wise scaling needs BF16 output
+        if fp8_gemm_shape(rows, self.gemm_device) and dtype == torch.bfloat16:  # row-wise scaling: BF16 out
             out = torch._scaled_mm(
                 x_fp8,
                 self.weight_fp8.t(),
                 scale_a=x_scale,
                 scale_b=self.weight_scale,
-                bias=None if self.bias is None else self.bias.to(dtype),
                 out_dtype=dtype,
                 use_fast_accum=self.fast_accum,
             )
+            out = out if self.bias is None else out + self.bias.to(dtype)
         else:  # the same quantised operands, dequantised and multiplied in the compute dtype
             w = (self.weight_fp8.float() * self.weight_scale.t()).to(dtype)
             out = F.linear((x_fp8.float() * x_scale).to(dtype), w, self.bias)
