@@ -1,0 +1,63 @@
+"""``TINY=1 scripts/device_benchmark.sh``: every line of the GPU call, run on this CPU with the tiny config."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+REQUIRED = ("engine", "resolution", "e2e_median_s", "dit_tflops", "peak_mem_bytes", "depth_rel_l2", "device")
+ENGINES = ["stripped-bf16", "reference", "compiled-bf16", "fp8-tensor", "fp8-row", "fp8-row-fastacc"]
+
+
+def write_wheel(folder: Path, name: str = "fe2e_probe_wheel", version: str = "1.0") -> Path:
+    """A minimal valid pure-Python wheel (stands in for the carried diffusers wheel, no network needed)."""
+    files = {
+        f"{name}/__init__.py": b"VALUE = 42\n",
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for path, data in files.items()
+    )
+    files[f"{name}-{version}.dist-info/RECORD"] = (record + f"{name}-{version}.dist-info/RECORD,,\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return wheel
+
+
+def test_tiny_device_benchmark_script_runs_every_stage(tmp_path):
+    out = tmp_path / "out"
+    write_wheel(tmp_path / "wheels")
+    env = {**os.environ, "TINY": "1", "OUT": str(out), "WHEELS": str(tmp_path / "wheels"), "PYTHON": sys.executable}
+    env["SITE"] = str(tmp_path / "site")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "device_benchmark.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    for marker in ("== probe", "python ", "torch ", "installed 1 wheel(s)", "fe2e_deploy 0.", "benchmark exit code 0"):
+        assert marker in log, marker
+    assert (tmp_path / "site" / "fe2e_probe_wheel" / "__init__.py").is_file()  # the carried wheel was installed
+    lines = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
+    engines = [line for line in lines if line.get("kind") != "attention"]
+    assert [line["engine"] for line in engines] == ENGINES, [line.get("skipped") for line in engines]
+    for line in engines:
+        assert all(line.get(key) is not None for key in REQUIRED), line
+        assert line["top_kernels"] and line["stages"]["dit"]["median"] > 0
+    assert all(0 < line["depth_rel_l2"] < 0.2 and line["normals_mean_angle_deg"] < 20 for line in engines[1:])
+    assert any(line.get("kind") == "attention" and "tflops" in line for line in lines)
+    table = (out / "bench_table.txt").read_text()
+    assert all(engine in table for engine in ENGINES)
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "device_benchmark.log").read_text().count("== results") == 1
