@@ -25,6 +25,7 @@ from PIL import Image
 from . import __version__
 from .atomic import atomic_write
 from .engines import EagerEngine, Engine, load_engine
+from .kernels import exact_fp32
 from .model_files import ModelFiles
 from .pipeline import Prediction
 from .timing import NO_TIMER, StageTimer
@@ -123,7 +124,8 @@ def run_benchmark(
     if reference is not None and accuracy:
         log("reference FP32 maps for accuracy ...")
         ref32 = EagerEngine.from_model_files(reference, "fp32", device, processing_res)
-        fp32_maps = ref32.predict(image)
+        with exact_fp32():  # cuDNN would run the FP32 VAE's convolutions in TF32 otherwise
+            fp32_maps = ref32.predict(image)
         del ref32
         _free(cuda)
     jobs: list[tuple[str, object]] = []

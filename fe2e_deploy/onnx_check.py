@@ -49,6 +49,7 @@ from onnx import TensorProto
 from torch import nn
 
 from .atomic import atomic_write
+from .kernels import exact_fp32
 from .onnx_export import GRAPHS, load_manifest
 from .ort_session import make_session
 from .pipeline import preprocess
@@ -312,7 +313,7 @@ def compare_aligned(
 
     handles = [linears[name].register_forward_pre_hook(hook(name)) for name in aligned]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exact_fp32():  # an FP32 reference on a GPU must not run in TF32
             expected = module(*inputs)
     finally:
         for handle in handles:
