@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import json
 import platform
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from . import __version__
 from .atomic import atomic_write
 from .engines import EagerEngine, Engine, load_engine
 from .kernels import exact_fp32
+from .memory import PeakMemory
 from .model_files import ModelFiles
 from .pipeline import Prediction
 from .timing import NO_TIMER, StageTimer
@@ -98,12 +98,6 @@ def time_engine(
     return stages, summarize(totals), prediction
 
 
-def _peak_memory(cuda: bool) -> tuple[int, str]:
-    if cuda:
-        return torch.cuda.max_memory_allocated(), "cuda max_memory_allocated (torch allocator only)"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS so far"
-
-
 def run_benchmark(
     engines: list[str | Path],
     image: Image.Image,
@@ -135,15 +129,17 @@ def run_benchmark(
     results: list[EngineResult] = []
     for label, source in jobs:
         log(f"benchmarking {label} ...")
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        if isinstance(source, ModelFiles):
-            engine = EagerEngine.from_model_files(source, "bf16", device, processing_res, cfg_batch=True)
-            engine.name = "reference-bf16-cfg2"
-        else:
-            engine = load_engine(source, device=device, dtype=engine_dtype, processing_res=processing_res)
+        # Peak memory as the device (or the OS) sees it, sampled while loading and over one untimed run;
+        # torch's own counters miss AOTInductor's and the libraries' allocations.
+        with (memory := PeakMemory(device)):
+            if isinstance(source, ModelFiles):
+                engine = EagerEngine.from_model_files(source, "bf16", device, processing_res, cfg_batch=True)
+                engine.name = "reference-bf16-cfg2"
+            else:
+                engine = load_engine(source, device=device, dtype=engine_dtype, processing_res=processing_res)
+            engine.predict(image)
         stages, total, prediction = time_engine(engine, image, runs, warmup, cuda)
-        peak, kind = _peak_memory(cuda)
+        peak, kind = memory.peak, memory.kind
         errors = map_errors(prediction, fp32_maps) if fp32_maps is not None else None
         results.append(EngineResult(engine.name, label, stages, total, peak, kind, errors))
         del engine

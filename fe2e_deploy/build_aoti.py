@@ -29,6 +29,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_write
+from .kernels import preferred_attention, resolve_device
 from .models.fused import FE2EGraph
 from .onnx_export import FE2E_RESOLUTIONS
 from .quantize.calibrate import load_scales
@@ -42,13 +43,6 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat
 #: weights stay out of the package; the engine supplies them from the stripped folder
 INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False}
 REBUILD = "fe2e-deploy build --backend aoti"
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA GPU is visible, else ``cpu``; other names unchanged."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def device_identity(device: str) -> dict:
@@ -132,7 +126,7 @@ def _compile(model: StrippedModel, width: int, height: int, batch: int, device: 
     _check_device(graph, device)
     example = (torch.rand(batch, 3, height, width, device=device) * 2 - 1,)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), preferred_attention(device):  # the attention kernel is chosen while compiling
         program = torch.export.export(graph, example)
         torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=INDUCTOR_CONFIGS)
     return round(time.perf_counter() - start, 1)

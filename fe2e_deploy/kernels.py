@@ -26,6 +26,13 @@ HOPPER_ATTENTION_ORDER = (
 )
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA GPU is visible, else ``cpu``; other names unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 @contextlib.contextmanager
 def exact_fp32() -> Iterator[None]:
     """TF32 off for matmuls and cuDNN (convolutions) inside the block; the previous settings restored after."""

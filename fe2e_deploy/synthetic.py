@@ -14,6 +14,7 @@ reference model and the stripped model built from one checkpoint hold the same w
 from __future__ import annotations
 
 import hashlib
+import json
 import zlib
 from dataclasses import dataclass
 
@@ -67,8 +68,9 @@ class SyntheticCheckpoint:
         return random_official_tensor(name, self.shapes[name], generator)
 
     def describe(self) -> dict:
-        """What a stripped folder or report records as this source."""
-        return {"path": str(self), "synthetic": self.label, "seed": self.seed, "sha256": None}
+        """What a stripped folder or report records as this source (the digest stands for its contents)."""
+        digest = hashlib.sha256(json.dumps([self.label, self.seed, sorted(self.shapes.items())]).encode())
+        return {"path": str(self), "synthetic": self.label, "seed": self.seed, "sha256": digest.hexdigest()}
 
     def parameter_count(self) -> int:
         return sum(torch.Size(s).numel() for s in self.shapes.values())

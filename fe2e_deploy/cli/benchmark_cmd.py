@@ -6,17 +6,9 @@ from pathlib import Path
 
 import typer
 
+from ..kernels import resolve_device
 from ..pipeline import parse_resolution
 from .app import app, user_errors
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
-    if device != "auto":
-        return device
-    import torch  # noqa: PLC0415
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @app.command("benchmark")

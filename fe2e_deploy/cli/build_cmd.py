@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..build_aoti import PRECISIONS, build_aoti, resolve_device
+from ..build_aoti import PRECISIONS, build_aoti
+from ..kernels import resolve_device
 from ..pipeline import parse_resolution
 from .app import app, user_errors
 

@@ -25,6 +25,7 @@ from ..build_aoti import (
     graph_constants,
     prepare_model,
 )
+from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
 from ..pipeline import Prediction, fe2e_processing_size, parse_resolution, postprocess, preprocess
 from ..quantize.calibrate import load_scales
@@ -134,7 +135,7 @@ class AOTIEngine:
             if len(images) < self.batch:
                 x = torch.cat([x, x[-1:].expand(self.batch - len(images), -1, -1, -1)])
             x = x.to(self.device).contiguous()  # compiled for contiguous input
-        with self.timer("model"):
+        with self.timer("model"), preferred_attention(self.device):
             depth, normals = self.runners[size](x)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
