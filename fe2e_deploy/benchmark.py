@@ -210,22 +210,32 @@ def format_table(report: dict) -> str:
 
 def write_plot(report: dict, path: str | Path) -> None:
     """Stacked horizontal bars of the median stage times per engine (PNG)."""
+    results = report["results"]
+    title = f"FE2E stage times on {report['machine'].get('gpu', report['machine']['cpu'])}"
+    stage_bar_chart([r["name"] for r in results], [r["stages"] for r in results], title, path)
+
+
+def stage_bar_chart(labels: list[str], stages: list[dict], title: str, path: str | Path, paper: bool = False) -> None:
+    """Stacked horizontal bars of median stage times (``stages[i][stage]["median"]``, seconds) as a PNG.
+
+    ``paper`` draws the paper's 1.78 s per image as a vertical line.
+    """
     import matplotlib  # noqa: PLC0415  (imported only for the plot)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    results = report["results"]
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(results)))
-    names = [r["name"] for r in results]
-    left = np.zeros(len(results))
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(labels)))
+    left = np.zeros(len(labels))
     for stage in STAGE_ORDER:
-        ms = np.array([r["stages"].get(stage, {}).get("median", 0.0) * 1e3 for r in results])
+        ms = np.array([s.get(stage, {}).get("median", 0.0) * 1e3 for s in stages])
         if ms.any():
-            ax.barh(names, ms, left=left, label=stage)
+            ax.barh(labels, ms, left=left, label=stage)
             left += ms
+    if paper:
+        ax.axvline(PAPER_SECONDS * 1e3, color="grey", linestyle="--", label="paper 1.78 s")
     ax.set_xlabel("median time per image (ms)")
-    ax.set_title(f"FE2E stage times on {report['machine'].get('gpu', report['machine']['cpu'])}")
+    ax.set_title(title)
     ax.invert_yaxis()
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()

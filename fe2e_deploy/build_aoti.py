@@ -34,7 +34,7 @@ from .models.fused import FE2EGraph
 from .onnx_export import FE2E_RESOLUTIONS
 from .quantize.calibrate import load_scales
 from .quantize.fp8 import quantize_dit
-from .sidecar import read_sidecar, write_sidecar
+from .sidecar import read_description, read_sidecar, write_sidecar
 from .strip import META_FILE, StrippedModel, load_stripped
 
 SIDECAR_FORMAT = "fe2e-aoti-package"
@@ -287,10 +287,4 @@ def check_aoti_engine(folder: str | Path, device: str) -> dict:
     path = Path(folder) / ENGINE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not an AOTInductor engine folder (no {ENGINE_FILE}; run `{REBUILD}`)")
-    try:
-        description = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if description.get("format") != ENGINE_FORMAT:
-        raise ValueError(f"{path}: format {description.get('format')!r} is not {ENGINE_FORMAT!r}")
-    return _check_built_here(description, Path(folder), device)
+    return _check_built_here(read_description(path, ENGINE_FORMAT), Path(folder), device)

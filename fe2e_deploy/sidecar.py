@@ -21,10 +21,16 @@ def read_sidecar(artifact: str | Path, fmt: str, rebuild: str) -> dict:
     path = sidecar_path(artifact)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing sidecar (rebuild with `{rebuild}`)")
+    return read_description(path, fmt)
+
+
+def read_description(path: Path, fmt: str) -> dict:
+    """A JSON description of a built artifact whose ``format`` must be ``fmt``; corrupt or other formats refused."""
     try:
-        sidecar = json.loads(path.read_text())
+        description = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if sidecar.get("format") != fmt:
-        raise ValueError(f"{path}: format {sidecar.get('format')!r} is not {fmt!r}")
-    return sidecar
+    if not isinstance(description, dict) or description.get("format") != fmt:
+        found = description.get("format") if isinstance(description, dict) else type(description).__name__
+        raise ValueError(f"{path}: format {found!r} is not {fmt!r}")
+    return description

@@ -182,20 +182,10 @@ def strip_model(
             for name in sorted(vae_shapes):
                 writer.write(name, vae_handle.get_tensor(name).float().cpu())
 
-    before, after = parameter_counts(config, prompt.length)
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fe2e_deploy": __version__,
-        "model_config": config.to_dict(),
-        "txt_len": prompt.length,
-        "dtype": str(dtype).removeprefix("torch."),
-        "t": T,
-        "sources": _sources(dit_path, prompt_path, vae_path, lora_path),
-        "parameters": {"official_dit": before, "stripped_dit": after, "folded": before - after},
-    }
+    meta = stripped_meta(config, prompt.length, dtype, _sources(dit_path, prompt_path, vae_path, lora_path))
     atomic_write(out_dir / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-    return StripReport(out_dir, before, after, before - after)
+    counts = meta["parameters"]
+    return StripReport(out_dir, counts["official_dit"], counts["stripped_dit"], counts["folded"])
 
 
 def strip_in_memory(
@@ -223,18 +213,24 @@ def strip_in_memory(
         for name, value in stripped_values(handle, config, prompt, lora, dtype):
             set_tensor(dit, name, value.to(device).contiguous())
     vae = load_vae(config, vae_source, torch.float32, device, progress=False)
-    before, after = parameter_counts(config, prompt.length)
-    meta = {
+    meta = stripped_meta(config, prompt.length, dtype, _sources(dit_source, prompt_source, vae_source, lora_path))
+    return StrippedModel(dit.eval(), vae, meta, config, None)
+
+
+def stripped_meta(config: ModelConfig, txt_len: int, dtype: torch.dtype, sources: dict) -> dict:
+    """The contents of ``stripped.json`` (also the ``meta`` of a model stripped in memory)."""
+    before, after = parameter_counts(config, txt_len)
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "fe2e_deploy": __version__,
         "model_config": config.to_dict(),
-        "txt_len": prompt.length,
+        "txt_len": txt_len,
         "dtype": str(dtype).removeprefix("torch."),
         "t": T,
-        "sources": _sources(dit_source, prompt_source, vae_source, lora_path),
+        "sources": sources,
         "parameters": {"official_dit": before, "stripped_dit": after, "folded": before - after},
     }
-    return StrippedModel(dit.eval(), vae, meta, config, None)
 
 
 def _prompt(source: str | Path | PromptEmbedding, config: ModelConfig) -> PromptEmbedding:

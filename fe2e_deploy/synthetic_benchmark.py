@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .benchmark import PAPER_SECONDS, map_errors, time_engine
+from .benchmark import PAPER_SECONDS, map_errors, stage_bar_chart, time_engine
 from .engines import EagerEngine
 from .engines.stripped import StrippedEngine
 from .flops import bf16_peak_tflops, dit_flops
@@ -323,33 +323,12 @@ def _free(cuda: bool) -> None:
 
 def write_records_plot(records: list[dict], path: str | Path) -> None:
     """Stacked horizontal bars of the median stage times per engine and resolution (PNG)."""
-    import matplotlib  # noqa: PLC0415  (imported only for the plot)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    from .atomic import atomic_write  # noqa: PLC0415
-    from .benchmark import STAGE_ORDER  # noqa: PLC0415
-
     rows = [r for r in records if "e2e_median_s" in r]
     if not rows:
         raise ValueError("no engine was measured: nothing to plot")
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * len(rows)))
     labels = [f"{r['engine']} {r['resolution']}" for r in rows]
-    left = np.zeros(len(rows))
-    for stage in STAGE_ORDER:
-        ms = np.array([r["stages"].get(stage, {}).get("median", 0.0) * 1e3 for r in rows])
-        if ms.any():
-            ax.barh(labels, ms, left=left, label=stage)
-            left += ms
-    ax.axvline(PAPER_SECONDS * 1e3, color="grey", linestyle="--", label="paper 1.78 s")
-    ax.set_xlabel("median time per image (ms)")
-    ax.set_title(f"FE2E ({rows[0]['preset']}, synthetic weights) on {rows[0]['device']}")
-    ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
+    title = f"FE2E ({rows[0]['preset']}, synthetic weights) on {rows[0]['device']}"
+    stage_bar_chart(labels, [r["stages"] for r in rows], title, path, paper=True)
 
 
 def format_line(r: dict) -> str:
