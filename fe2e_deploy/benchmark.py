@@ -27,7 +27,7 @@ from .engines import EagerEngine, Engine, load_engine
 from .kernels import exact_fp32
 from .memory import PeakMemory
 from .model_files import ModelFiles
-from .pipeline import Prediction
+from .processing import Prediction
 from .timing import NO_TIMER, StageTimer
 
 PAPER_SECONDS = 1.78  # FE2E's reported inference time per image

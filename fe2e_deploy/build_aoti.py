@@ -29,9 +29,9 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_write
+from .config import FE2E_RESOLUTIONS
 from .kernels import preferred_attention, resolve_device
 from .models.fused import FE2EGraph
-from .onnx_export import FE2E_RESOLUTIONS
 from .quantize.calibrate import load_scales
 from .quantize.fp8 import quantize_dit
 from .sidecar import read_description, read_sidecar, write_sidecar

@@ -14,6 +14,15 @@ from typing import Any
 #: Width of the connector's pooled projection (``global_proj_out``); fixed in the official module.
 POOLED_DIM = 768
 
+#: FE2E's latent geometry (fixed by the constraints ``validate`` enforces): the VAE downsamples 8x
+#: (4 levels), latents have 16 channels, tokens pack 2x2 latent pixels, so processing sizes are
+#: multiples of 16.
+LATENT_DOWNSAMPLE = 8
+LATENT_CHANNELS = 16
+RESOLUTION_MULTIPLE = 16
+#: FE2E's three processing resolutions (``processing.fe2e_processing_size``), (width, height).
+FE2E_RESOLUTIONS = ((1024, 768), (1216, 352), (864, 576))
+
 
 class ConfigError(ValueError):
     """A model configuration that is malformed or violates a constraint of the official modules."""

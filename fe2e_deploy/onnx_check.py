@@ -52,7 +52,7 @@ from .atomic import atomic_write
 from .kernels import exact_fp32
 from .onnx_export import GRAPHS, load_manifest
 from .ort_session import make_session
-from .pipeline import preprocess
+from .processing import preprocess
 from .quantize.calibrate import load_scales
 from .quantize.fp8 import FP8Linear, quantize_dit, quantize_fp8
 from .scenes import synthetic_scene

@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_write
-from .models.fused import LATENT_DOWNSAMPLE, DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
+from .config import FE2E_RESOLUTIONS, LATENT_CHANNELS, LATENT_DOWNSAMPLE
+from .models.fused import DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
 from .quantize.calibrate import load_scales
 from .quantize.fp8 import FP8_OPSET, quantize_dit
 from .strip import StrippedModel, load_stripped
@@ -45,9 +46,6 @@ from .strip import StrippedModel, load_stripped
 FORMAT, FORMAT_VERSION = "fe2e-onnx-export", 1
 OPSET = 18
 MANIFEST, WEIGHTS, SCALES = "manifest.json", "weights.bin", "fp8_scales.json"
-#: FE2E's three processing resolutions (``pipeline.fe2e_processing_size``).
-FE2E_RESOLUTIONS = ((1024, 768), (1216, 352), (864, 576))
-LATENT_CHANNELS = 16
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.BFLOAT16: "bfloat16",

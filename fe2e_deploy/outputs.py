@@ -18,7 +18,7 @@ from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImage
 from PIL import Image
 
 from .atomic import atomic_path
-from .pipeline import Prediction
+from .processing import Prediction
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_KINDS = {

@@ -21,7 +21,7 @@ from .merge import merge_lora
 from .onnx_check import CHECK_FILE, check_export, check_passed, write_check_report
 from .onnx_export import MANIFEST, export_onnx, load_manifest, resolution_name
 from .outputs import find_images
-from .pipeline import fe2e_processing_size
+from .processing import fe2e_processing_size
 from .strip import META_FILE, strip_model
 from .tiny import FILES, write_tiny_model
 

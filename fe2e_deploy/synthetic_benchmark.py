@@ -41,9 +41,10 @@ from .flops import bf16_peak_tflops, dit_flops
 from .kernels import attention_order
 from .loading import load_dit, load_vae
 from .memory import PeakMemory
-from .pipeline import FE2EPipeline, Prediction
+from .processing import Prediction
 from .quantize.calibrate import DEFAULT_EXCLUDE, measure_scales, quantizable_linears
 from .quantize.fp8 import quantize_dit, quantize_dit_rowwise
+from .reference import FE2EPipeline
 from .scenes import synthetic_scene
 from .strip import strip_in_memory
 from .synthetic import SyntheticModel

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fe2e_deploy.config import load_model_config
-from fe2e_deploy.pipeline import FE2EPipeline
+from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.strip import strip_model
 from fe2e_deploy.tiny import write_tiny_model
 

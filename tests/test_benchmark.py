@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fe2e_deploy.benchmark import PAPER_SECONDS, format_table, map_errors, run_benchmark
 from fe2e_deploy.cli import app
 from fe2e_deploy.model_files import ModelFiles
-from fe2e_deploy.pipeline import Prediction
+from fe2e_deploy.processing import Prediction
 from fe2e_deploy.scenes import synthetic_scene
 
 runner = CliRunner()

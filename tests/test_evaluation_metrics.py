@@ -24,7 +24,7 @@ from fe2e_deploy.evaluation.metrics import (
     normalize,
 )
 from fe2e_deploy.evaluation.run import compare_predictions
-from fe2e_deploy.pipeline import Prediction
+from fe2e_deploy.processing import Prediction
 
 W, H, FOCAL = 64, 48, 50.0
 

@@ -21,7 +21,7 @@ from fe2e_deploy.models.fused import DiTStep, FE2EGraph
 from fe2e_deploy.onnx_check import check_export, compare, compare_aligned, quantizer_taps
 from fe2e_deploy.onnx_export import export_onnx
 from fe2e_deploy.ort_session import make_session
-from fe2e_deploy.pipeline import preprocess
+from fe2e_deploy.processing import preprocess
 from fe2e_deploy.quantize.calibrate import calibration_images, load_scales
 from fe2e_deploy.quantize.fp8 import FP8Linear, quantize_dit, quantize_fp8
 from fe2e_deploy.quantize.synthetic_scenes import COUNT, render_scene, scene_name, write_scenes

@@ -20,7 +20,7 @@ from fe2e_deploy.config import PRESETS
 from fe2e_deploy.loading import CheckpointError, load_dit
 from fe2e_deploy.loading.dit_layout import lora_target_modules
 from fe2e_deploy.merge import merge_lora, parse_size
-from fe2e_deploy.pipeline import FE2EPipeline
+from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.tiny import write_tiny_model
 
 runner = CliRunner()

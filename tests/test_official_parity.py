@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from fe2e_deploy.loading import load_dit, load_vae
 from fe2e_deploy.lora import read_kohya_lora
-from fe2e_deploy.pipeline import CFG_SCALE, latent_ids, pack, unpack
+from fe2e_deploy.models.packing import latent_ids, pack, unpack
+from fe2e_deploy.reference import CFG_SCALE
 
 TOL = 1e-5
 

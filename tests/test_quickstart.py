@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import load_model_config
-from fe2e_deploy.pipeline import FE2EPipeline
+from fe2e_deploy.reference import FE2EPipeline
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from fe2e_deploy.flops import bf16_peak_tflops, dit_flops
 from fe2e_deploy.loading import load_dit, load_vae
 from fe2e_deploy.loading.dit_layout import dit_layout
 from fe2e_deploy.memory import PeakMemory
-from fe2e_deploy.pipeline import FE2EPipeline
+from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import synthetic_scene
 from fe2e_deploy.strip import load_stripped, strip_in_memory, strip_model
 from fe2e_deploy.synthetic import SyntheticModel

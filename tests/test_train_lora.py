@@ -15,7 +15,7 @@ from fe2e_deploy.cli import app
 from fe2e_deploy.merge import merge_lora
 from fe2e_deploy.model_files import ModelFiles
 from fe2e_deploy.models.vae import encode_mean
-from fe2e_deploy.pipeline import FE2EPipeline
+from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import synthetic_sample
 from fe2e_deploy.train.data import TrainDataset, log_normalise_depth, write_sample
 from fe2e_deploy.train.loop import TrainOptions, train_lora

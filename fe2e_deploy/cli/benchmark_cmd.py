@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..kernels import resolve_device
-from ..pipeline import parse_resolution
+from ..processing import parse_resolution
 from .app import app, user_errors
 
 

@@ -8,7 +8,7 @@ import typer
 
 from ..build_aoti import PRECISIONS, build_aoti
 from ..kernels import resolve_device
-from ..pipeline import parse_resolution
+from ..processing import parse_resolution
 from .app import app, user_errors
 
 

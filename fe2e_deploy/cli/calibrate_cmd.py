@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..pipeline import parse_resolution
+from ..processing import parse_resolution
 from ..quantize.calibrate import DEFAULT_EXCLUDE, calibrate_fp8, write_scales
 from .app import app, user_errors
 

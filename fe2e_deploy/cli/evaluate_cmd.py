@@ -19,7 +19,7 @@ from ..evaluation.run import (
     write_json,
 )
 from ..outputs import find_images
-from ..pipeline import parse_resolution
+from ..processing import parse_resolution
 from .app import app, user_errors
 
 ENGINE_HELP = "Engine: a model folder (official files, as init-tiny writes)."

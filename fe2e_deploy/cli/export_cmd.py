@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 import typer
 
+from ..config import FE2E_RESOLUTIONS
 from ..onnx_check import check_export, write_check_report
-from ..onnx_export import FE2E_RESOLUTIONS, GRAPHS, export_onnx, resolution_name
-from ..pipeline import parse_resolution
+from ..onnx_export import GRAPHS, export_onnx, resolution_name
+from ..processing import parse_resolution
 from .app import app, fail, user_errors
 
 EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

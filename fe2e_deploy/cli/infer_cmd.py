@@ -9,7 +9,7 @@ import typer
 from ..engines import EagerEngine, load_engine
 from ..infer import run_infer
 from ..model_files import ModelFiles
-from ..pipeline import parse_resolution
+from ..processing import parse_resolution
 from .app import app, fail, user_errors
 
 

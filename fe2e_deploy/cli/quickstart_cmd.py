@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..pipeline import parse_resolution
+from ..processing import parse_resolution
 from ..quickstart import run_quickstart
 from .app import app, fail, user_errors
 

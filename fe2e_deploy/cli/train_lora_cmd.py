@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..model_files import ModelFiles
-from ..pipeline import parse_resolution
+from ..processing import parse_resolution
 from ..train.loop import TrainOptions, train_lora
 from .app import app, user_errors
 

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from ..model_files import ModelFiles
-from ..pipeline import FE2EPipeline, Prediction
+from ..processing import Prediction
+from ..reference import FE2EPipeline
 from ..timing import NoTimer, StageTimer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

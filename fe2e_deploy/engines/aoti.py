@@ -27,7 +27,7 @@ from ..build_aoti import (
 )
 from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
-from ..pipeline import Prediction, fe2e_processing_size, parse_resolution, postprocess, preprocess
+from ..processing import Prediction, fe2e_processing_size, parse_resolution, postprocess, preprocess
 from ..quantize.calibrate import load_scales
 from ..timing import NO_TIMER
 

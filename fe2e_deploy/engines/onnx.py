@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..onnx_export import MANIFEST, load_manifest
 from ..ort_session import make_session
-from ..pipeline import Prediction, fe2e_processing_size, postprocess, preprocess
+from ..processing import Prediction, fe2e_processing_size, postprocess, preprocess
 from ..timing import NO_TIMER
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
-from ..pipeline import Prediction, fe2e_processing_size, postprocess, preprocess
+from ..processing import Prediction, fe2e_processing_size, postprocess, preprocess
 from ..strip import StrippedModel, load_stripped
 from ..timing import NO_TIMER
 

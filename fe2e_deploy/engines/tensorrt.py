@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..pipeline import Prediction, parse_resolution, postprocess, preprocess
+from ..processing import Prediction, parse_resolution, postprocess, preprocess
 from ..timing import NO_TIMER
 from ..trt_build import check_sidecar, import_tensorrt
 

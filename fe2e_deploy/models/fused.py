@@ -18,11 +18,10 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from ..config import LATENT_DOWNSAMPLE
 from .packing import pack, unpack
 from .stripped import StrippedDiT
 from .vae import decode, encode_mean
-
-LATENT_DOWNSAMPLE = 8
 
 
 class VAEEncoder(nn.Module):

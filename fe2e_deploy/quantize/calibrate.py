@@ -38,7 +38,7 @@ from ..atomic import atomic_write
 from ..infer import read_image
 from ..models.fused import FE2EGraph
 from ..outputs import find_images
-from ..pipeline import fe2e_processing_size, preprocess
+from ..processing import fe2e_processing_size, preprocess
 from ..strip import WEIGHTS_FILE, StrippedModel, load_stripped, sha256_file
 from .synthetic_scenes import COUNT, render_scene, scene_name
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write
 from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..model_files import ModelFiles
-from ..pipeline import FE2EPipeline
+from ..reference import FE2EPipeline
 from .data import TrainDataset
 from .kohya import kohya_modules, peft_to_kohya
 from .objective import velocity_loss, velocity_targets

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..models.packing import pack
 from ..models.vae import encode_mean
-from ..pipeline import FE2EPipeline
+from ..reference import FE2EPipeline
 
 PATCH = 16  # pixels per token side: 8x VAE downsampling x 2x2 packing
 

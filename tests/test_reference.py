@@ -7,14 +7,9 @@ import pytest
 import torch
 from conftest import scene_image
 
-from fe2e_deploy.pipeline import (
-    FE2EPipeline,
-    fe2e_processing_size,
-    latent_ids,
-    pack,
-    parse_resolution,
-    unpack,
-)
+from fe2e_deploy.models.packing import latent_ids, pack, unpack
+from fe2e_deploy.processing import fe2e_processing_size, parse_resolution
+from fe2e_deploy.reference import FE2EPipeline
 
 
 @pytest.mark.parametrize(

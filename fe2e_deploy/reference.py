@@ -1,4 +1,4 @@
-"""The reference FE2E pipeline: one deterministic DiT step predicting depth and normals together.
+"""The reference FE2E pipeline (eager PyTorch, the official path): one deterministic step for depth and normals.
 
 An image goes: resize (FE2E's rule) -> [-1, 1] -> VAE encode (posterior mean) -> reference
 latent. The target latent z0 = 0 and the reference are packed 2x2 into tokens and concatenated
@@ -10,12 +10,9 @@ reference half. Both are decoded, clamped to [-1, 1]; depth = mean over RGB of x
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from PIL import Image
 
@@ -25,43 +22,11 @@ from .lora import apply_lora_unmerged, read_kohya_lora
 from .models.dit import Step1XEditDiT
 from .models.packing import latent_ids, pack, unpack
 from .models.vae import decode, encode_mean
+from .processing import Prediction, depth_from_decoded, postprocess, preprocess
 from .timing import NO_TIMER
 
 T_CURR, T_PREV = 1.0, 0.0  # the one-step schedule
 CFG_SCALE = 6.0  # the official default; a no-op here because cond and uncond prompts are both empty
-RESOLUTION_MULTIPLE = 16  # 8x VAE downsampling x 2x2 token packing
-
-
-def fe2e_processing_size(width: int, height: int) -> tuple[int, int]:
-    """FE2E's resize rule (official ``input_process_image``): (width, height) to process at."""
-    if width <= 1024 and height <= 768:
-        return 1024, 768
-    if width <= 1280 and height <= 960:
-        return 1216, 352
-    if width <= 6048 and height <= 4032:
-        return 864, 576
-    # Larger images are kept; the official code then fails unless both sides are multiples of 16.
-    return (
-        max(RESOLUTION_MULTIPLE, width // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE),
-        max(RESOLUTION_MULTIPLE, height // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE),
-    )
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"1024x768"`` -> (1024, 768), both positive multiples of 16."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"resolution {text!r} is not WIDTHxHEIGHT (e.g. 1024x768)") from None
-    if w <= 0 or h <= 0 or w % RESOLUTION_MULTIPLE or h % RESOLUTION_MULTIPLE:
-        raise ValueError(f"resolution {text!r}: width and height must be positive multiples of {RESOLUTION_MULTIPLE}")
-    return w, h
-
-
-@dataclass
-class Prediction:
-    depth: np.ndarray  # [H, W] float32 in [0, 1], affine-invariant in log depth
-    normals: np.ndarray  # [H, W, 3] float32 unit vectors, components in [-1, 1]
 
 
 class FE2EPipeline:
@@ -162,38 +127,3 @@ class FE2EPipeline:
             normals = self.decode(normal_latent)
         with self.timer("postprocess"):
             return postprocess(depth, normals, (width, height))
-
-
-def depth_from_decoded(decoded: torch.Tensor) -> torch.Tensor:
-    """Decoded depth image ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 1, h, w]`` in [0, 1] (mean over RGB)."""
-    return (decoded * 0.5 + 0.5).mean(dim=1, keepdim=True)
-
-
-def preprocess(image: Image.Image, processing_res: tuple[int, int] | None = None) -> torch.Tensor:
-    """RGB image -> ``[1, 3, h, w]`` in [-1, 1] at FE2E's processing size (or ``processing_res``)."""
-    image = image.convert("RGB")
-    size = processing_res or fe2e_processing_size(*image.size)
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.BICUBIC)  # PIL's default, as the official code
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
-    return x * 2 - 1
-
-
-def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``[B, C, h, w]`` to (width, height), antialiased when shrinking."""
-    width, height = size
-    if x.shape[-2:] == (height, width):
-        return x
-    shrink = height < x.shape[-2] or width < x.shape[-1]
-    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrink)
-
-
-def postprocess(depth: torch.Tensor, normals: torch.Tensor, size: tuple[int, int]) -> Prediction:
-    """Depth ``[1, 1, h, w]`` in [0, 1] and decoded normals ``[1, 3, h, w]`` -> maps at ``size``."""
-    depth = resize_to(depth, size).clamp(0, 1)
-    normals = resize_to(normals, size)
-    normals = normals / torch.linalg.vector_norm(normals, dim=1, keepdim=True).clamp_min(1e-6)
-    return Prediction(
-        depth=depth[0, 0].cpu().numpy().astype(np.float32),
-        normals=normals[0].permute(1, 2, 0).cpu().numpy().astype(np.float32),
-    )
