@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .atomic import atomic_write
 from .engines import EagerEngine, Engine, load_engine
+from .files.atomic import atomic_write
 from .kernels import exact_fp32
 from .memory import PeakMemory
 from .model_files import ModelFiles

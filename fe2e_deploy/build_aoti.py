@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .atomic import atomic_write
 from .config import FE2E_RESOLUTIONS
+from .files.atomic import atomic_write
 from .kernels import preferred_attention, resolve_device
 from .models.fused import FE2EGraph
 from .quantize.calibrate import load_scales

@@ -16,7 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .engines import Engine, predict_batch
-from .outputs import find_images, output_paths, write_prediction
+from .files.images import find_images, read_image
+from .files.outputs import output_paths, write_prediction
 
 
 @dataclass
@@ -37,15 +38,6 @@ class InferReport:
             f"{len(self.failed)} failed; {self.seconds_per_image:.3f} s per image end to end "
             f"({self.predict_seconds / max(1, len(self.written)):.3f} s in the engine)"
         )
-
-
-def read_image(path: Path) -> Image.Image:
-    """Open and fully decode an image (so truncated files fail here), as RGB."""
-    with Image.open(path) as image:
-        image.load()
-        if image.width < 1 or image.height < 1:
-            raise ValueError("empty image")
-        return image.convert("RGB")
 
 
 def run_infer(

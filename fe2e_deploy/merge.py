@@ -32,8 +32,8 @@ from peft import LoraConfig
 from tqdm import tqdm
 
 from . import __version__
-from .atomic import atomic_write
 from .config import ModelConfig
+from .files.atomic import atomic_write
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors
 from .loading.dit_layout import dit_layout
 from .loading.writer import SafetensorsWriter

@@ -48,7 +48,7 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
-from .atomic import atomic_write
+from .files.atomic import atomic_write
 from .kernels import exact_fp32
 from .onnx_export import GRAPHS, load_manifest
 from .ort_session import make_session

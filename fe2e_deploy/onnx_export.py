@@ -36,8 +36,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__
-from .atomic import atomic_write
 from .config import FE2E_RESOLUTIONS, LATENT_CHANNELS, LATENT_DOWNSAMPLE
+from .files.atomic import atomic_write
 from .models.fused import DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
 from .quantize.calibrate import load_scales
 from .quantize.fp8 import FP8_OPSET, quantize_dit

@@ -16,11 +16,11 @@ import torch
 
 from .config import load_model_config
 from .engines import Engine, load_engine
-from .infer import InferReport, read_image, run_infer
+from .files.images import find_images, read_image
+from .infer import InferReport, run_infer
 from .merge import merge_lora
 from .onnx_check import CHECK_FILE, check_export, check_passed, write_check_report
 from .onnx_export import MANIFEST, export_onnx, load_manifest, resolution_name
-from .outputs import find_images
 from .processing import fe2e_processing_size
 from .strip import META_FILE, strip_model
 from .tiny import FILES, write_tiny_model

@@ -18,7 +18,6 @@ or the connector:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -31,8 +30,9 @@ from diffusers import AutoencoderKL
 from tqdm import tqdm
 
 from . import __version__
-from .atomic import atomic_write
 from .config import ModelConfig
+from .files.atomic import atomic_write
+from .files.hashing import sha256_file
 from .loading import load_vae
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, load_into, open_safetensors, set_tensor
 from .loading.dit_layout import dit_layout
@@ -56,14 +56,6 @@ FOLDED_INFIXES = (".img_mod.lin.", ".txt_mod.lin.", ".modulation.lin.")
 def is_folded(official_name: str) -> bool:
     """True for the official tensors that strip evaluates into constants."""
     return official_name.startswith(FOLDED_PREFIXES) or any(s in official_name for s in FOLDED_INFIXES)
-
-
-def sha256_file(path: str | Path, chunk: int = 16 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

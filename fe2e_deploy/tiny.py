@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .atomic import atomic_write
 from .config import PRESETS, ModelConfig
+from .files.atomic import atomic_write
 from .loading.dit_layout import dit_layout, lora_target_modules
 from .loading.vae_layout import vae_layout
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from . import __version__
-from .atomic import atomic_write
+from .files.atomic import atomic_write
 from .onnx_export import load_manifest
 from .sidecar import read_sidecar, write_sidecar
 

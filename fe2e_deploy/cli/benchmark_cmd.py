@@ -101,9 +101,11 @@ def benchmark(
 
 def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy, json_out, plot) -> None:
     from ..benchmark import format_table, run_benchmark, write_plot, write_report  # noqa: PLC0415
-    from ..infer import read_image  # noqa: PLC0415
+    from ..files.images import (
+        find_images,  # noqa: PLC0415
+        read_image,  # noqa: PLC0415
+    )
     from ..model_files import ModelFiles  # noqa: PLC0415
-    from ..outputs import find_images  # noqa: PLC0415
     from ..scenes import synthetic_scene  # noqa: PLC0415
 
     if not engine and reference is None:

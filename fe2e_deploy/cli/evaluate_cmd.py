@@ -18,7 +18,7 @@ from ..evaluation.run import (
     metrics_table,
     write_json,
 )
-from ..outputs import find_images
+from ..files.images import find_images
 from ..processing import parse_resolution
 from .app import app, user_errors
 

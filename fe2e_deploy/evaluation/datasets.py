@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..infer import read_image
-from ..outputs import IMAGE_SUFFIXES, find_images
+from ..files.images import IMAGE_SUFFIXES, find_images, read_image
 from .metrics import depth_valid_mask, normal_valid_mask
 
 TASKS = ("depth", "normals")

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..atomic import atomic_write
 from ..engines import Engine
-from ..infer import read_image
-from ..outputs import find_images
+from ..files.atomic import atomic_write
+from ..files.images import find_images, read_image
 from .datasets import EvalDataset, open_dataset
 from .metrics import (
     DEPTH_METRICS,

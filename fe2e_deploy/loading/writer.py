@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path
+from ..files.atomic import atomic_path
 
 DTYPE_CODES = {
     torch.float64: "F64",

@@ -34,12 +34,12 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..atomic import atomic_write
-from ..infer import read_image
+from ..files.atomic import atomic_write
+from ..files.hashing import sha256_file
+from ..files.images import find_images, read_image
 from ..models.fused import FE2EGraph
-from ..outputs import find_images
 from ..processing import fe2e_processing_size, preprocess
-from ..strip import WEIGHTS_FILE, StrippedModel, load_stripped, sha256_file
+from ..strip import WEIGHTS_FILE, StrippedModel, load_stripped
 from .synthetic_scenes import COUNT, render_scene, scene_name
 
 FORMAT, FORMAT_VERSION = "fe2e-fp8-scales", 1

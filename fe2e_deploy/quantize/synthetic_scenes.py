@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_write
+from ..files.atomic import atomic_write
 
 WIDTH, HEIGHT, COUNT = 256, 192, 8
 KINDS = ("room", "still_life", "outdoor")

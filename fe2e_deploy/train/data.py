@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 
 from ..evaluation.datasets import find_ground_truth, read_depth, read_mask, read_normals
-from ..infer import read_image
-from ..outputs import find_images
+from ..files.images import find_images, read_image
 from ..processing import preprocess
 
 LOG_EPS = 1e-6

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..atomic import atomic_write
 from ..config import ModelConfig
+from ..files.atomic import atomic_write
 from ..loading.checkpoint import CheckpointError
 from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..lora import PREFIX

@@ -30,7 +30,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..atomic import atomic_write
+from ..files.atomic import atomic_write
 from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..model_files import ModelFiles
 from ..reference import FE2EPipeline

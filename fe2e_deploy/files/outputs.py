@@ -17,10 +17,9 @@ import numpy as np
 from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 from PIL import Image
 
+from ..processing import Prediction
 from .atomic import atomic_path
-from .processing import Prediction
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_KINDS = {
     "depth_npy": "_depth.npy",
     "depth_png16": "_depth.png",
@@ -28,14 +27,6 @@ OUTPUT_KINDS = {
     "normals_npy": "_normals.npy",
     "normals_png": "_normals.png",
 }
-
-
-def find_images(root: str | Path) -> list[Path]:
-    """Every .jpg/.jpeg/.png under ``root`` (recursively, case-insensitive), sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: input folder not found")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def output_paths(out_dir: str | Path, rel_image: Path) -> dict[str, Path]:
