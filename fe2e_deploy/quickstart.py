@@ -14,15 +14,17 @@ from pathlib import Path
 
 import torch
 
+from .artifacts.export import MANIFEST, load_manifest
+from .artifacts.stripped import META_FILE
+from .compile.onnx_check import CHECK_FILE, check_export, check_passed, write_check_report
+from .compile.onnx_export import export_onnx
 from .config import load_model_config
 from .engines import Engine, load_engine
 from .files.images import find_images, read_image
 from .infer import InferReport, run_infer
 from .merge import merge_lora
-from .onnx_check import CHECK_FILE, check_export, check_passed, write_check_report
-from .onnx_export import MANIFEST, export_onnx, load_manifest, resolution_name
-from .processing import fe2e_processing_size
-from .strip import META_FILE, strip_model
+from .processing import fe2e_processing_size, resolution_name
+from .strip import strip_model
 from .tiny import FILES, write_tiny_model
 
 
@@ -100,7 +102,7 @@ def run_quickstart(
         lambda: strip_model(merged, files["prompt"], files["vae"], stripped, config, None, dtype, overwrite, progress),
         stripped / META_FILE,
     )
-    res_args = " ".join(f"--resolution {resolution_name(w, h)}" for w, h in sizes)
+    res_args = " ".join(f"--resolution {resolution_name(s)}" for s in sizes)
     stage(
         f"fe2e-deploy export {stripped} -o {export_dir} {res_args} --graph fe2e --check",
         lambda: _export_and_check(stripped, export_dir, sizes, overwrite, progress),
@@ -110,7 +112,7 @@ def run_quickstart(
     report.engine = engine.name
     report.infer = stage(
         f"fe2e-deploy infer {images_dir} -o {output_dir} --engine {engine_path}"
-        + (f" --processing-res {resolution_name(*processing_res)}" if processing_res else ""),
+        + (f" --processing-res {resolution_name(processing_res)}" if processing_res else ""),
         lambda: run_infer(engine, images_dir, output_dir, overwrite=overwrite, progress=progress),
     )
     return report
@@ -120,7 +122,7 @@ def _has_resolutions(export_dir: Path, sizes) -> bool:
     if not (export_dir / MANIFEST).is_file():
         return False
     have = set(load_manifest(export_dir)["resolutions"])
-    if not {resolution_name(w, h) for w, h in sizes} <= have:
+    if not {resolution_name(s) for s in sizes} <= have:
         raise FileExistsError(f"{export_dir}: exported for {sorted(have)}, these images need more; pass --overwrite")
     return True
 

@@ -26,17 +26,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from tqdm import tqdm
 
 from . import __version__
+from .artifacts.stripped import FORMAT, FORMAT_VERSION, META_FILE, VAE_FILE, WEIGHTS_FILE, StrippedModel
 from .config import ModelConfig
 from .files.atomic import atomic_write
 from .files.hashing import sha256_file
 from .loading import load_vae
-from .loading.checkpoint import CheckpointError, check_names_and_shapes, load_into, open_safetensors, set_tensor
+from .loading.checkpoint import check_names_and_shapes, open_safetensors, set_tensor
 from .loading.dit_layout import dit_layout
-from .loading.layout import CheckpointLayout, copy_rules, parameter_shapes
+from .loading.layout import parameter_shapes
 from .loading.prompt import PromptEmbedding, load_prompt_embedding
 from .loading.vae_layout import vae_layout
 from .loading.writer import SafetensorsWriter
@@ -45,9 +45,6 @@ from .models.connector import Qwen2Connector, sinusoidal_embedding
 from .models.stripped import StrippedDiT
 from .synthetic import describe_prompt
 
-FORMAT = "fe2e-stripped"
-FORMAT_VERSION = 1
-WEIGHTS_FILE, VAE_FILE, META_FILE = "stripped_dit.safetensors", "vae.safetensors", "stripped.json"
 T = 1.0
 FOLDED_PREFIXES = ("connector.", "time_in.", "vector_in.", "txt_in.", "final_layer.adaLN_modulation.")
 FOLDED_INFIXES = (".img_mod.lin.", ".txt_mod.lin.", ".modulation.lin.")
@@ -267,37 +264,3 @@ def fold_constants(config: ModelConfig, prompt, get) -> dict[str, torch.Tensor]:
         out[f"single_blocks.{i}.modulation"] = lin(f"single_blocks.{i}.modulation.lin", silu_vec).view(3, hidden)
     out["final_layer.modulation"] = lin("final_layer.adaLN_modulation.1", silu_vec).view(2, hidden)
     return out
-
-
-@dataclass
-class StrippedModel:
-    dit: StrippedDiT
-    vae: AutoencoderKL
-    meta: dict
-    config: ModelConfig
-    folder: Path | None  # None: built in memory (``strip_in_memory``)
-
-
-def load_stripped(folder: str | Path, device: str | torch.device = "cpu", progress: bool = False) -> StrippedModel:
-    """Load a stripped folder (strictly: names, shapes, format version); the VAE in FP32."""
-    folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"{folder}: not a stripped model folder (no {META_FILE}; run `fe2e-deploy strip`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{meta_path}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
-            f"{FORMAT!r} v{FORMAT_VERSION}"
-        )
-    config = ModelConfig.from_dict(meta["model_config"], source=str(meta_path))
-    with torch.device("meta"):
-        dit = StrippedDiT(config, int(meta["txt_len"]))
-    names = list(parameter_shapes(dit))
-    layout = CheckpointLayout(copy_rules(names), parameter_shapes(dit))
-    load_into(dit, layout, folder / WEIGHTS_FILE, None, device, "stripped model", progress)
-    vae = load_vae(config, folder / VAE_FILE, torch.float32, device, progress)
-    return StrippedModel(dit, vae, meta, config, folder)

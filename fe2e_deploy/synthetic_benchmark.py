@@ -41,9 +41,9 @@ from .flops import bf16_peak_tflops, dit_flops
 from .kernels import attention_order
 from .loading import load_dit, load_vae
 from .memory import PeakMemory
-from .processing import Prediction
+from .models.fp8 import quantize_dit, quantize_dit_rowwise
+from .processing import Prediction, resolution_name
 from .quantize.calibrate import DEFAULT_EXCLUDE, measure_scales, quantizable_linears
-from .quantize.fp8 import quantize_dit, quantize_dit_rowwise
 from .reference import FE2EPipeline
 from .scenes import synthetic_scene
 from .strip import strip_in_memory
@@ -125,7 +125,7 @@ def run_synthetic_benchmark(
         for engine_name in settings.engines:
             common = {
                 "engine": engine_name,
-                "resolution": f"{width}x{height}",
+                "resolution": resolution_name((width, height)),
                 "device": name,
                 "preset": settings.preset,
                 "seed": settings.seed,

@@ -16,16 +16,18 @@ import torch
 from conftest import scene_image, strip_tiny
 from typer.testing import CliRunner
 
-import fe2e_deploy.build_aoti as build_module
+import fe2e_deploy.compile.aoti_build as build_module
 import fe2e_deploy.engines.aoti as aoti_module
-from fe2e_deploy.build_aoti import ENGINE_FILE, build_aoti
+from fe2e_deploy.artifacts.aoti import ENGINE_FILE
+from fe2e_deploy.artifacts.scales import write_scales
+from fe2e_deploy.artifacts.sidecar import sidecar_path
+from fe2e_deploy.artifacts.stripped import META_FILE, load_stripped
 from fe2e_deploy.cli import app
+from fe2e_deploy.compile.aoti_build import build_aoti
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.aoti import AOTIEngine
 from fe2e_deploy.engines.stripped import StrippedEngine
-from fe2e_deploy.quantize.calibrate import calibrate_fp8, write_scales
-from fe2e_deploy.sidecar import sidecar_path
-from fe2e_deploy.strip import META_FILE, load_stripped
+from fe2e_deploy.quantize.calibrate import calibrate_fp8
 
 runner = CliRunner()
 SMALL, LARGE = (32, 32), (64, 48)
@@ -156,7 +158,7 @@ def test_stripped_folder_checks(folder, stripped, tmp_path, monkeypatch):
     (copy / "fe2e_32x32.pt2").unlink()
     with pytest.raises(FileNotFoundError, match="fe2e_32x32.pt2: package missing"):
         AOTIEngine(copy, stripped=stripped)
-    keep = build_module.graph_constants
+    keep = aoti_module.graph_constants
     monkeypatch.setattr(aoti_module, "graph_constants", lambda g: {k: v for k, v in keep(g).items() if k != "step.cos"})
     with pytest.raises(ValueError, match="needs constant 'step.cos'"):
         AOTIEngine(folder, processing_res=SMALL)

@@ -11,11 +11,12 @@ import torch
 from conftest import strip_tiny
 from typer.testing import CliRunner
 
+from fe2e_deploy.artifacts.sidecar import sidecar_path
+from fe2e_deploy.artifacts.tensorrt import check_sidecar
 from fe2e_deploy.cli import app
+from fe2e_deploy.compile.onnx_export import export_onnx
+from fe2e_deploy.compile.tensorrt_build import check_precision, inspect_graph
 from fe2e_deploy.engines import load_engine
-from fe2e_deploy.onnx_export import export_onnx
-from fe2e_deploy.sidecar import sidecar_path
-from fe2e_deploy.trt_build import check_precision, check_sidecar, inspect_graph
 
 runner = CliRunner()
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None

@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+from fe2e_deploy.artifacts.stripped import load_stripped
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import PRESETS
 from fe2e_deploy.engines import EagerEngine
@@ -20,7 +21,7 @@ from fe2e_deploy.loading.dit_layout import dit_layout
 from fe2e_deploy.memory import PeakMemory
 from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import synthetic_scene
-from fe2e_deploy.strip import load_stripped, strip_in_memory, strip_model
+from fe2e_deploy.strip import strip_in_memory, strip_model
 from fe2e_deploy.synthetic import SyntheticModel
 from fe2e_deploy.synthetic_benchmark import SyntheticSettings, format_records, read_records, run_synthetic_benchmark
 

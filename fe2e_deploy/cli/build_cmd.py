@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..build_aoti import PRECISIONS, build_aoti
+from ..compile.aoti_build import build_aoti
 from ..kernels import resolve_device
+from ..precision import PRECISIONS
 from ..processing import parse_resolution
 from .app import app, user_errors
 

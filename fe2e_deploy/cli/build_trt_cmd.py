@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..trt_build import PRECISIONS, TensorRTUnavailable, build_trt_engine
+from ..artifacts.tensorrt import TensorRTUnavailable
+from ..compile.tensorrt_build import PRECISIONS, build_trt_engine
 from .app import app, fail, user_errors
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
+from ..artifacts.scales import write_scales
 from ..processing import parse_resolution
-from ..quantize.calibrate import DEFAULT_EXCLUDE, calibrate_fp8, write_scales
+from ..quantize.calibrate import DEFAULT_EXCLUDE, calibrate_fp8
 from .app import app, user_errors
 
 

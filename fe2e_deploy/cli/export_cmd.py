@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 import typer
 
+from ..compile.onnx_check import check_export, write_check_report
+from ..compile.onnx_export import GRAPHS, export_onnx
 from ..config import FE2E_RESOLUTIONS
-from ..onnx_check import check_export, write_check_report
-from ..onnx_export import GRAPHS, export_onnx, resolution_name
-from ..processing import parse_resolution
+from ..processing import parse_resolution, resolution_name
 from .app import app, fail, user_errors
 
 EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-DEFAULT_RESOLUTIONS = ", ".join(resolution_name(w, h) for w, h in FE2E_RESOLUTIONS)
+DEFAULT_RESOLUTIONS = ", ".join(resolution_name(r) for r in FE2E_RESOLUTIONS)
 
 
 @app.command("export")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..build_aoti import (
+from ..artifacts.aoti import (
     ENGINE_FILE,
     check_aoti_engine,
     check_aoti_sidecar,
@@ -25,15 +25,11 @@ from ..build_aoti import (
     graph_constants,
     prepare_model,
 )
+from ..artifacts.scales import load_scales
 from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
-from ..processing import Prediction, fe2e_processing_size, parse_resolution, postprocess, preprocess
-from ..quantize.calibrate import load_scales
+from ..processing import Prediction, fe2e_processing_size, parse_resolution, postprocess, preprocess, resolution_name
 from ..timing import NO_TIMER
-
-
-def _size_name(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 class AOTIEngine:
@@ -59,11 +55,11 @@ class AOTIEngine:
             raise FileNotFoundError(f"{path}: engine not found (a .pt2 package or a folder with {ENGINE_FILE})")
         self.sidecar = self.description  # the name the single-package engine used
         self.path, self.processing_res = path, processing_res
-        self.built = ", ".join(_size_name(s) for s in files)
+        self.built = ", ".join(resolution_name(s) for s in files)
         if processing_res is not None and processing_res not in files:
             raise ValueError(
-                f"{path}: built for {self.built}, asked for {_size_name(processing_res)} "
-                f"(build it with `fe2e-deploy build STRIPPED --backend aoti --resolution {_size_name(processing_res)}`)"
+                f"{path}: built for {self.built}, asked for {resolution_name(processing_res)} (build it with "
+                f"`fe2e-deploy build STRIPPED --backend aoti --resolution {resolution_name(processing_res)}`)"
             )
         for file in files.values():
             if not file.is_file():
@@ -105,9 +101,9 @@ class AOTIEngine:
         size = self.processing_res or fe2e_processing_size(*image.size)
         if size not in self.runners:
             raise ValueError(
-                f"image {_size_name(image.size)} is processed at {_size_name(size)} (FE2E's resize rule), but "
-                f"{self.path} is built for {self.built} only; build it with `fe2e-deploy build STRIPPED --backend "
-                f"aoti --resolution {_size_name(size)}`, or pass --processing-res with a built resolution"
+                f"image {resolution_name(image.size)} is processed at {resolution_name(size)} (FE2E's resize rule), "
+                f"but {self.path} is built for {self.built} only; build it with `fe2e-deploy build STRIPPED --backend "
+                f"aoti --resolution {resolution_name(size)}`, or pass --processing-res with a built resolution"
             )
         return size
 

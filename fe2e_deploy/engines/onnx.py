@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..onnx_export import MANIFEST, load_manifest
-from ..ort_session import make_session
-from ..processing import Prediction, fe2e_processing_size, postprocess, preprocess
+from ..artifacts.export import MANIFEST, load_manifest
+from ..processing import Prediction, fe2e_processing_size, postprocess, preprocess, resolution_name
 from ..timing import NO_TIMER
+from .ort_session import make_session
 
 
 class OnnxEngine:
@@ -50,7 +50,7 @@ class OnnxEngine:
         return f"onnxruntime-{self.dtype}{'-emulated' if self.emulated else ''}-{self.device}"
 
     def resolutions(self) -> str:
-        return ", ".join(f"{w}x{h}" for w, h in self.files)
+        return ", ".join(resolution_name(s) for s in self.files)
 
     def size_for(self, image: Image.Image) -> tuple[int, int]:
         size = self.processing_res or fe2e_processing_size(*image.size)

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..artifacts.stripped import StrippedModel, load_stripped
 from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
 from ..processing import Prediction, fe2e_processing_size, postprocess, preprocess
-from ..strip import StrippedModel, load_stripped
 from ..timing import NO_TIMER
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..artifacts.tensorrt import check_sidecar, import_tensorrt
 from ..processing import Prediction, parse_resolution, postprocess, preprocess
 from ..timing import NO_TIMER
-from ..trt_build import check_sidecar, import_tensorrt
 
 TRT_TO_TORCH = {"FLOAT": torch.float32, "BF16": torch.bfloat16, "HALF": torch.float16}
 

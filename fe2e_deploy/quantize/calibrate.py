@@ -24,7 +24,6 @@ BMMs, unless told otherwise. Max calibration is a few lines of hooks, and
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from pathlib import Path
 
@@ -34,16 +33,15 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..files.atomic import atomic_write
+from ..artifacts.scales import FORMAT, FORMAT_VERSION
+from ..artifacts.stripped import WEIGHTS_FILE, StrippedModel, load_stripped
 from ..files.hashing import sha256_file
 from ..files.images import find_images, read_image
+from ..models.fp8 import E4M3_MAX
 from ..models.fused import FE2EGraph
-from ..processing import fe2e_processing_size, preprocess
-from ..strip import WEIGHTS_FILE, StrippedModel, load_stripped
+from ..processing import fe2e_processing_size, preprocess, resolution_name
 from .synthetic_scenes import COUNT, render_scene, scene_name
 
-FORMAT, FORMAT_VERSION = "fe2e-fp8-scales", 1
-E4M3_MAX = 448.0
 DEFAULT_EXCLUDE = ("img_in", "final_layer.linear")
 NOT_QUANTISED = "attention BMMs (QK^T, PV), RoPE, norms, modulation and residual stream stay in the compute dtype"
 
@@ -160,7 +158,7 @@ def calibrate_fp8(
             "sources": model.meta["sources"],
             "dtype": model.meta["dtype"],
         },
-        "resolutions": sorted(f"{w}x{h}" for w, h in sizes),
+        "resolutions": sorted(resolution_name(s) for s in sizes),
         "num_images": len(pictures),
         "images": [name for name, _ in pictures],
         "exclude_patterns": list(exclude),
@@ -168,29 +166,3 @@ def calibrate_fp8(
         "not_quantised": NOT_QUANTISED,
         "layers": layers,
     }
-
-
-def write_scales(document: dict, path: str | Path, overwrite: bool = False) -> Path:
-    """Write a scales document as JSON, atomically; an existing file needs ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
-    return atomic_write(path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
-
-
-def load_scales(path: str | Path) -> dict:
-    """A scales document (format checked; every layer's scales positive and finite)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: FP8 scales not found (run `fe2e-deploy calibrate`)")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not an FP8 scales file ({FORMAT} v{FORMAT_VERSION})")
-    for name, entry in document.get("layers", {}).items():
-        scales = (entry.get("input_scale"), entry.get("weight_scale"))
-        if not all(isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in scales):
-            raise ValueError(f"{path}: layer {name} has invalid scales {scales}")
-    return document

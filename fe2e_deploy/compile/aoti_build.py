@@ -27,90 +27,30 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
-from .config import FE2E_RESOLUTIONS
-from .files.atomic import atomic_write
-from .kernels import preferred_attention, resolve_device
-from .models.fused import FE2EGraph
-from .quantize.calibrate import load_scales
-from .quantize.fp8 import quantize_dit
-from .sidecar import read_description, read_sidecar, write_sidecar
-from .strip import META_FILE, StrippedModel, load_stripped
+from .. import __version__
+from ..artifacts.aoti import (
+    ENGINE_FILE,
+    ENGINE_FORMAT,
+    SCALES_FILE,
+    SIDECAR_FORMAT,
+    device_identity,
+    graph_constants,
+    package_name,
+    prepare_model,
+    stripped_identity,
+)
+from ..artifacts.scales import load_scales
+from ..artifacts.sidecar import write_sidecar
+from ..artifacts.stripped import StrippedModel
+from ..config import FE2E_RESOLUTIONS
+from ..files.atomic import atomic_write
+from ..kernels import preferred_attention, resolve_device
+from ..models.fused import FE2EGraph
+from ..precision import parse_precision
+from ..processing import resolution_name
 
-SIDECAR_FORMAT = "fe2e-aoti-package"
-ENGINE_FORMAT, ENGINE_FILE, SCALES_FILE = "fe2e-aoti-engine", "aoti_engine.json", "fp8_scales.json"
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 #: weights stay out of the package; the engine supplies them from the stripped folder
 INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False}
-REBUILD = "fe2e-deploy build --backend aoti"
-
-
-def device_identity(device: str) -> dict:
-    """What a package is tied to: CPU, or the GPU's name and compute capability."""
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: no CUDA GPU is visible")
-        major, minor = torch.cuda.get_device_capability(device)
-        return {"kind": "cuda", "name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
-    if device != "cpu":
-        raise ValueError(f"device {device!r} not supported; use cpu, cuda or auto")
-    return {"kind": "cpu", "name": "cpu", "compute_capability": None}
-
-
-def package_name(width: int, height: int) -> str:
-    return f"fe2e_{width}x{height}.pt2"
-
-
-def source_hashes(sources: dict) -> dict:
-    """The SHA-256 of each source of a stripped model (paths may differ between machines; contents may not)."""
-    return {name: entry and entry.get("sha256") for name, entry in sources.items()}
-
-
-def stripped_identity(model: StrippedModel) -> dict:
-    """What the engine checks a stripped folder against: its path, sources and dtype."""
-    return {"path": str(model.folder.resolve()), "sources": model.meta["sources"], "dtype": model.meta["dtype"]}
-
-
-def check_stripped(folder: str | Path, recorded: dict, engine: str | Path) -> Path:
-    """``folder`` (a stripped model) stripped from the recorded sources in the recorded dtype, else a one-line error."""
-    folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{folder}: stripped model folder not found; {engine} holds no weights and reads them from it "
-            f"(restore it, pass the folder explicitly (stripped=...), or rebuild with `{REBUILD}`)"
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if (
-        source_hashes(meta.get("sources") or {}) != source_hashes(recorded["sources"])
-        or meta.get("dtype") != recorded["dtype"]
-    ):
-        raise ValueError(
-            f"{folder}: not the stripped model {engine} was built from (other sources or dtype than "
-            f"{recorded['path']}); pass that folder or rebuild with `{REBUILD}`"
-        )
-    return folder
-
-
-def prepare_model(
-    stripped: str | Path, precision: str, scales: dict | None, device: str | torch.device
-) -> StrippedModel:
-    """The stripped model on ``device`` as a package computes with it: DiT cast to the precision, FP8 linears."""
-    model = load_stripped(stripped, device)
-    model.dit.cast_weights(PRECISIONS[precision])
-    if scales is not None:
-        if source_hashes(scales["stripped"]["sources"]) != source_hashes(model.meta["sources"]):
-            raise ValueError(f"FP8 scales calibrated on another stripped model ({scales['stripped']['path']})")
-        quantize_dit(model.dit, scales)
-    return model
-
-
-def graph_constants(graph: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer of ``graph`` under each of its names (a shared module appears under all of them)."""
-    return dict(graph.named_parameters(remove_duplicate=False)) | dict(graph.named_buffers(remove_duplicate=False))
 
 
 def _check_device(graph: nn.Module, device: str) -> None:
@@ -170,8 +110,7 @@ def build_aoti(
         raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
     if occupied and not single and not (out / ENGINE_FILE).is_file():
         raise FileExistsError(f"{out}: exists and is not an AOTInductor engine folder; refusing to replace it")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} not supported; choose one of {', '.join(PRECISIONS)}")
+    precision = parse_precision(precision)
     if (precision == "fp8") != (scales is not None):
         raise ValueError("--precision fp8 needs --scales (from `fe2e-deploy calibrate`), and only it takes them")
     if batch < 1:
@@ -212,7 +151,7 @@ def _build_package(model, out: Path, size, batch, device, document, description)
     finally:
         tmp.unlink(missing_ok=True)
     sidecar = description | {
-        "resolution": f"{width}x{height}",
+        "resolution": resolution_name((width, height)),
         "scales": scales_name,
         "build_seconds": seconds,
         "package_bytes": out.stat().st_size,
@@ -228,7 +167,7 @@ def _build_folder(model, out: Path, sizes, batch, device, document, description)
     try:
         packages, seconds, sizes_bytes = {}, {}, {}
         for width, height in sizes:
-            key, name = f"{width}x{height}", package_name(width, height)
+            key, name = resolution_name((width, height)), package_name(width, height)
             seconds[key] = _compile(model, width, height, batch, device, tmp / name)
             packages[key], sizes_bytes[key] = name, (tmp / name).stat().st_size
         if document is not None:
@@ -260,31 +199,3 @@ def _install(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
-
-
-def _check_built_here(description: dict, path: Path, device: str) -> dict:
-    here, built = device_identity(device), description.get("device", {})
-    if (built.get("kind"), built.get("name"), built.get("compute_capability")) != (
-        here["kind"],
-        here["name"],
-        here["compute_capability"],
-    ):
-        raise ValueError(f"{path}: built for {built.get('name')}, this device is {here['name']}; rebuild it here")
-    if description.get("torch") != torch.__version__:
-        raise ValueError(f"{path}: built with torch {description.get('torch')}, this is {torch.__version__}; rebuild")
-    if description.get("weights_in_package") is not False or "stripped" not in description:
-        raise ValueError(f"{path}: an older package with its weights inside; rebuild with `{REBUILD}`")
-    return description
-
-
-def check_aoti_sidecar(package: str | Path, device: str) -> dict:
-    """The package's sidecar, refusing a package built for another device kind or GPU or torch."""
-    return _check_built_here(read_sidecar(package, SIDECAR_FORMAT, REBUILD), Path(package), device)
-
-
-def check_aoti_engine(folder: str | Path, device: str) -> dict:
-    """An engine folder's ``aoti_engine.json``, with the same checks as :func:`check_aoti_sidecar`."""
-    path = Path(folder) / ENGINE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: not an AOTInductor engine folder (no {ENGINE_FILE}; run `{REBUILD}`)")
-    return _check_built_here(read_description(path, ENGINE_FORMAT), Path(folder), device)

@@ -18,26 +18,13 @@ from pathlib import Path
 
 import onnx
 
-from . import __version__
-from .files.atomic import atomic_write
-from .onnx_export import load_manifest
-from .sidecar import read_sidecar, write_sidecar
+from .. import __version__
+from ..artifacts.export import load_manifest
+from ..artifacts.sidecar import write_sidecar
+from ..artifacts.tensorrt import SIDECAR_FORMAT, _gpu_identity, import_tensorrt
+from ..files.atomic import atomic_write
 
-PRECISIONS = ("bf16", "fp8")
-SIDECAR_FORMAT = "fe2e-tensorrt-plan"
-INSTALL_HINT = "TensorRT is not installed: pip install 'fe2e-deploy[tensorrt]' (needs an NVIDIA GPU and driver)"
-
-
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT (the optional extra) cannot be imported."""
-
-
-def import_tensorrt():
-    try:
-        import tensorrt  # noqa: PLC0415  (optional extra)
-    except ImportError as exc:
-        raise TensorRTUnavailable(f"{INSTALL_HINT} ({exc})") from None
-    return tensorrt
+PRECISIONS = ("bf16", "fp8")  # a strongly typed build takes its precision from the graph: no fp32 engines
 
 
 @dataclass(frozen=True)
@@ -153,26 +140,4 @@ def build_trt_engine(
         "build_seconds": round(seconds, 1),
     }
     write_sidecar(out, sidecar)
-    return sidecar
-
-
-def _gpu_identity() -> dict:
-    import torch  # noqa: PLC0415
-
-    if not torch.cuda.is_available():
-        return {"name": None, "compute_capability": None}
-    major, minor = torch.cuda.get_device_capability()
-    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
-
-
-def check_sidecar(plan: str | Path, gpu: dict | None = None) -> dict:
-    """Read a plan's sidecar and refuse a plan built for another GPU (TensorRT plans are not portable)."""
-    sidecar = read_sidecar(plan, SIDECAR_FORMAT, "fe2e-deploy build-trt")
-    gpu = gpu if gpu is not None else _gpu_identity()
-    built = sidecar.get("gpu", {})
-    if built.get("compute_capability") != gpu.get("compute_capability") or built.get("name") != gpu.get("name"):
-        raise ValueError(
-            f"{plan}: built for {built.get('name')} (sm {built.get('compute_capability')}), this machine has "
-            f"{gpu.get('name')} (sm {gpu.get('compute_capability')}); rebuild the engine here"
-        )
     return sidecar

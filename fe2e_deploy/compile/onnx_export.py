@@ -35,17 +35,17 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
-from .config import FE2E_RESOLUTIONS, LATENT_CHANNELS, LATENT_DOWNSAMPLE
-from .files.atomic import atomic_write
-from .models.fused import DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
-from .quantize.calibrate import load_scales
-from .quantize.fp8 import FP8_OPSET, quantize_dit
-from .strip import StrippedModel, load_stripped
+from .. import __version__
+from ..artifacts.export import FORMAT, FORMAT_VERSION, MANIFEST, SCALES, WEIGHTS, graph_file
+from ..artifacts.scales import load_scales
+from ..artifacts.stripped import StrippedModel, load_stripped
+from ..config import FE2E_RESOLUTIONS, LATENT_CHANNELS, LATENT_DOWNSAMPLE
+from ..files.atomic import atomic_write
+from ..models.fp8 import FP8_OPSET, quantize_dit
+from ..models.fused import DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
+from ..processing import resolution_name
 
-FORMAT, FORMAT_VERSION = "fe2e-onnx-export", 1
 OPSET = 18
-MANIFEST, WEIGHTS, SCALES = "manifest.json", "weights.bin", "fp8_scales.json"
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.BFLOAT16: "bfloat16",
@@ -88,14 +88,6 @@ GRAPHS: dict[str, GraphSpec] = {
         GraphSpec("fe2e", ("image",), ("depth", "normals"), lambda m, w, h: FE2EGraph(m.vae, m.dit, w, h), _image),
     )
 }
-
-
-def resolution_name(width: int, height: int) -> str:
-    return f"{width}x{height}"
-
-
-def graph_file(name: str, width: int, height: int) -> str:
-    return f"{name}_{resolution_name(width, height)}.onnx"
 
 
 @dataclass
@@ -264,7 +256,7 @@ def export_onnx(
         "precision": "fp8" if scales is not None else compute_dtype,
         "fp8_scales": SCALES if scales is not None else None,
         "batch": "dynamic" if dynamic_batch else batch,
-        "resolutions": [resolution_name(w, h) for w, h in resolutions],
+        "resolutions": [resolution_name(r) for r in resolutions],
         "stripped": {"path": str(stripped), "meta": model.meta["sources"], "txt_len": model.meta["txt_len"]},
         "model_config": model.meta["model_config"],
         "weights": {"file": WEIGHTS, "bytes": report.weights_bytes},
@@ -310,16 +302,3 @@ def _install(tmp_dir: Path, out_dir: Path, files: list[str]) -> None:
         target = out_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(tmp_dir / rel), str(target))
-
-
-def load_manifest(export_dir: str | Path) -> dict:
-    path = Path(export_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{export_dir}: not an export folder (no {MANIFEST}; run `fe2e-deploy export`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r} v{FORMAT_VERSION}")
-    return manifest

@@ -48,15 +48,16 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
-from .files.atomic import atomic_write
-from .kernels import exact_fp32
-from .onnx_export import GRAPHS, load_manifest
-from .ort_session import make_session
-from .processing import preprocess
-from .quantize.calibrate import load_scales
-from .quantize.fp8 import FP8Linear, quantize_dit, quantize_fp8
-from .scenes import synthetic_scene
-from .strip import StrippedModel, load_stripped
+from ..artifacts.export import load_manifest
+from ..artifacts.scales import load_scales
+from ..artifacts.stripped import StrippedModel, load_stripped
+from ..engines.ort_session import make_session
+from ..files.atomic import atomic_write
+from ..kernels import exact_fp32
+from ..models.fp8 import FP8Linear, quantize_dit, quantize_fp8
+from ..processing import preprocess
+from ..scenes import synthetic_scene
+from .onnx_export import GRAPHS
 
 #: Relative L2 tolerance per compute dtype. FP32: summation-order round-off only (measured 1e-6 at
 #: 64x48, 2.4e-4 at 1024x768 where attention spans 6k tokens). BF16: ORT's run differs from

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .files.atomic import atomic_write
+from ..files.atomic import atomic_write
 
 
 def sidecar_path(artifact: str | Path) -> Path:

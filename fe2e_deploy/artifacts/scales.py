@@ -1,0 +1,37 @@
+"""FP8 scales files (``calibrate`` writes them): per-layer input/weight scales, checked when read."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..files.atomic import atomic_write
+
+FORMAT, FORMAT_VERSION = "fe2e-fp8-scales", 1
+
+
+def write_scales(document: dict, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a scales document as JSON, atomically; an existing file needs ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+    return atomic_write(path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+
+
+def load_scales(path: str | Path) -> dict:
+    """A scales document (format checked; every layer's scales positive and finite)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: FP8 scales not found (run `fe2e-deploy calibrate`)")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not an FP8 scales file ({FORMAT} v{FORMAT_VERSION})")
+    for name, entry in document.get("layers", {}).items():
+        scales = (entry.get("input_scale"), entry.get("weight_scale"))
+        if not all(isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(f"{path}: layer {name} has invalid scales {scales}")
+    return document
