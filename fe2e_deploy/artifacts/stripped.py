@@ -1,4 +1,4 @@
-"""Reading a stripped model folder (``strip`` writes it): ``stripped_dit.safetensors``, ``vae.safetensors``, ``stripped.json``.
+"""Reading a stripped model folder (``strip`` writes it): DiT weights, VAE and ``stripped.json``.
 
 The folder's format (names, format version) is defined here, where it is read; ``strip.py``
 writes it. Loading is strict (names, shapes, format version) and builds the DiT on the meta device.
