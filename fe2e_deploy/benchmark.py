@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .engines import EagerEngine, Engine, load_engine
+from .engines import Engine, load_engine
+from .engines.eager import EagerEngine
 from .files.atomic import atomic_write
 from .kernels import exact_fp32
 from .memory import PeakMemory

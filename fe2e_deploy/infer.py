@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from .engines import Engine, predict_batch
+from .engines import Engine
 from .files.images import find_images, read_image
 from .files.outputs import output_paths, write_prediction
 
@@ -50,7 +50,7 @@ def run_infer(
 ) -> InferReport:
     """Predict every image under ``input_dir``; unreadable images are reported, not fatal.
 
-    ``batch_size`` images go to the engine together (:func:`predict_batch`); outputs are the same.
+    ``batch_size`` images go to the engine together (``Engine.predict_batch``); outputs are the same.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -72,14 +72,19 @@ def run_infer(
             bar.update()
         else:
             try:
-                pending.append((path, paths, read_image(path)))
+                image = read_image(path)
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                report.failed.append((path, f"unreadable image: {exc}"))
-                tqdm.write(f"warning: skipping {path}: unreadable image: {exc}")
-                bar.update()
+                _fail(report, bar, path, f"unreadable image: {exc}")
+            else:
+                try:
+                    engine.processing_size(image)  # a size the engine does not have fails this image alone
+                except ValueError as exc:
+                    _fail(report, bar, path, str(exc))
+                else:
+                    pending.append((path, paths, image))
         if pending and (len(pending) == batch_size or index == len(images) - 1):
             t0 = time.perf_counter()
-            predictions = predict_batch(engine, [image for _, _, image in pending])
+            predictions = engine.predict_batch([image for _, _, image in pending])
             report.predict_seconds += time.perf_counter() - t0
             for (path, paths, _), prediction in zip(pending, predictions, strict=True):
                 write_prediction(paths, prediction)
@@ -89,3 +94,9 @@ def run_infer(
     bar.close()
     report.total_seconds = time.perf_counter() - start
     return report
+
+
+def _fail(report: InferReport, bar: tqdm, path: Path, reason: str) -> None:
+    report.failed.append((path, reason))
+    tqdm.write(f"warning: skipping {path}: {reason}")
+    bar.update()

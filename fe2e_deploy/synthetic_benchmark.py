@@ -35,7 +35,7 @@ from PIL import Image
 
 from . import __version__
 from .benchmark import PAPER_SECONDS, map_errors, stage_bar_chart, time_engine
-from .engines import EagerEngine
+from .engines.eager import EagerEngine
 from .engines.stripped import StrippedEngine
 from .flops import bf16_peak_tflops, dit_flops
 from .kernels import attention_order

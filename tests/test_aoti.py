@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import fe2e_deploy.compile.aoti_build as build_module
 import fe2e_deploy.engines.aoti as aoti_module
+import fe2e_deploy.engines.base as base_module
 from fe2e_deploy.artifacts.aoti import ENGINE_FILE
 from fe2e_deploy.artifacts.scales import write_scales
 from fe2e_deploy.artifacts.sidecar import sidecar_path
@@ -98,7 +99,7 @@ def test_folder_engine_routes_each_image_to_its_resolution(folder, eager, tiny_p
     engine = load_engine(folder)
     assert isinstance(engine, AOTIEngine) and engine.name == "aoti-fp32"
     assert engine.resolutions == [LARGE, SMALL]
-    monkeypatch.setattr(aoti_module, "fe2e_processing_size", tiny_rule)
+    monkeypatch.setattr(base_module, "fe2e_processing_size", tiny_rule)
     # 3 images at 64x48 (two batches of 2, the last padded) and 2 at 32x32, interleaved
     images = [scene_image(*size, seed=i) for i, size in enumerate([(80, 60), (30, 30), (70, 50), (36, 20), (64, 48)])]
     got = engine.predict_batch(images)

@@ -43,7 +43,7 @@ def test_benchmark_reference_and_stripped_side_by_side(tiny_dir, stripped):
     image = synthetic_scene(64, 48)
     report = run_benchmark([stripped], image, ModelFiles.from_dir(tiny_dir), (32, 32), runs=3, warmup=1, log=print)
     ref, eng = report["results"]
-    assert ref["name"] == "reference-bf16-cfg2" and eng["name"] == "stripped-bfloat16"
+    assert ref["name"] == "reference-bf16-cfg2" and eng["name"] == "stripped-bf16"
     for r in (ref, eng):
         assert set(r["stages"]) == {"preprocess", "vae_encode", "dit", "vae_decode", "postprocess"}
         assert all(s["n"] == 3 and 0 < s["min"] <= s["median"] <= s["p90"] for s in r["stages"].values())

@@ -64,9 +64,11 @@ def test_weights_are_stored_once_for_all_graphs(export32, stripped32):
 
 def test_fused_graph_maps_equal_the_reference_pipeline(export32, tiny_pipeline):
     """ONNX Runtime FP32 vs the reference pipeline: depth 2e-4, normals 2e-3 (as the stripped engine)."""
-    engine = load_engine(export32 / "fe2e_64x48.onnx")
+    engine = load_engine(export32 / "fe2e_64x48.onnx", processing_res=(64, 48))
     assert isinstance(engine, OnnxEngine)
     image = scene_image(80, 60, seed=2)  # other size: resized to 64x48 and back
+    with pytest.raises(ValueError, match=r"processed at 1024x768 .*built for 64x48 only.*export STRIPPED --resolution"):
+        load_engine(export32 / "fe2e_64x48.onnx").predict(image)  # FE2E's rule picks 1024x768: not exported
     got, want = engine.predict(image), tiny_pipeline(image, (64, 48))
     assert got.depth.shape == (60, 80)
     np.testing.assert_allclose(got.depth, want.depth, atol=2e-4, rtol=0)
@@ -114,6 +116,9 @@ def test_export_refuses_overwrite_and_bad_options(stripped32, export32, tmp_path
         export_onnx(stripped32, tmp_path / "x", graphs=("unet",), progress=False)
     with pytest.raises(ValueError, match="not exported"):
         OnnxEngine(export32, processing_res=(1024, 768))
+    with pytest.raises(FileNotFoundError, match="lonely.onnx: ONNX graph not found"):  # not "no manifest.json"
+        OnnxEngine(tmp_path / "lonely.onnx")
+    (tmp_path / "lonely.onnx").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         OnnxEngine(tmp_path / "lonely.onnx")
 
@@ -131,7 +136,10 @@ def test_export_cli_check_and_infer(stripped32, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     scene_image(40, 30).save(images / "a.png")
-    result = runner.invoke(app, ["infer", str(images), "-o", str(tmp_path / "pred"), "--engine", str(out)])
+    result = runner.invoke(app, ["infer", str(images), "-o", str(tmp_path / "unbuilt"), "--engine", str(out)])
+    assert result.exit_code == 1 and "processed at 1024x768" in result.output  # FE2E's size was not exported
+    infer = ["infer", str(images), "-o", str(tmp_path / "pred"), "--engine", str(out), "--processing-res", "32x32"]
+    result = runner.invoke(app, infer)
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "pred" / "normals_npy" / "a_normals.npy").shape == (30, 40, 3)
     help_text = runner.invoke(app, ["export", "--help"]).output
@@ -152,6 +160,7 @@ def test_dynamic_batch_export_batches_infer(stripped32, tmp_path):
     for batch in (1, 3):
         pred = tmp_path / f"pred{batch}"
         args = ["infer", str(images), "-o", str(pred), "--engine", str(out), "--batch-size", str(batch)]
+        args += ["--processing-res", "32x32"]
         result = runner.invoke(app, [*args, "--no-progress"])
         assert result.exit_code == 1 and "4 image(s) written" in result.output and "1 failed" in result.output
         results[batch] = [np.load(pred / "depth_npy" / f"{i}_depth.npy") for i in range(4)]

@@ -25,7 +25,7 @@ def test_quickstart_chain_matches_the_reference_and_reuses_stages(tmp_path):
     assert result.exit_code == 0, result.output
     for command in ("init-tiny", "merge-lora", "strip", "export", "--check", "infer"):
         assert f"{command}" in result.output
-    assert "engine: onnxruntime-float32-cpu" in result.output and "1 image(s) written" in result.output
+    assert "engine: onnxruntime-fp32-cpu" in result.output and "1 image(s) written" in result.output
     assert json.loads((work / "export" / "check.json").read_text())["passed"]
 
     model = work / "model"

@@ -118,7 +118,7 @@ def test_strip_cli_and_infer_with_the_stripped_folder(tiny_dir, tmp_path):
     args[2] = str(tmp_path / "other")
     missing = runner.invoke(app, [*args, "--dit", str(tmp_path / "nope.safetensors"), *files[2:], *prompt])
     assert missing.exit_code == 2 and "nope.safetensors" in missing.output
-    assert load_engine(out).name == "stripped-bfloat16"
+    assert load_engine(out).name == "stripped-bf16"
     images = tmp_path / "images"
     images.mkdir()
     scene_image(64, 48).save(images / "a.png")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fe2e_deploy.artifacts.stripped import load_stripped
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import PRESETS
-from fe2e_deploy.engines import EagerEngine
+from fe2e_deploy.engines.eager import EagerEngine
 from fe2e_deploy.engines.stripped import StrippedEngine
 from fe2e_deploy.flops import bf16_peak_tflops, dit_flops
 from fe2e_deploy.loading import load_dit, load_vae

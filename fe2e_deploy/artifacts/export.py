@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..processing import resolution_name
+from ..processing import parse_resolution, resolution_name
 
 FORMAT, FORMAT_VERSION = "fe2e-onnx-export", 1
 
@@ -32,3 +32,18 @@ def load_manifest(export_dir: str | Path) -> dict:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r} v{FORMAT_VERSION}")
     return manifest
+
+
+def graph_entries(manifest: dict, graph: str) -> dict[tuple[int, int], dict]:
+    """The manifest entries of one graph (``fe2e``, ``dit``, ...) by resolution (width, height)."""
+    out = {}
+    for key, entry in manifest["graphs"].items():
+        name, _, res = key.rpartition("_")
+        if name == graph:
+            out[parse_resolution(entry.get("resolution", res))] = entry
+    return out
+
+
+def fused_graphs(manifest: dict) -> dict[tuple[int, int], dict]:
+    """The fused ``fe2e`` graphs of an export by resolution."""
+    return graph_entries(manifest, "fe2e")

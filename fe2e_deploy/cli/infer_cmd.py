@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..engines import EagerEngine, load_engine
+from ..engines import load_engine
+from ..engines.eager import EagerEngine
 from ..infer import run_infer
 from ..model_files import ModelFiles
 from ..processing import parse_resolution
@@ -70,4 +71,4 @@ def infer(
         typer.secho(f"failed {path}: {reason}", err=True, fg=typer.colors.RED)
     typer.echo(report.summary())
     if report.failed:
-        raise fail(f"{len(report.failed)} image(s) could not be read", code=1)
+        raise fail(f"{len(report.failed)} image(s) failed (see above)", code=1)

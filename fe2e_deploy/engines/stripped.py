@@ -14,17 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..artifacts.stripped import StrippedModel, load_stripped
 from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
-from ..processing import Prediction, fe2e_processing_size, postprocess, preprocess
-from ..timing import NO_TIMER
+from ..precision import DTYPE_PRECISIONS, parse_precision, precision_of, torch_dtype
+from .base import Engine
 
 
-class StrippedEngine:
-    """image -> depth + normals through a stripped model's weights; one graph per processing size."""
+class StrippedEngine(Engine):
+    """image -> depth + normals through a stripped model's weights; one graph per processing size, any batch."""
+
+    marks_stages = True
 
     def __init__(
         self,
@@ -33,16 +34,19 @@ class StrippedEngine:
         processing_res: tuple[int, int] | None = None,
         compile_mode: str | None = None,
         name: str | None = None,
+        dtype: str | None = None,
     ):
         self.model = folder if isinstance(folder, StrippedModel) else load_stripped(folder, device)
+        if dtype is not None:  # a stripped folder may run in another precision than it was stored in
+            self.model.dit.cast_weights(torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS)))
         self.device, self.processing_res = torch.device(device), processing_res
         self.compile_mode = compile_mode
+        self.max_batch = 1 if compile_mode else None  # compiled stages are specialised to batch 1
         kind = "compiled" if compile_mode else "stripped"
-        self.name = name or f"{kind}-{self.model.meta['dtype']}"
+        self.name = name or f"{kind}-{precision_of(self.model.dit.dtype)}"
         self._graphs: dict[tuple[int, int], FE2EGraph] = {}
         self._stages: dict[tuple[int, int], tuple[Callable, Callable, Callable]] = {}
         self._blocks_compiled = False
-        self.timer = NO_TIMER
 
     def graph(self, width: int, height: int) -> FE2EGraph:
         if (width, height) not in self._graphs:
@@ -64,30 +68,12 @@ class StrippedEngine:
             self._stages[width, height] = (encoder, graph.step, decode)
         return self._stages[width, height]
 
-    @torch.inference_mode()
-    def predict_batch(self, images: list[Image.Image]) -> list[Prediction]:
-        """One batched graph call when every image has the same processing size, else one by one."""
-        sizes = {self.processing_res or fe2e_processing_size(*image.size) for image in images}
-        if len(sizes) != 1 or self.compile_mode:  # compiled stages are specialised to batch 1
-            return [self.predict(image) for image in images]
-        size = sizes.pop()
-        x = torch.cat([preprocess(image, size) for image in images]).to(self.device)
-        with preferred_attention(self.device):
-            depth, normals = self.graph(*size)(x)
-        return [postprocess(depth[i : i + 1], normals[i : i + 1], image.size) for i, image in enumerate(images)]
-
-    @torch.inference_mode()
-    def predict(self, image: Image.Image) -> Prediction:
-        size = self.processing_res or fe2e_processing_size(*image.size)
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         encoder, step, decode = self.stages(*size)
         with preferred_attention(self.device):
-            with self.timer("preprocess"):
-                x = preprocess(image, size).to(self.device)
             with self.timer("vae_encode"):
                 ref_latent = encoder(x)
             with self.timer("dit"):
                 latents = step(ref_latent)
             with self.timer("vae_decode"):
-                depth, normals = decode(*latents)
-        with self.timer("postprocess"):
-            return postprocess(depth, normals, image.size)
+                return decode(*latents)

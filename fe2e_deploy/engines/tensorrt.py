@@ -8,26 +8,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..artifacts.tensorrt import check_sidecar, import_tensorrt
-from ..processing import Prediction, parse_resolution, postprocess, preprocess
-from ..timing import NO_TIMER
+from ..processing import parse_resolution
+from .base import Engine, check_precision
 
 TRT_TO_TORCH = {"FLOAT": torch.float32, "BF16": torch.bfloat16, "HALF": torch.float16}
 
 
-class TensorRTEngine:
+class TensorRTEngine(Engine):
     """image -> depth + normals through a serialized TensorRT plan at its one resolution (batch 1)."""
 
-    def __init__(self, plan: str | Path, device: str = "cuda", processing_res: tuple[int, int] | None = None):
+    fixed_batch = True
+
+    def __init__(
+        self,
+        plan: str | Path,
+        device: str = "cuda",
+        processing_res: tuple[int, int] | None = None,
+        dtype: str | None = None,
+    ):
         plan = Path(plan)
         if not plan.is_file():
             raise FileNotFoundError(f"{plan}: engine not found")
         if not torch.cuda.is_available():
             raise ValueError(f"{plan}: TensorRT engines need a CUDA GPU; none is visible")
         self.sidecar = check_sidecar(plan)
+        check_precision(str(plan), self.sidecar["precision"], dtype)
         self.resolution = parse_resolution(self.sidecar["resolution"])
+        self.processing_res = processing_res
         if processing_res is not None and processing_res != self.resolution:
             raise ValueError(f"{plan}: built for {self.sidecar['resolution']}, asked for {processing_res}")
         trt = import_tensorrt()
@@ -51,28 +60,22 @@ class TensorRTEngine:
         self.stream = torch.cuda.Stream(self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.name = f"tensorrt-{self.sidecar['precision']}"
-        self.timer = NO_TIMER
 
-    def _run(self) -> None:
-        if self.graph is None:  # first call: run once eagerly, then capture the launch in a CUDA graph
-            self.context.execute_async_v3(self.stream.cuda_stream)
+    def sizes(self) -> list[tuple[int, int]]:
+        return [self.resolution]
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"TensorRT could not run {self.name} (execute_async_v3 returned False; see its log)")
+
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.buffers["image"].copy_(x)
+        torch.cuda.current_stream().synchronize()
+        if self.graph is None:  # first call: run once eagerly (checked), then capture the launch in a CUDA graph
+            self._execute()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, stream=self.stream):
                 self.context.execute_async_v3(self.stream.cuda_stream)
         self.graph.replay()
-
-    @torch.inference_mode()
-    def predict(self, image: Image.Image) -> Prediction:
-        size = self.processing_res_for(image)
-        with self.timer("preprocess"):
-            self.buffers["image"].copy_(preprocess(image, size).to(self.device, non_blocking=True))
-            torch.cuda.current_stream().synchronize()
-        with self.timer("model"):
-            self._run()
-            self.stream.synchronize()
-        with self.timer("postprocess"):
-            return postprocess(self.buffers["depth"].float(), self.buffers["normals"].float(), image.size)
-
-    def processing_res_for(self, image: Image.Image) -> tuple[int, int]:
-        """The plan's one resolution: every image is resized there (bicubic) and its maps back."""
-        return self.resolution
+        self.stream.synchronize()
+        return self.buffers["depth"], self.buffers["normals"]

@@ -1,0 +1,111 @@
+"""The template every engine follows: images -> processing size -> preprocess -> run -> postprocess.
+
+An engine subclasses :class:`Engine` and implements :meth:`Engine.run` (a batch of pre-processed
+images at one processing size -> depth ``[B, 1, h, w]`` in [0, 1] and decoded normals
+``[B, 3, h, w]``); everything around it is here, once: choosing each image's processing size
+(``processing_res`` or FE2E's resize rule, checked against what the engine can run), grouping
+images by size, cutting groups into the batches the engine takes (padding a fixed batch by
+repeating the last image), the stage timers, and post-processing back to each input's size.
+
+Stage markers: ``preprocess`` and ``postprocess`` always; ``model`` around :meth:`run` unless the
+engine marks its own stages inside it (``vae_encode``, ``dit``, ``vae_decode``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from PIL import Image
+
+from ..processing import Prediction, fe2e_processing_size, postprocess, preprocess, resolution_name
+from ..timing import NO_TIMER, NoTimer, StageTimer
+
+
+class Engine:
+    """Image -> depth + normals. Subclasses set ``name`` and implement :meth:`run`."""
+
+    name: str = "engine"
+    device: torch.device = torch.device("cpu")
+    processing_res: tuple[int, int] | None = None
+    #: Images per :meth:`run` call: None = any number, an int = at most that many.
+    max_batch: int | None = 1
+    #: True when :meth:`run` needs exactly ``max_batch`` images (static-shape engines): the last batch is padded.
+    fixed_batch: bool = False
+    #: True when :meth:`run` marks its own stages (vae_encode / dit / vae_decode) instead of one ``model`` stage.
+    marks_stages: bool = False
+    timer: NoTimer | StageTimer = NO_TIMER
+
+    def sizes(self) -> list[tuple[int, int]] | None:
+        """The processing sizes this engine can run (None: any multiple of 16)."""
+        return None
+
+    def how_to_add(self, size: tuple[int, int]) -> str:
+        """How a user gets this engine for another processing size (for error messages)."""
+        return f"a build or export at {resolution_name(size)}"
+
+    def processing_size(self, image: Image.Image) -> tuple[int, int]:
+        """Where ``image`` runs: ``processing_res`` or FE2E's size for it, which the engine must have."""
+        size = self.processing_res or fe2e_processing_size(*image.size)
+        sizes = self.sizes()
+        if sizes is not None and size not in sizes:
+            built = ", ".join(resolution_name(s) for s in sizes)
+            how = "--processing-res" if self.processing_res else "FE2E's resize rule"
+            raise ValueError(
+                f"image {resolution_name(image.size)} is processed at {resolution_name(size)} ({how}), but "
+                f"{self.name} is built for {built} only; add it with {self.how_to_add(size)}, or pass "
+                "--processing-res with a built resolution"
+            )
+        return size
+
+    def run(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-processed images ``[B, 3, h, w]`` on the device -> depth ``[B, 1, h, w]``, normals ``[B, 3, h, w]``."""
+        raise NotImplementedError
+
+    def predict(self, image: Image.Image) -> Prediction:
+        return self.predict_batch([image])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[Image.Image]) -> list[Prediction]:
+        """One Prediction per image, in order; every image's size is checked before anything runs."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, image in enumerate(images):
+            groups[self.processing_size(image)].append(i)
+        results: list[Prediction | None] = [None] * len(images)
+        for size, indices in groups.items():
+            step = self.max_batch or len(indices)
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                for i, prediction in zip(chunk, self._predict_chunk([images[i] for i in chunk], size), strict=True):
+                    results[i] = prediction
+        return results
+
+    def _predict_chunk(self, images: list[Image.Image], size: tuple[int, int]) -> list[Prediction]:
+        with self.timer("preprocess"):
+            x = torch.cat([preprocess(image, size) for image in images])
+            if self.fixed_batch and self.max_batch and len(images) < self.max_batch:
+                x = torch.cat([x, x[-1:].expand(self.max_batch - len(images), -1, -1, -1)])
+            x = x.to(self.device).contiguous()
+        if self.marks_stages:
+            depth, normals = self.run(x, size)
+        else:
+            with self.timer("model"):
+                depth, normals = self.run(x, size)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+        with self.timer("postprocess"):
+            return [
+                postprocess(depth[i : i + 1].float(), normals[i : i + 1].float(), image.size)
+                for i, image in enumerate(images)
+            ]
+
+
+def check_precision(artifact: str, has: str, asked: str | None) -> None:
+    """An engine's precision is fixed when it is built: a different ``--dtype`` is an error, not ignored."""
+    from ..precision import parse_precision  # noqa: PLC0415
+
+    if asked is not None and parse_precision(asked) != parse_precision(has):
+        raise ValueError(
+            f"{artifact} computes in {parse_precision(has)} (fixed when it was built); --dtype {asked} does not "
+            "apply to it (leave --dtype out, or build/export the engine in that precision)"
+        )
