@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .engines import Engine
+from .files.atomic import check_writable_dir
 from .files.images import find_images, read_image
 from .files.outputs import output_paths, write_prediction
 
@@ -40,6 +41,20 @@ class InferReport:
         )
 
 
+def check_infer_paths(input_dir: str | Path, output_dir: str | Path) -> list[Path]:
+    """The images under ``input_dir`` (outside ``output_dir``); refuses a file as the folder, a folder with no
+    image, and an output folder that cannot be written, before any model is loaded."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if input_dir.is_file():
+        raise NotADirectoryError(f"{input_dir}: is a file; give the folder that holds the images")
+    out_resolved = output_dir.resolve()
+    images = [p for p in find_images(input_dir) if not p.resolve().is_relative_to(out_resolved)]
+    if not images:
+        raise FileNotFoundError(f"{input_dir}: no .jpg/.jpeg/.png images found")
+    check_writable_dir(output_dir)
+    return images
+
+
 def run_infer(
     engine: Engine,
     input_dir: str | Path,
@@ -55,10 +70,7 @@ def run_infer(
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    out_resolved = output_dir.resolve()
-    images = [p for p in find_images(input_dir) if not p.resolve().is_relative_to(out_resolved)]
-    if not images:
-        raise FileNotFoundError(f"{input_dir}: no .jpg/.jpeg/.png images found")
+    images = check_infer_paths(input_dir, output_dir)
     report = InferReport()
     start = time.perf_counter()
     bar = tqdm(total=len(images), desc=f"infer ({engine.name})", unit="img", disable=not progress)

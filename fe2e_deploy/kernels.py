@@ -27,9 +27,14 @@ HOPPER_ATTENTION_ORDER = (
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA GPU is visible, else ``cpu``; other names unchanged."""
+    """``auto`` -> ``cuda`` when a CUDA GPU is visible, else ``cpu``; ``cuda`` without a visible GPU is an error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} not supported; use auto, cpu or cuda (cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is visible to torch {torch.__version__} (use --device cpu)")
     return device
 
 

@@ -210,6 +210,7 @@ def merge_lora(
     lora_path: str | Path,
     out: str | Path,
     config: ModelConfig,
+    *,
     multiplier: float = 1.0,
     max_shard_size: int | None = None,
     dry_run: bool = False,

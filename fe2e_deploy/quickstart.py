@@ -23,7 +23,7 @@ from .engines import Engine, load_engine
 from .files.images import find_images, read_image
 from .infer import InferReport, run_infer
 from .merge import merge_lora
-from .processing import fe2e_processing_size, resolution_name
+from .resolution import fe2e_processing_size, resolution_name
 from .strip import strip_model
 from .tiny import FILES, write_tiny_model
 
@@ -57,7 +57,8 @@ def best_engine(export_dir: Path, device: str, processing_res=None) -> tuple[Eng
 def run_quickstart(
     images_dir: str | Path,
     output_dir: str | Path,
-    work_dir: str | Path,
+    *,
+    work_dir: str | Path = "build/quickstart",
     seed: int = 0,
     processing_res: tuple[int, int] | None = None,
     overwrite: bool = False,
@@ -99,7 +100,9 @@ def run_quickstart(
     stage(
         f"fe2e-deploy strip -o {stripped} --model-config {files['config']} --dit {merged} --vae {files['vae']} "
         f"--prompt-embedding {files['prompt']} --dtype fp32",
-        lambda: strip_model(merged, files["prompt"], files["vae"], stripped, config, None, dtype, overwrite, progress),
+        lambda: strip_model(
+            merged, files["prompt"], files["vae"], stripped, config, dtype=dtype, overwrite=overwrite, progress=progress
+        ),
         stripped / META_FILE,
     )
     res_args = " ".join(f"--resolution {resolution_name(s)}" for s in sizes)
@@ -128,7 +131,7 @@ def _has_resolutions(export_dir: Path, sizes) -> bool:
 
 
 def _export_and_check(stripped: Path, export_dir: Path, sizes, overwrite: bool, progress: bool) -> None:
-    export_onnx(stripped, export_dir, sizes, ("fe2e",), overwrite=True, progress=progress)
+    export_onnx(stripped, export_dir, resolutions=sizes, graphs=("fe2e",), overwrite=True, progress=progress)
     results = check_export(export_dir, stripped)
     write_check_report(export_dir, results)
     failed = [r for r in results if not r.ok]

@@ -129,7 +129,8 @@ def strip_model(
     vae_path,
     out_dir: str | Path,
     config: ModelConfig,
-    lora_path: str | Path | None = None,
+    *,
+    lora: str | Path | None = None,
     dtype: torch.dtype = torch.bfloat16,
     overwrite: bool = False,
     progress: bool = True,
@@ -144,7 +145,7 @@ def strip_model(
     if any(p.exists() for p in targets) and not overwrite:
         raise FileExistsError(f"{out_dir}: already holds a stripped model (pass --overwrite to replace it)")
     prompt = _prompt(prompt_path, config)
-    lora = read_kohya_lora(lora_path, config) if lora_path else {}
+    deltas = read_kohya_lora(lora, config) if lora else {}
     official = dit_layout(config).official_shapes()
     vae_shapes = vae_layout(config.vae).official_shapes()
     with open_safetensors(vae_path) as vae_handle:  # validate the VAE before the long part
@@ -155,7 +156,7 @@ def strip_model(
         specs = stripped_specs(config, prompt.length, dtype)
         metadata = {"format": "pt", "fe2e_deploy_format": FORMAT}
         out_dir.mkdir(parents=True, exist_ok=True)
-        values = stripped_values(handle, config, prompt, lora, dtype)
+        values = stripped_values(handle, config, prompt, deltas, dtype)
         with SafetensorsWriter(out_dir / WEIGHTS_FILE, specs, metadata) as writer:
             for name, value in tqdm(values, total=len(specs), desc="strip", disable=not progress, leave=False):
                 writer.write(name, value.cpu())
@@ -171,7 +172,7 @@ def strip_model(
             for name in sorted(vae_shapes):
                 writer.write(name, vae_handle.get_tensor(name).float().cpu())
 
-    meta = stripped_meta(config, prompt.length, dtype, _sources(dit_path, prompt_path, vae_path, lora_path))
+    meta = stripped_meta(config, prompt.length, dtype, _sources(dit_path, prompt_path, vae_path, lora))
     atomic_write(out_dir / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     counts = meta["parameters"]
     return StripReport(out_dir, counts["official_dit"], counts["stripped_dit"], counts["folded"])
@@ -194,12 +195,12 @@ def strip_in_memory(
     device = torch.device(device)
     prompt = _prompt(prompt_source, config)
     prompt = PromptEmbedding(prompt.embeds.to(device), prompt.mask.to(device))
-    lora = read_kohya_lora(lora_path, config) if lora_path else {}
+    deltas = read_kohya_lora(lora_path, config) if lora_path else {}
     with torch.device("meta"):
         dit = StrippedDiT(config, prompt.length)
     with open_safetensors(dit_source) as handle:
         check_names_and_shapes(dit_source, handle, dit_layout(config).official_shapes(), "DiT checkpoint")
-        for name, value in stripped_values(handle, config, prompt, lora, dtype):
+        for name, value in stripped_values(handle, config, prompt, deltas, dtype):
             set_tensor(dit, name, value.to(device).contiguous())
     vae = load_vae(config, vae_source, torch.float32, device, progress=False)
     meta = stripped_meta(config, prompt.length, dtype, _sources(dit_source, prompt_source, vae_source, lora_path))

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from . import __version__
+from .artifacts.scales import DEFAULT_EXCLUDE
 from .benchmark import PAPER_SECONDS, map_errors, stage_bar_chart, time_engine
 from .engines.eager import EagerEngine
 from .engines.stripped import StrippedEngine
@@ -42,9 +43,10 @@ from .kernels import attention_order
 from .loading import load_dit, load_vae
 from .memory import PeakMemory
 from .models.fp8 import quantize_dit, quantize_dit_rowwise
-from .processing import Prediction, resolution_name
-from .quantize.calibrate import DEFAULT_EXCLUDE, measure_scales, quantizable_linears
+from .processing import Prediction
+from .quantize.calibrate import measure_scales, quantizable_linears
 from .reference import FE2EPipeline
+from .resolution import resolution_name
 from .scenes import synthetic_scene
 from .strip import strip_in_memory
 from .synthetic import SyntheticModel

@@ -44,7 +44,7 @@ def strip_tiny(tiny_dir: Path, config, out: Path, dtype=torch.float32, lora: boo
     """``strip`` the tiny model (with its LoRA unless ``lora=False``) into ``out``; returns ``out``."""
     names = ("dit.safetensors", "empty_prompt.npz", "vae.safetensors")
     lora_path = tiny_dir / "lora.safetensors" if lora else None
-    strip_model(*(tiny_dir / n for n in names), out, config, lora_path, dtype, progress=False, **kwargs)
+    strip_model(*(tiny_dir / n for n in names), out, config, lora=lora_path, dtype=dtype, progress=False, **kwargs)
     return out
 
 

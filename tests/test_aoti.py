@@ -53,9 +53,9 @@ def folder(stripped, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fp8_package(stripped, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("aoti")
-    scales = write_scales(calibrate_fp8(stripped, None, SMALL, max_images=2, progress=False), tmp / "s.json")
+    scales = write_scales(calibrate_fp8(stripped, processing_res=SMALL, max_images=2, progress=False), tmp / "s.json")
     out = tmp / "fp8.pt2"
-    build_aoti(stripped, out, SMALL, "fp8", scales)
+    build_aoti(stripped, out, resolution=SMALL, precision="fp8", scales=scales)
     return out
 
 
@@ -213,21 +213,21 @@ def test_sidecar_and_mismatches(fp8_package, tmp_path):
 
 def test_build_errors(stripped, folder, fp8_package, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
-        build_aoti(stripped, fp8_package, SMALL, "fp32")
+        build_aoti(stripped, fp8_package, resolution=SMALL, precision="fp32")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        build_aoti(stripped, folder, [SMALL], "fp32")
+        build_aoti(stripped, folder, resolution=[SMALL], precision="fp32")
     result = runner.invoke(app, ["build", str(stripped), "-o", str(folder), "--resolution", "32x32"])
     assert result.exit_code == 2 and "--overwrite" in result.output
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="not an AOTInductor engine folder"):
-        build_aoti(stripped, tmp_path / "mine", [SMALL], "fp32", overwrite=True)
+        build_aoti(stripped, tmp_path / "mine", resolution=[SMALL], precision="fp32", overwrite=True)
     with pytest.raises(ValueError, match="needs --scales"):
-        build_aoti(stripped, tmp_path / "x.pt2", SMALL, "fp8")
+        build_aoti(stripped, tmp_path / "x.pt2", resolution=SMALL, precision="fp8")
     with pytest.raises(ValueError, match="a .pt2 holds one resolution"):
-        build_aoti(stripped, tmp_path / "x.pt2", [SMALL, LARGE], "fp32")
+        build_aoti(stripped, tmp_path / "x.pt2", resolution=[SMALL, LARGE], precision="fp32")
     with pytest.raises(ValueError, match="multiples of 16"):
-        build_aoti(stripped, tmp_path / "x", [(40, 32)], "fp32")
+        build_aoti(stripped, tmp_path / "x", resolution=[(40, 32)], precision="fp32")
     result = runner.invoke(app, ["build", str(stripped), "-o", str(tmp_path / "y.pt2"), "--backend", "tensorrt"])
     assert result.exit_code == 2 and "build-trt" in result.output
     text = runner.invoke(app, ["build", "--help"], env={"COLUMNS": "200"}).output
@@ -249,16 +249,16 @@ def test_folder_is_replaced_whole(stripped, tmp_path, monkeypatch):
 
     monkeypatch.setattr(build_module, "_compile", fake_compile)
     out = tmp_path / "engine"
-    build_aoti(stripped, out, [SMALL, LARGE], "fp32")
+    build_aoti(stripped, out, resolution=[SMALL, LARGE], precision="fp32")
     (out / "stray.txt").write_text("from the old build")
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(RuntimeError, match="compiler crashed"):
-        build_aoti(stripped, out, [SMALL, (48, 48)], "fp32", overwrite=True)
+        build_aoti(stripped, out, resolution=[SMALL, (48, 48)], precision="fp32", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before  # the old complete folder, untouched
-    build_aoti(stripped, out, [SMALL], "fp32", overwrite=True)
+    build_aoti(stripped, out, resolution=[SMALL], precision="fp32", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["aoti_engine.json", "fe2e_32x32.pt2"]  # the new one, whole
     assert json.loads((out / ENGINE_FILE).read_text())["resolutions"] == ["32x32"]
     assert [p.name for p in tmp_path.iterdir()] == ["engine"]
     with pytest.raises(RuntimeError):
-        build_aoti(stripped, tmp_path / "new", [(48, 48)], "fp32")
+        build_aoti(stripped, tmp_path / "new", resolution=[(48, 48)], precision="fp32")
     assert not (tmp_path / "new").exists() and [p.name for p in tmp_path.iterdir()] == ["engine"]

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 import fe2e_deploy.cli.evaluate_cmd  # noqa: F401  registers the commands
 from fe2e_deploy.cli import app
-from fe2e_deploy.evaluation import DEPTH_METRICS, NORMAL_METRICS, open_dataset
+from fe2e_deploy.evaluation.datasets import open_dataset
+from fe2e_deploy.evaluation.metrics import DEPTH_METRICS, NORMAL_METRICS
 
 runner = CliRunner()
 W, H = 64, 48

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fe2e_deploy.evaluation import evaluate_engine, open_dataset
+from fe2e_deploy.evaluation.datasets import open_dataset
 from fe2e_deploy.evaluation.metrics import (
     LOG_DEPTH_MAX,
     NORMAL_METRICS,
@@ -23,7 +23,7 @@ from fe2e_deploy.evaluation.metrics import (
     normal_valid_mask,
     normalize,
 )
-from fe2e_deploy.evaluation.run import compare_predictions
+from fe2e_deploy.evaluation.run import compare_predictions, evaluate_engine
 from fe2e_deploy.processing import Prediction
 
 W, H, FOCAL = 64, 48, 50.0

@@ -65,7 +65,9 @@ def test_every_target_kind_is_merged_and_nothing_else_changes(merged, tiny_dir, 
 def test_multiplier_scales_the_delta(tiny_dir, tiny_config, merged, tmp_path):
     name = "double_blocks.0.img_attn.qkv.weight"
     double = tmp_path / "x2.safetensors"
-    merge_lora(tiny_dir / "dit.safetensors", tiny_dir / "lora.safetensors", double, tiny_config, 2.0, progress=False)
+    merge_lora(
+        tiny_dir / "dit.safetensors", tiny_dir / "lora.safetensors", double, tiny_config, multiplier=2.0, progress=False
+    )
     base, one, two = (load_file(p)[name] for p in (tiny_dir / "dit.safetensors", merged, double))
     torch.testing.assert_close(two - base, 2 * (one - base), atol=1e-6, rtol=1e-5)
 
@@ -110,7 +112,12 @@ def test_peft_adapter_merge_equals_the_adapter(tiny_dir, tiny_config, tmp_path):
 def test_sharded_output_loads_like_the_single_file(merged, tiny_dir, tiny_config, tmp_path):
     out = tmp_path / "sharded" / "dit.safetensors"
     report = merge_lora(
-        tiny_dir / "dit.safetensors", tiny_dir / "lora.safetensors", out, tiny_config, 1.0, 300_000, progress=False
+        tiny_dir / "dit.safetensors",
+        tiny_dir / "lora.safetensors",
+        out,
+        tiny_config,
+        max_shard_size=300_000,
+        progress=False,
     )
     index = out.with_name("dit.safetensors.index.json")
     assert len(report.files) > 3 and report.files[-1] == index and not out.exists()
@@ -118,7 +125,7 @@ def test_sharded_output_loads_like_the_single_file(merged, tiny_dir, tiny_config
     sharded = load_dit(tiny_config, index, torch.float32, progress=False).state_dict()
     assert all(torch.equal(single[k], sharded[k]) for k in single)
     again = tmp_path / "from_shards.safetensors"  # a sharded base merges too (multiplier 0: a plain copy)
-    merge_lora(index, tiny_dir / "lora.safetensors", again, tiny_config, 0.0, progress=False)
+    merge_lora(index, tiny_dir / "lora.safetensors", again, tiny_config, multiplier=0.0, progress=False)
     want = load_file(merged)
     assert all(torch.equal(want[k], v) for k, v in load_file(again).items())
 
@@ -185,8 +192,10 @@ def test_peft_adapter_with_official_names_equals_the_kohya_file(tiny_dir, tiny_c
     save_file(peft_state, folder / "adapter_model.safetensors")
     save_file(kohya, tmp_path / "kohya.safetensors")
     base = tiny_dir / "dit.safetensors"
-    merge_lora(base, folder, tmp_path / "a.safetensors", tiny_config, 0.7, progress=False)
-    merge_lora(base, tmp_path / "kohya.safetensors", tmp_path / "b.safetensors", tiny_config, 0.7, progress=False)
+    merge_lora(base, folder, tmp_path / "a.safetensors", tiny_config, multiplier=0.7, progress=False)
+    merge_lora(
+        base, tmp_path / "kohya.safetensors", tmp_path / "b.safetensors", tiny_config, multiplier=0.7, progress=False
+    )
     a, b, w = (load_file(p) for p in (tmp_path / "a.safetensors", tmp_path / "b.safetensors", base))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sum(not torch.equal(a[k], w[k]) for k in a) == 3

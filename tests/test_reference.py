@@ -8,8 +8,8 @@ import torch
 from conftest import scene_image
 
 from fe2e_deploy.models.packing import latent_ids, pack, unpack
-from fe2e_deploy.processing import fe2e_processing_size, parse_resolution
 from fe2e_deploy.reference import FE2EPipeline
+from fe2e_deploy.resolution import fe2e_processing_size, parse_resolution
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def test_strip_in_memory_equals_strip_to_files(tmp_path):
     """The in-memory strip (what the GPU benchmark builds) holds exactly what `strip` writes and loads back."""
     synth = SyntheticModel.create("tiny", seed=1)
     out = tmp_path / "stripped"
-    strip_model(synth.dit, synth.prompt(), synth.vae, out, synth.config, None, torch.float32, progress=False)
+    strip_model(synth.dit, synth.prompt(), synth.vae, out, synth.config, dtype=torch.float32, progress=False)
     written = load_stripped(out)
     memory = strip_in_memory(synth.dit, synth.prompt(), synth.vae, synth.config, dtype=torch.float32)
     mine, theirs = written.dit.state_dict(), memory.dit.state_dict()

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..processing import parse_resolution, resolution_name
+from ..resolution import parse_resolution, resolution_name
 
 FORMAT, FORMAT_VERSION = "fe2e-onnx-export", 1
 
 
 MANIFEST, WEIGHTS, SCALES = "manifest.json", "weights.bin", "fp8_scales.json"
+
+
+#: The graphs an export can hold (``compile/onnx_export.GRAPHS`` builds them), in export order.
+GRAPH_NAMES = ("vae_encoder", "dit", "vae_decoder", "fe2e")
 
 
 def graph_file(name: str, width: int, height: int) -> str:

@@ -35,3 +35,6 @@ def load_scales(path: str | Path) -> dict:
         if not all(isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in scales):
             raise ValueError(f"{path}: layer {name} has invalid scales {scales}")
     return document
+
+
+DEFAULT_EXCLUDE = ("img_in", "final_layer.linear")

@@ -7,6 +7,7 @@ from pathlib import Path
 from .sidecar import read_sidecar
 
 SIDECAR_FORMAT = "fe2e-tensorrt-plan"
+TRT_PRECISIONS = ("bf16", "fp8")  # a strongly typed build takes its precision from the graph: no fp32 plans
 
 
 INSTALL_HINT = "TensorRT is not installed: pip install 'fe2e-deploy[tensorrt]' (needs an NVIDIA GPU and driver)"

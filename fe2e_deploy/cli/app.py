@@ -1,14 +1,12 @@
-"""The Typer application and helpers shared by the command modules."""
+"""The Typer application and helpers shared by the command modules (imports nothing heavy)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 
 import typer
-
-from ..config import ConfigError
-from ..loading import CheckpointError
 
 app = typer.Typer(
     name="fe2e-deploy",
@@ -18,8 +16,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-#: Errors caused by the user's files or options: reported in one line, exit code 2.
-USER_ERRORS = (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError)
+#: Errors caused by the user's files, options or machine: reported in one line, exit code 2. The
+#: library's own (``ConfigError``, ``CheckpointError``) are ``ValueError``s.
+USER_ERRORS = (FileExistsError, FileNotFoundError, ValueError, OSError)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -27,10 +26,26 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def describe(exc: BaseException) -> str:
+    """One line for a user-facing error; OS errors name the file and say what the system said."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileExistsError | FileNotFoundError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = {
+            errno.ENOSPC: " (free some disk space, or write elsewhere)",
+            errno.EACCES: " (no permission: choose another location)",
+            errno.EROFS: " (read-only file system: choose another location)",
+            errno.EISDIR: " (a folder is in the way: give a file path)",
+            errno.ENOTDIR: " (a file is in the way: give a folder path)",
+        }.get(exc.errno, "")
+        return f"{where}{exc.strerror}{hint}"
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's user-facing errors into a message and exit code 2 (no traceback)."""
+    """Turn the library's user-facing errors into a one-line message and exit code 2 (no traceback)."""
     try:
         yield
     except USER_ERRORS as exc:
-        raise fail(str(exc)) from None
+        raise fail(describe(exc)) from None

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..kernels import resolve_device
-from ..processing import parse_resolution
+from ..resolution import parse_resolution
+from . import options
 from .app import app, user_errors
 
 
@@ -75,7 +75,7 @@ def benchmark(
             if out is not None and out.exists() and not overwrite:
                 raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
         resolutions = tuple(parse_resolution(r) for r in resolution)
-        device = resolve_device(device)
+        device = options.device(device)
         if synthetic_weights is not None:
             if engine or reference is not None or image is not None:
                 raise ValueError("--synthetic-weights builds its own engines: drop --engine/--reference/--image")

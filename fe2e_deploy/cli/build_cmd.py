@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from ..compile.aoti_build import build_aoti
-from ..kernels import resolve_device
 from ..precision import PRECISIONS
-from ..processing import parse_resolution
+from ..resolution import parse_resolution
+from . import options
 from .app import app, user_errors
+from .options import Device, Overwrite
 
 
 @app.command("build")
@@ -32,24 +32,32 @@ def build(
         "(1024x768, 1216x352, 864x576) for a folder, 1024x768 for a .pt2 (which holds exactly one).",
     ),
     batch: int = typer.Option(1, help="Static batch size: images of one resolution run this many at a time."),
-    device: str = typer.Option(
-        "auto", help="auto (cuda when a CUDA GPU is visible, else cpu), cpu or cuda: the packages run only there."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing package or engine folder whole."),
+    device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Compile the stripped model's fused graph ahead of time into AOTInductor packages for `infer --engine`.
 
     The packages hold no weights: the engine loads them from the stripped folder (which must stay in
-    place, or be passed to the engine). FP8 linears use torch._scaled_mm on CUDA GPUs with compute
-    capability >= 8.9, exact fake quantisation elsewhere. Compiling takes minutes per resolution at
-    full size (about 25 s for the tiny model on 2 CPU cores).
+    place, or be passed to the engine). They run only on the device kind (and GPU model) they were
+    built for. FP8 linears use torch._scaled_mm on CUDA GPUs with compute capability >= 8.9, exact
+    fake quantisation elsewhere. Compiling takes minutes per resolution at full size (about 25 s for
+    the tiny model on 2 CPU cores).
     """
     with user_errors():
+        from ..compile.aoti_build import build_aoti  # noqa: PLC0415
+
         if backend != "aoti":
             raise ValueError(f"backend {backend!r} not supported; use aoti (TensorRT: `fe2e-deploy build-trt`)")
         sizes = [parse_resolution(r) for r in resolution or []]
         description = build_aoti(
-            stripped, out, sizes or None, precision, scales, batch, resolve_device(device), overwrite
+            stripped,
+            out,
+            resolution=sizes or None,
+            precision=precision,
+            scales=scales,
+            batch=batch,
+            device=options.device(device),
+            overwrite=overwrite,
         )
     built = description.get("resolutions") or [description["resolution"]]
     size = description["package_bytes"]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..artifacts.tensorrt import TensorRTUnavailable
-from ..compile.tensorrt_build import PRECISIONS, build_trt_engine
+from ..artifacts.tensorrt import TRT_PRECISIONS
 from .app import app, fail, user_errors
+from .options import Overwrite
 
 
 @app.command("build-trt")
@@ -16,7 +16,7 @@ def build_trt(
     onnx_graph: Path = typer.Argument(..., help="A fused graph of an export folder, e.g. export/fe2e_1024x768.onnx."),
     out: Path = typer.Option(..., "--out", "-o", help="Plan file to write, e.g. engines/fe2e.plan (+ .json sidecar)."),
     precision: str = typer.Option(
-        "bf16", help=f"{' or '.join(PRECISIONS)}; must match the graph (strongly typed: export --dtype bf16 / fp8)."
+        "bf16", help=f"{' or '.join(TRT_PRECISIONS)}; must match the graph (strongly typed: export --dtype bf16 / fp8)."
     ),
     opt_level: int = typer.Option(3, help="TensorRT builder optimization level, 0-5 (higher: slower build)."),
     timing_cache: Path = typer.Option(None, help="Timing cache file: read if present, written after the build."),
@@ -25,25 +25,29 @@ def build_trt(
     ),
     max_batch: int = typer.Option(4, help="Largest batch of the optimization profile (dynamic-batch exports only)."),
     workspace_gib: float = typer.Option(None, help="Builder workspace limit in GiB (default: TensorRT's)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing plan."),
+    overwrite: Overwrite = False,
 ) -> None:
-    """Build a TensorRT (>= 10) strongly typed engine from an exported fused graph.
+    r"""Build a TensorRT (>= 10) strongly typed engine from an exported fused graph.
 
-    Needs the optional extra (pip install 'fe2e-deploy[tensorrt]') and an NVIDIA GPU; without
+    Needs the optional extra, pip install 'fe2e-deploy\[tensorrt]', and an NVIDIA GPU; without
     TensorRT the command says so and exits 3. The plan is tied to this GPU and TensorRT version.
     """
+    # The backslash keeps Typer's rich markup from eating "[tensorrt]" as a style tag.
     with user_errors():
+        from ..artifacts.tensorrt import TensorRTUnavailable  # noqa: PLC0415
+        from ..compile.tensorrt_build import build_trt_engine  # noqa: PLC0415
+
         try:
             sidecar = build_trt_engine(
                 onnx_graph,
                 out,
-                precision,
-                opt_level,
-                timing_cache,
-                weight_streaming,
-                max_batch,
-                workspace_gib,
-                overwrite,
+                precision=precision,
+                opt_level=opt_level,
+                timing_cache=timing_cache,
+                weight_streaming=weight_streaming,
+                max_batch=max_batch,
+                workspace_gib=workspace_gib,
+                overwrite=overwrite,
             )
         except TensorRTUnavailable as exc:
             raise fail(str(exc), code=3) from None
@@ -51,3 +55,4 @@ def build_trt(
         f"TensorRT {sidecar['tensorrt']} {precision} engine for {sidecar['resolution']} written to {out} "
         f"in {sidecar['build_seconds']} s on {sidecar['gpu']['name']}"
     )
+

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ..artifacts.scales import write_scales
-from ..processing import parse_resolution
-from ..quantize.calibrate import DEFAULT_EXCLUDE, calibrate_fp8
+from ..artifacts.scales import DEFAULT_EXCLUDE
+from . import options
 from .app import app, user_errors
+from .options import Device, Overwrite, ProcessingRes, Progress
 
 
 @app.command("calibrate")
@@ -21,27 +21,37 @@ def calibrate(
         help="Folder of calibration images, searched recursively (default: the 8 built-in synthetic scenes, "
         "the same as calibration/images/).",
     ),
-    processing_res: str = typer.Option(None, help="Calibrate at WIDTHxHEIGHT instead of FE2E's resize rule."),
+    processing_res: ProcessingRes = None,
     exclude: list[str] = typer.Option(
         None,
         help="Glob over Linear names kept out of FP8 (repeatable), replacing the defaults "
         f"({', '.join(DEFAULT_EXCLUDE)}).",
     ),
     max_images: int = typer.Option(None, help="Use at most N images (sorted by path)."),
-    device: str = typer.Option("cpu", help="Run the model on cpu or cuda (calibrating the full model needs a GPU)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing scales file."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    progress: Progress = True,
 ) -> None:
     """Record per-tensor FP8 (E4M3) scales of the DiT's linear inputs and weights (max calibration).
 
     Feed the file to `export --precision fp8 --scales FILE` for an FP8 Q/DQ graph (build-trt --precision fp8).
     """
     with user_errors():
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
-        res = parse_resolution(processing_res) if processing_res else None
-        patterns = tuple(exclude) if exclude else DEFAULT_EXCLUDE
-        document = calibrate_fp8(stripped, images, res, patterns, max_images, progress, device)
+        from ..artifacts.scales import write_scales  # noqa: PLC0415
+        from ..files.atomic import refuse_existing  # noqa: PLC0415
+        from ..quantize.calibrate import calibrate_fp8  # noqa: PLC0415
+
+        if not overwrite:
+            refuse_existing(out)
+        document = calibrate_fp8(
+            stripped,
+            images=images,
+            processing_res=options.processing_res(processing_res),
+            exclude=tuple(exclude) if exclude else DEFAULT_EXCLUDE,
+            max_images=max_images,
+            progress=progress,
+            device=options.device(device),
+        )
         write_scales(document, out, overwrite)
     typer.echo(
         f"FP8 scales of {len(document['layers'])} linear layer(s) from {document['num_images']} image(s) "

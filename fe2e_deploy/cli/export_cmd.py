@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import typer
 
-from ..compile.onnx_check import check_export, write_check_report
-from ..compile.onnx_export import GRAPHS, export_onnx
+from ..artifacts.export import GRAPH_NAMES
 from ..config import FE2E_RESOLUTIONS
-from ..processing import parse_resolution, resolution_name
+from ..precision import DTYPE_PRECISIONS
+from ..resolution import parse_resolution, resolution_name
 from .app import app, fail, user_errors
+from .options import Overwrite, Progress
 
-EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DEFAULT_RESOLUTIONS = ", ".join(resolution_name(r) for r in FE2E_RESOLUTIONS)
 
 
@@ -24,7 +23,9 @@ def export(
     resolution: list[str] = typer.Option(
         None, help=f"WIDTHxHEIGHT to export at, repeatable (default: FE2E's {DEFAULT_RESOLUTIONS})."
     ),
-    graph: list[str] = typer.Option(None, help=f"Graphs to export, repeatable (default: all of {', '.join(GRAPHS)})."),
+    graph: list[str] = typer.Option(
+        None, help=f"Graphs to export, repeatable (default: all of {', '.join(GRAPH_NAMES)})."
+    ),
     dtype: str = typer.Option(None, help="DiT weight dtype: bf16 or fp32 (default: as stripped). The VAE stays FP32."),
     precision: str = typer.Option(
         None, help="fp8: FP8 Q/DQ linears from --scales (compute dtype from --dtype). Default: the dtype only."
@@ -33,45 +34,53 @@ def export(
     batch: int = typer.Option(1, help="Static batch size of the graphs."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch axis dynamic (1-64)."),
     check: bool = typer.Option(
-        False, "--check", help="Run every graph in ONNX Runtime on random inputs and compare with PyTorch."
+        False, "--check", help="Run every graph in ONNX Runtime on seeded inputs and compare with PyTorch."
     ),
-    device: str = typer.Option("cpu", help="ONNX Runtime device for --check: cpu or cuda."),
-    tolerance: float = typer.Option(
-        None, help="--check relative L2 tolerance (default 1e-3 fp32, 3e-2 bf16, 1e-1 fp8)."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an export already in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    device: str = typer.Option("cpu", help="ONNX Runtime device for --check: cpu or cuda (needs onnxruntime-gpu)."),
+    tolerance: float = typer.Option(None, help="--check relative L2 tolerance (default 1e-3 fp32, 3e-2 bf16)."),
+    overwrite: Overwrite = False,
+    progress: Progress = True,
 ) -> None:
     """Export the stripped model to ONNX: VAE encoder, DiT step, VAE decoder and the fused image -> depth, normals.
 
-    Static shapes per resolution (opset 18, dynamo exporter); weights as external data shared by
-    all graphs. With --check, writes check.json and exits 1 if any graph is off by more than the tolerance.
+    Static shapes per resolution (dynamo exporter); weights as external data shared by all graphs;
+    the folder appears complete or not at all. With --check, writes check.json and exits 1 if any
+    graph is off by more than the tolerance.
     """
     with user_errors():
-        if dtype is not None and dtype not in EXPORT_DTYPES:
-            raise ValueError(f"dtype {dtype!r} not supported; choose one of {', '.join(EXPORT_DTYPES)}")
+        from ..precision import parse_precision, torch_dtype  # noqa: PLC0415
+
+        cast = torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS)) if dtype is not None else None
         if precision not in (None, "fp8"):
             raise ValueError(f"precision {precision!r} not supported; use fp8 (with --scales) or --dtype")
         if (precision == "fp8") != (scales is not None):
             raise ValueError("--precision fp8 and --scales go together")
         resolutions = tuple(parse_resolution(r) for r in resolution) if resolution else FE2E_RESOLUTIONS
+        if check:  # an ONNX Runtime device that cannot run is an error before the export, not after
+            from ..engines.ort_session import providers_for  # noqa: PLC0415
+
+            providers_for(device)
+        from ..compile.onnx_export import export_onnx  # noqa: PLC0415
+
         report = export_onnx(
             stripped,
             out,
-            resolutions,
-            tuple(graph) if graph else tuple(GRAPHS),
-            batch,
-            dynamic_batch,
-            EXPORT_DTYPES.get(dtype),
-            scales,
-            overwrite,
-            progress,
+            resolutions=resolutions,
+            graphs=tuple(graph) if graph else GRAPH_NAMES,
+            batch=batch,
+            dynamic_batch=dynamic_batch,
+            dtype=cast,
+            fp8_scales=scales,
+            overwrite=overwrite,
+            progress=progress,
         )
         typer.echo(
             f"exported {len(report.files)} graph(s) to {out} in {report.seconds:.1f} s "
             f"(shared weights {report.weights_bytes / 2**20:.1f} MiB)"
         )
         if check:
+            from ..compile.onnx_check import check_export, write_check_report  # noqa: PLC0415
+
             results = check_export(out, stripped, device, tolerance)
             write_check_report(out, results)
             for result in results:

@@ -6,53 +6,59 @@ from pathlib import Path
 
 import typer
 
-from ..engines import load_engine
-from ..engines.eager import EagerEngine
-from ..infer import run_infer
-from ..model_files import ModelFiles
-from ..processing import parse_resolution
+from . import options
 from .app import app, fail, user_errors
+from .options import (
+    ENGINE_HELP,
+    Device,
+    DitOption,
+    Dtype,
+    LoraOption,
+    ModelConfigOption,
+    Overwrite,
+    ProcessingRes,
+    Progress,
+    PromptOption,
+    VaeOption,
+)
 
 
 @app.command("infer")
 def infer(
     images_dir: Path = typer.Argument(..., help="Folder of .jpg/.jpeg/.png images, searched recursively."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Output folder (sub-folders mirror the input)."),
-    engine: Path = typer.Option(
-        None,
-        help="Engine to run: a model folder (official files, as init-tiny writes). "
-        "Exclusive with the model file options.",
-    ),
-    model_config: str = typer.Option(
-        None, help="Model config: a preset (step1x-edit, tiny) or a model_config.json with official names."
-    ),
-    dit: Path = typer.Option(None, help="Official DiT checkpoint (.safetensors, connector included)."),
-    vae: Path = typer.Option(None, help="Official FLUX VAE checkpoint (.safetensors)."),
-    prompt_embedding: Path = typer.Option(None, help="Empty-prompt embedding (.npz with 'embeds' and 'masks')."),
-    lora: Path = typer.Option(None, help="FE2E LoRA in the kohya format, applied unmerged (peft)."),
-    dtype: str = typer.Option("fp32", help="DiT precision: fp32 or bf16 (the VAE always runs in FP32)."),
-    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
-    processing_res: str = typer.Option(
-        None, help="Process at WIDTHxHEIGHT (multiples of 16) instead of FE2E's resize rule."
-    ),
+    engine: Path = typer.Option(None, help=ENGINE_HELP + " Exclusive with the model file options."),
+    model_config: ModelConfigOption = None,
+    dit: DitOption = None,
+    vae: VaeOption = None,
+    prompt_embedding: PromptOption = None,
+    lora: LoraOption = None,
+    dtype: Dtype = None,
+    device: Device = "auto",
+    processing_res: ProcessingRes = None,
     cfg_batch: bool = typer.Option(
         False, "--cfg-batch", help="Run the official batch of 2 (cond + uncond, both empty prompts) instead of 1."
     ),
-    batch_size: int = typer.Option(
-        1,
-        help="Images per engine call (batched by stripped folders and dynamic-batch ONNX exports).",
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs instead of skipping them."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    batch_size: int = typer.Option(1, help="Images per engine call (engines run them as one batch where they can)."),
+    overwrite: Overwrite = False,
+    progress: Progress = True,
 ) -> None:
     """Predict depth and surface normals for every image in IMAGES_DIR.
 
     With no model options, runs the embedded demo: the tiny config with seeded random weights.
     Writes depth_npy/, depth_png16/ (16-bit), depth_colored/, normals_npy/ and normals_png/ at
-    each input's resolution. Unreadable images are reported and skipped (exit code 1 at the end).
+    each input's resolution. Images that cannot be read or processed are reported and skipped
+    (exit code 1 at the end).
     """
     with user_errors():
-        res = parse_resolution(processing_res) if processing_res else None
+        from ..engines import load_engine  # noqa: PLC0415  (heavy imports only when the command runs)
+        from ..engines.eager import EagerEngine  # noqa: PLC0415
+        from ..infer import check_infer_paths, run_infer  # noqa: PLC0415
+        from ..model_files import ModelFiles  # noqa: PLC0415
+
+        res = options.processing_res(processing_res)
+        check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
+        device = options.device(device)
         if engine is not None:
             if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)):
                 raise ValueError(

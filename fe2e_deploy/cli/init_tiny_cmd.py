@@ -6,15 +6,15 @@ from pathlib import Path
 
 import typer
 
-from ..tiny import write_tiny_model
 from .app import app, user_errors
+from .options import Overwrite
 
 
 @app.command("init-tiny")
 def init_tiny(
     out_dir: Path = typer.Argument(..., help="Folder to write the tiny model into (created if missing)."),
-    seed: int = typer.Option(0, help="Seed of the random weights; the same seed writes identical files."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files that already exist in OUT_DIR."),
+    seed: int = typer.Option(0, help="Seed of the random weights (0 to 2**63-1); one seed writes identical files."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a tiny FE2E with seeded random weights in the official file formats.
 
@@ -22,6 +22,8 @@ def init_tiny(
     empty_prompt.npz (embeds, masks) and lora.safetensors (kohya format).
     """
     with user_errors():
+        from ..tiny import write_tiny_model  # noqa: PLC0415
+
         paths = write_tiny_model(out_dir, seed=seed, overwrite=overwrite)
     for role, path in paths.items():
         typer.echo(f"{role:>7}: {path}")

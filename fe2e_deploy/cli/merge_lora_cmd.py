@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..config import load_model_config
-from ..merge import merge_lora, parse_size
 from .app import app, user_errors
+from .options import Overwrite, Progress
 
 
 @app.command("merge-lora")
@@ -24,17 +23,30 @@ def merge_lora_command(
         None, help="Split the output into shards of at most this size (e.g. 5GB) with a .index.json."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be merged; write nothing."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    overwrite: Overwrite = False,
+    progress: Progress = True,
 ) -> None:
     """Merge a LoRA into the DiT weights, one tensor at a time (memory stays far below the checkpoint size).
 
-    Later stages (strip, infer --dit) read the merged file like the original checkpoint.
+    Later stages (strip, infer --dit) read the merged file like the original checkpoint. A sharded
+    output is written whole or not at all.
     """
     with user_errors():
+        from ..config import load_model_config  # noqa: PLC0415
+        from ..merge import merge_lora, parse_size  # noqa: PLC0415
+
         config = load_model_config(model_config)
-        shard = parse_size(max_shard_size) if max_shard_size else None
-        report = merge_lora(dit, lora, out, config, multiplier, shard, dry_run, overwrite, progress)
+        report = merge_lora(
+            dit,
+            lora,
+            out,
+            config,
+            multiplier=multiplier,
+            max_shard_size=parse_size(max_shard_size) if max_shard_size else None,
+            dry_run=dry_run,
+            overwrite=overwrite,
+            progress=progress,
+        )
     for item in report.merged if dry_run else []:
         for source, rank, alpha in zip(item.sources, item.ranks, item.alphas, strict=True):
             typer.echo(f"{item.weight} {list(item.shape)} <- {source}: rank {rank}, alpha {alpha:g}")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..processing import parse_resolution
-from ..quickstart import run_quickstart
+from . import options
 from .app import app, fail, user_errors
+from .options import Overwrite, ProcessingRes, Progress
 
 
 @app.command("quickstart")
@@ -19,23 +19,31 @@ def quickstart(
         Path("build/quickstart"), help="Folder for the intermediate artifacts (model, stripped, export)."
     ),
     seed: int = typer.Option(0, help="Seed of the tiny model's random weights."),
-    processing_res: str = typer.Option(
-        None, help="Process (and export) at WIDTHxHEIGHT instead of FE2E's resize rule (multiples of 16)."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild every stage and replace existing outputs."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    processing_res: ProcessingRes = None,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
 ) -> None:
     """Run the whole chain on the embedded tiny model: init-tiny, merge-lora, strip, export (+ check), engine, infer.
 
     Prints each stage as the equivalent command line with its time. Existing stage outputs in
-    --work-dir are reused unless --overwrite.
+    --work-dir are reused unless --overwrite (which rebuilds every stage and replaces outputs).
     """
     with user_errors():
-        res = parse_resolution(processing_res) if processing_res else None
-        report = run_quickstart(images_dir, output_dir, work_dir, seed, res, overwrite, progress, log=typer.echo)
+        from ..quickstart import run_quickstart  # noqa: PLC0415
+
+        report = run_quickstart(
+            images_dir,
+            output_dir,
+            work_dir=work_dir,
+            seed=seed,
+            processing_res=options.processing_res(processing_res),
+            overwrite=overwrite,
+            progress=progress,
+            log=typer.echo,
+        )
     for command, seconds in report.stages:
         typer.echo(f"{seconds:7.1f} s  {command.split(' -')[0]}")
     infer = report.infer
     typer.echo(f"engine: {report.engine}; {infer.summary()}")
     if infer.failed:
-        raise fail(f"{len(infer.failed)} image(s) could not be read", code=1)
+        raise fail(f"{len(infer.failed)} image(s) failed (see above)", code=1)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ..model_files import ModelFiles
-from ..processing import parse_resolution
-from ..train.loop import TrainOptions, train_lora
+from ..resolution import parse_resolution
+from . import options
 from .app import app, user_errors
+from .options import Device, DitOption, ModelConfigOption, Overwrite, PromptOption, VaeOption
 
 
 @app.command("train-lora")
@@ -18,10 +18,10 @@ def train_lora_command(
         ..., help="Training folder: rgb/, depth/, normals/ and optional mask/ (docs/train_lora.md)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: peft adapter, checkpoints/, loss.jsonl."),
-    model_config: str = typer.Option(None, help="Model config preset or JSON (default: the tiny demo model)."),
-    dit: Path = typer.Option(None, help="Official DiT checkpoint (the base; stays frozen)."),
-    vae: Path = typer.Option(None, help="Official FLUX VAE checkpoint (frozen, FP32)."),
-    prompt_embedding: Path = typer.Option(None, help="Empty-prompt embedding (.npz with 'embeds' and 'masks')."),
+    model_config: ModelConfigOption = None,
+    dit: DitOption = None,
+    vae: VaeOption = None,
+    prompt_embedding: PromptOption = None,
     rank: int = typer.Option(64, help="LoRA rank (FE2E: 64)."),
     alpha: float = typer.Option(32.0, help="LoRA alpha (FE2E: 32); the update is scaled by alpha / rank."),
     target_modules: list[str] = typer.Option(
@@ -46,16 +46,20 @@ def train_lora_command(
         False, "--cache-latents", help="Encode each sample with the VAE once and keep it in memory (small datasets)."
     ),
     depth_scale: float = typer.Option(1000.0, help="16-bit depth PNGs: metres = value / depth-scale (KITTI: 256)."),
-    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a trained adapter already in --out."),
+    device: Device = "auto",
+    overwrite: Overwrite = False,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with the loss."),
 ) -> None:
     """Fine-tune a LoRA on the DiT with FE2E's consistent-velocity objective (z0 = 0, t = 1).
 
     The left half of the velocity learns -(depth latent), the right half +(normal latent); base
-    weights stay frozen. The adapter folder loads into merge-lora.
+    weights stay frozen. The adapter folder loads into merge-lora. With no model options, trains on
+    the embedded tiny demo model.
     """
     with user_errors():
+        from ..model_files import ModelFiles  # noqa: PLC0415
+        from ..train.loop import TrainOptions, train_lora  # noqa: PLC0415
+
         files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, None)
         opts = TrainOptions(
             rank=rank,
@@ -71,7 +75,7 @@ def train_lora_command(
             save_every=save_every,
             resolution=parse_resolution(resolution),
             kohya=kohya,
-            device=device,
+            device=options.device(device),
             cache_latents=cache_latents,
             depth_scale=depth_scale,
         )

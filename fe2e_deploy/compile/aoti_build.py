@@ -47,7 +47,7 @@ from ..files.atomic import atomic_write
 from ..kernels import preferred_attention, resolve_device
 from ..models.fused import FE2EGraph
 from ..precision import parse_precision
-from ..processing import resolution_name
+from ..resolution import resolution_name
 
 #: weights stay out of the package; the engine supplies them from the stripped folder
 INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False}
@@ -87,6 +87,7 @@ def _resolutions(resolution: tuple[int, int] | Sequence[tuple[int, int]] | None)
 def build_aoti(
     stripped: str | Path,
     out: str | Path,
+    *,
     resolution: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
     precision: str = "bf16",
     scales: str | Path | None = None,

@@ -36,14 +36,14 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..artifacts.export import FORMAT, FORMAT_VERSION, MANIFEST, SCALES, WEIGHTS, graph_file
+from ..artifacts.export import FORMAT, FORMAT_VERSION, GRAPH_NAMES, MANIFEST, SCALES, WEIGHTS, graph_file
 from ..artifacts.scales import load_scales
 from ..artifacts.stripped import StrippedModel, load_stripped
 from ..config import FE2E_RESOLUTIONS, LATENT_CHANNELS, LATENT_DOWNSAMPLE
 from ..files.atomic import atomic_write
 from ..models.fp8 import FP8_OPSET, quantize_dit
 from ..models.fused import DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
-from ..processing import resolution_name
+from ..resolution import resolution_name
 
 OPSET = 18
 ONNX_DTYPES = {
@@ -88,6 +88,7 @@ GRAPHS: dict[str, GraphSpec] = {
         GraphSpec("fe2e", ("image",), ("depth", "normals"), lambda m, w, h: FE2EGraph(m.vae, m.dit, w, h), _image),
     )
 }
+assert tuple(GRAPHS) == GRAPH_NAMES  # the names readers (and --help) know
 
 
 @dataclass
@@ -184,6 +185,7 @@ def _all_tensors(model: onnx.ModelProto):
 def export_onnx(
     stripped: str | Path,
     out_dir: str | Path,
+    *,
     resolutions: tuple[tuple[int, int], ...] = FE2E_RESOLUTIONS,
     graphs: tuple[str, ...] = tuple(GRAPHS),
     batch: int = 1,

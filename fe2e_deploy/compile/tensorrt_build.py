@@ -21,10 +21,8 @@ import onnx
 from .. import __version__
 from ..artifacts.export import load_manifest
 from ..artifacts.sidecar import write_sidecar
-from ..artifacts.tensorrt import SIDECAR_FORMAT, _gpu_identity, import_tensorrt
+from ..artifacts.tensorrt import SIDECAR_FORMAT, TRT_PRECISIONS, _gpu_identity, import_tensorrt
 from ..files.atomic import atomic_write
-
-PRECISIONS = ("bf16", "fp8")  # a strongly typed build takes its precision from the graph: no fp32 engines
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,8 @@ def inspect_graph(onnx_path: str | Path) -> GraphFacts:
 
 def check_precision(facts: GraphFacts, precision: str) -> None:
     """A strongly typed build gets its precision from the graph: refuse a graph of another precision."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} not supported; choose one of {', '.join(PRECISIONS)}")
+    if precision not in TRT_PRECISIONS:
+        raise ValueError(f"precision {precision!r} not supported; choose one of {', '.join(TRT_PRECISIONS)}")
     if precision == "bf16" and (facts.dtype != "bfloat16" or facts.has_fp8_qdq):
         raise ValueError(
             f"{facts.path}: --precision bf16 needs a BF16 graph without FP8 Q/DQ "
@@ -76,6 +74,7 @@ def check_precision(facts: GraphFacts, precision: str) -> None:
 def build_trt_engine(
     onnx_path: str | Path,
     out: str | Path,
+    *,
     precision: str = "bf16",
     opt_level: int = 3,
     timing_cache: str | Path | None = None,

@@ -26,7 +26,7 @@ from ..artifacts.aoti import (
 from ..artifacts.scales import load_scales
 from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
-from ..processing import parse_resolution, resolution_name
+from ..resolution import parse_resolution, resolution_name
 from .base import Engine, check_precision
 
 

@@ -18,7 +18,8 @@ from collections import defaultdict
 import torch
 from PIL import Image
 
-from ..processing import Prediction, fe2e_processing_size, postprocess, preprocess, resolution_name
+from ..processing import Prediction, postprocess, preprocess
+from ..resolution import fe2e_processing_size, resolution_name
 from ..timing import NO_TIMER, NoTimer, StageTimer
 
 

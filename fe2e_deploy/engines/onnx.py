@@ -9,7 +9,7 @@ import torch
 
 from ..artifacts.export import MANIFEST, fused_graphs, load_manifest
 from ..precision import parse_precision
-from ..processing import resolution_name
+from ..resolution import resolution_name
 from .base import Engine, check_precision
 from .ort_session import make_session
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts.tensorrt import check_sidecar, import_tensorrt
-from ..processing import parse_resolution
+from ..resolution import parse_resolution
 from .base import Engine, check_precision
 
 TRT_TO_TORCH = {"FLOAT": torch.float32, "BF16": torch.bfloat16, "HALF": torch.float16}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,3 +28,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+def write_json(path: str | Path, document: object, overwrite: bool = True) -> Path:
+    """``document`` as indented JSON at ``path``, atomically; an existing file needs ``overwrite``."""
+    if not overwrite:
+        refuse_existing(path)
+    return atomic_write(path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+
+
+def refuse_existing(*paths: str | Path | None) -> None:
+    """The one "exists, pass --overwrite" guard; a folder where a file is expected is an error too."""
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a folder; give a file path")
+        if path.exists():
+            raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+
+
+def check_writable_dir(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove that files can be written there (before any long work)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: is a file; give a folder path")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        pass
+    return folder

@@ -33,16 +33,16 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..artifacts.scales import FORMAT, FORMAT_VERSION
+from ..artifacts.scales import DEFAULT_EXCLUDE, FORMAT, FORMAT_VERSION
 from ..artifacts.stripped import WEIGHTS_FILE, StrippedModel, load_stripped
 from ..files.hashing import sha256_file
 from ..files.images import find_images, read_image
 from ..models.fp8 import E4M3_MAX
 from ..models.fused import FE2EGraph
-from ..processing import fe2e_processing_size, preprocess, resolution_name
+from ..processing import preprocess
+from ..resolution import fe2e_processing_size, resolution_name
 from .synthetic_scenes import COUNT, render_scene, scene_name
 
-DEFAULT_EXCLUDE = ("img_in", "final_layer.linear")
 NOT_QUANTISED = "attention BMMs (QK^T, PV), RoPE, norms, modulation and residual stream stay in the compute dtype"
 
 
@@ -132,6 +132,7 @@ def measure_scales(
 @torch.no_grad()
 def calibrate_fp8(
     stripped: str | Path,
+    *,
     images: str | Path | None = None,
     processing_res: tuple[int, int] | None = None,
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE,

@@ -1,0 +1,54 @@
+"""Options shared by several commands, declared once (``Annotated`` types), and their parsing.
+
+This module and the command modules import nothing heavy at the top (no torch, diffusers, onnx):
+``fe2e-deploy --help`` must answer at once; each command imports its library inside its body.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..resolution import parse_resolution
+
+ENGINE_HELP = (
+    "Engine: a model folder (official files, as init-tiny writes), a stripped folder, an export folder or its "
+    "fe2e_WxH.onnx, an AOTInductor .pt2 or engine folder, or a TensorRT .plan."
+)
+
+Device = Annotated[str, typer.Option(help="Torch device: auto (cuda when a GPU is visible, else cpu), cpu or cuda.")]
+Dtype = Annotated[
+    str | None,
+    typer.Option(
+        help="DiT precision, fp32 or bf16 (the VAE stays FP32): of a model folder (default fp32) or a stripped "
+        "folder (default: as stripped); built engines run in the precision they were built in."
+    ),
+]
+ProcessingRes = Annotated[
+    str | None, typer.Option(help="Process at WIDTHxHEIGHT (multiples of 16) instead of FE2E's resize rule.")
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (else they are refused).")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+ModelConfigOption = Annotated[
+    str | None, typer.Option(help="Model config: a preset (step1x-edit, tiny) or a model_config.json (official names).")
+]
+DitOption = Annotated[Path | None, typer.Option(help="Official DiT checkpoint (.safetensors or .index.json).")]
+VaeOption = Annotated[Path | None, typer.Option(help="Official FLUX VAE checkpoint (.safetensors).")]
+PromptOption = Annotated[
+    Path | None, typer.Option(help="Empty-prompt embedding (.npz with 'embeds' [L, C] and 'masks' [L]).")
+]
+LoraOption = Annotated[Path | None, typer.Option(help="FE2E LoRA (kohya .safetensors).")]
+
+
+def processing_res(text: str | None) -> tuple[int, int] | None:
+    """``--processing-res`` parsed (None when not given)."""
+    return parse_resolution(text) if text else None
+
+
+def device(name: str) -> str:
+    """``--device`` resolved (auto -> cuda/cpu) and checked (cuda without a visible GPU is an error)."""
+    from ..kernels import resolve_device  # noqa: PLC0415  (imports torch)
+
+    return resolve_device(name)
