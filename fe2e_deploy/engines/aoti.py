@@ -6,7 +6,7 @@ the build recorded (or ``stripped=``, which must have the same sources and dtype
 build did (precision cast, FP8 linears from the scales copied next to the packages) and gives the
 same tensors to every package (``load_constants(..., user_managed=True)``: pointers, no copy; this
 engine keeps the tensors alive). Each image runs at ``processing_res`` or FE2E's size for it
-(``pipeline.fe2e_processing_size``), which must be one of the built resolutions.
+(``resolution.fe2e_processing_size``), which must be one of the built resolutions.
 """
 
 from __future__ import annotations

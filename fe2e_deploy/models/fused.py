@@ -6,7 +6,7 @@ These modules are what ``export`` writes to ONNX and what the stripped/compiled 
 - :class:`DiTStep`     reference latent -> (depth latent, normal latent), packing and the split included
 - :class:`VAEDecoder`  latent -> image ``[B, 3, H, W]`` clamped to [-1, 1]
 - :class:`FE2EGraph`   image -> depth ``[B, 1, H, W]`` in [0, 1] and normals ``[B, 3, H, W]`` (not yet
-  unit length: ``pipeline.postprocess`` resizes to the input size and normalises, as the reference does)
+  unit length: ``processing.postprocess`` resizes to the input size and normalises, as the reference does)
 
 The VAE runs in FP32 as in the official code; the DiT in its weights' dtype (see ``stripped.py``).
 RoPE tables are constants of the resolution (non-persistent buffers, folded into the exported graph).
