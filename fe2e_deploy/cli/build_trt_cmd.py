@@ -55,4 +55,3 @@ def build_trt(
         f"TensorRT {sidecar['tensorrt']} {precision} engine for {sidecar['resolution']} written to {out} "
         f"in {sidecar['build_seconds']} s on {sidecar['gpu']['name']}"
     )
-

@@ -6,8 +6,9 @@ needs a BF16 export (``export --dtype bf16``) and ``--precision fp8`` a graph wi
 a JSON sidecar (GPU, compute capability, TensorRT version, resolution, batch, source graph) that
 the runtime checks before running the plan.
 
-TensorRT is an optional extra (``pip install fe2e-deploy[tensorrt]``) and needs an NVIDIA GPU;
-this module imports it only inside :func:`build_trt_engine`.
+The build goes through Polygraphy's TensorRT loaders (ONNX parsing, builder config, profiles,
+timing cache). TensorRT and Polygraphy are the optional extra (``pip install fe2e-deploy[tensorrt]``)
+and need an NVIDIA GPU; this module imports them only inside :func:`build_trt_engine`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import onnx
 from .. import __version__
 from ..artifacts.export import load_manifest
 from ..artifacts.sidecar import write_sidecar
-from ..artifacts.tensorrt import SIDECAR_FORMAT, TRT_PRECISIONS, _gpu_identity, import_tensorrt
+from ..artifacts.tensorrt import SIDECAR_FORMAT, TRT_PRECISIONS, TensorRTUnavailable, _gpu_identity, import_tensorrt
 from ..files.atomic import atomic_write
 
 
@@ -92,39 +93,40 @@ def build_trt_engine(
     if not 0 <= opt_level <= 5:
         raise ValueError(f"builder optimization level must be 0-5, got {opt_level}")
     trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # always on (and deprecated) in TRT 11
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(facts.path)):  # follows the external weights.bin
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ValueError(f"{facts.path}: TensorRT cannot parse the graph: {errors}")
-    config = builder.create_builder_config()
-    config.builder_optimization_level = opt_level
-    if workspace_gib:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    if weight_streaming:
-        config.set_flag(trt.BuilderFlag.WEIGHT_STREAMING)
+    # Polygraphy's loaders do the TensorRT plumbing (network flags, parser errors, profiles, timing
+    # cache with file locking); imported here because it is part of the optional TensorRT extra.
+    try:
+        from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile  # noqa: PLC0415
+        from polygraphy.exception import PolygraphyException  # noqa: PLC0415
+    except ImportError as exc:
+        raise TensorRTUnavailable(f"Polygraphy is not installed: pip install 'fe2e-deploy[tensorrt]' ({exc})") from None
+
+    # TensorRT 11 builds strongly typed networks only and dropped the flag; older versions need it.
+    typed = {"strongly_typed": True} if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") else {}
+    network = NetworkFromOnnxPath(str(facts.path), **typed)  # follows the external weights.bin
+    profiles = None
     if facts.batch == "dynamic":  # one profile over the batch axis at the exported resolution
-        profile = builder.create_optimization_profile()
+        profile = Profile()
         for name, shape in facts.inputs.items():
             dims = list(shape[1:])
-            profile.set_shape(name, [1, *dims], [1, *dims], [max_batch, *dims])
-        config.add_optimization_profile(profile)
-    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+            profile.add(name, min=[1, *dims], opt=[1, *dims], max=[max_batch, *dims])
+        profiles = [profile]
+    config = CreateConfig(
+        profiles=profiles,
+        builder_optimization_level=opt_level,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * 2**30)} if workspace_gib else None,
+        weight_streaming=weight_streaming or None,
+        load_timing_cache=str(timing_cache) if timing_cache and Path(timing_cache).is_file() else None,
+    )
     start = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
+    try:
+        plan = EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache) if timing_cache else None)()
+    except PolygraphyException as exc:
+        raise ValueError(f"{facts.path}: TensorRT could not build it: {exc}") from None
     if plan is None:
         raise RuntimeError(f"{facts.path}: TensorRT build failed (see the log above)")
     seconds = time.perf_counter() - start
     atomic_write(out, lambda p: p.write_bytes(bytes(plan)))
-    if timing_cache:
-        atomic_write(Path(timing_cache), lambda p: p.write_bytes(bytes(config.get_timing_cache().serialize())))
     sidecar = {
         "format": SIDECAR_FORMAT,
         "fe2e_deploy": __version__,

@@ -1,6 +1,9 @@
 """The TensorRT engine: a ``.plan`` from ``build-trt``, pre-allocated device buffers, one CUDA graph.
 
-Needs the optional TensorRT extra and a CUDA GPU; the plan's sidecar must name this GPU.
+Needs the optional TensorRT extra and a CUDA GPU; the plan's sidecar must name this GPU. The runner
+is written here rather than Polygraphy's ``TrtRunner``: FE2E's plan is one static-shape call per
+image, and replaying it from a captured CUDA graph into pre-allocated buffers takes the host out of
+the loop, which ``TrtRunner`` (buffers managed per call, no graph capture) does not do.
 """
 
 from __future__ import annotations
