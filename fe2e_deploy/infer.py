@@ -18,26 +18,35 @@ from tqdm import tqdm
 from .engines import Engine
 from .files.atomic import check_writable_dir
 from .files.images import find_images, read_image
-from .files.outputs import output_paths, write_prediction
+from .files.outputs import output_names, output_paths, write_prediction
 
 
 @dataclass
 class InferReport:
-    written: list[Path] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    """What ``infer`` did with each image (an image is in exactly one list)."""
+
+    written: list[Path] = field(default_factory=list)  # none of its outputs existed, or --overwrite
+    completed: list[Path] = field(default_factory=list)  # some of its outputs were missing: all five rewritten
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # all five outputs exist
     failed: list[tuple[Path, str]] = field(default_factory=list)
     predict_seconds: float = 0.0
     total_seconds: float = 0.0
 
     @property
+    def predicted(self) -> int:
+        """Images that went through the engine (written or completed)."""
+        return len(self.written) + len(self.completed)
+
+    @property
     def seconds_per_image(self) -> float:
-        return self.total_seconds / max(1, len(self.written))
+        return self.total_seconds / max(1, self.predicted)
 
     def summary(self) -> str:
         return (
-            f"{len(self.written)} image(s) written, {len(self.skipped)} skipped (outputs exist), "
-            f"{len(self.failed)} failed; {self.seconds_per_image:.3f} s per image end to end "
-            f"({self.predict_seconds / max(1, len(self.written)):.3f} s in the engine)"
+            f"{len(self.written)} image(s) written, {len(self.completed)} completed (some outputs were missing), "
+            f"{len(self.skipped)} skipped (all outputs exist), {len(self.failed)} failed; "
+            f"{self.seconds_per_image:.3f} s per image end to end "
+            f"({self.predict_seconds / max(1, self.predicted):.3f} s in the engine)"
         )
 
 
@@ -65,42 +74,52 @@ def run_infer(
 ) -> InferReport:
     """Predict every image under ``input_dir``; unreadable images are reported, not fatal.
 
+    An image whose five outputs all exist is skipped (unless ``overwrite``); one with only some of them
+    is predicted again and all five are rewritten (``completed``). Outputs are named by
+    :func:`output_names` (unique in each folder); an image whose outputs would be another image's fails.
     ``batch_size`` images go to the engine together (``Engine.predict_batch``); outputs are the same.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     images = check_infer_paths(input_dir, output_dir)
+    names = output_names(path.relative_to(input_dir) for path in images)
     report = InferReport()
     start = time.perf_counter()
     bar = tqdm(total=len(images), desc=f"infer ({engine.name})", unit="img", disable=not progress)
-    pending: list[tuple[Path, dict[str, Path], Image.Image]] = []
+    owners: dict[Path, Path] = {}  # output file -> the image it belongs to
+    pending: list[tuple[Path, dict[str, Path], Image.Image, bool]] = []
     for index, path in enumerate(images):
         rel = path.relative_to(input_dir)
-        paths = output_paths(output_dir, rel)
+        paths = output_paths(output_dir, rel, names[rel])
         existing = [p for p in paths.values() if p.exists()]
-        if existing and not overwrite:
-            report.skipped.append((path, f"{existing[0]} exists (pass --overwrite to replace)"))
+        taken = next((owners[p] for p in paths.values() if p in owners), None)
+        if taken is not None:
+            _fail(report, bar, path, f"its outputs ({paths['depth_npy'].name}, ...) would be those of {taken}")
+        elif len(existing) == len(paths) and not overwrite:
+            owners.update(dict.fromkeys(paths.values(), path))
+            report.skipped.append((path, f"all its outputs exist, e.g. {existing[0]} (pass --overwrite to replace)"))
             bar.update()
         else:
+            owners.update(dict.fromkeys(paths.values(), path))
             try:
                 image = read_image(path)
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 _fail(report, bar, path, f"unreadable image: {exc}")
             else:
                 try:
-                    engine.processing_size(image)  # a size the engine does not have fails this image alone
+                    engine.processing_size(image)  # a size the engine does not have, or too large, fails alone
                 except ValueError as exc:
                     _fail(report, bar, path, str(exc))
                 else:
-                    pending.append((path, paths, image))
+                    pending.append((path, paths, image, bool(existing) and not overwrite))
         if pending and (len(pending) == batch_size or index == len(images) - 1):
             t0 = time.perf_counter()
-            predictions = engine.predict_batch([image for _, _, image in pending])
+            predictions = engine.predict_batch([image for _, _, image, _ in pending])
             report.predict_seconds += time.perf_counter() - t0
-            for (path, paths, _), prediction in zip(pending, predictions, strict=True):
+            for (path, paths, _, completing), prediction in zip(pending, predictions, strict=True):
                 write_prediction(paths, prediction)
-                report.written.append(path)
+                (report.completed if completing else report.written).append(path)
             bar.update(len(pending))
             pending = []
     bar.close()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels
 from . import options
 from .app import app, fail, user_errors
 from .options import (
@@ -36,6 +37,11 @@ def infer(
     dtype: Dtype = None,
     device: Device = "auto",
     processing_res: ProcessingRes = None,
+    max_processing_pixels: int = typer.Option(
+        MAX_PROCESSING_PIXELS,
+        help="Largest processing size in pixels (width x height; default 2048x2048): larger --processing-res is "
+        "refused, and an image FE2E's rule keeps at a larger size (over 6048x4032) fails alone.",
+    ),
     cfg_batch: bool = typer.Option(
         False, "--cfg-batch", help="Run the official batch of 2 (cond + uncond, both empty prompts) instead of 1."
     ),
@@ -57,6 +63,7 @@ def infer(
         from ..model_files import ModelFiles  # noqa: PLC0415
 
         res = options.processing_res(processing_res)
+        check_processing_pixels(res, max_processing_pixels, "--processing-res")  # before anything is loaded
         check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
         device = options.device(device)
         if engine is not None:
@@ -68,6 +75,7 @@ def infer(
         else:
             files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, lora)
             runner = EagerEngine.from_model_files(files, dtype, device, res, cfg_batch)
+        runner.max_processing_pixels = max_processing_pixels
         report = run_infer(
             runner, images_dir, output_dir, overwrite=overwrite, progress=progress, batch_size=batch_size
         )

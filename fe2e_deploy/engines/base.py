@@ -18,8 +18,9 @@ from collections import defaultdict
 import torch
 from PIL import Image
 
+from ..config import FE2E_RESOLUTIONS
 from ..processing import Prediction, postprocess, preprocess
-from ..resolution import fe2e_processing_size, resolution_name
+from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, fe2e_processing_size, resolution_name
 from ..timing import NO_TIMER, NoTimer, StageTimer
 
 
@@ -35,6 +36,8 @@ class Engine:
     fixed_batch: bool = False
     #: True when :meth:`run` marks its own stages (vae_encode / dit / vae_decode) instead of one ``model`` stage.
     marks_stages: bool = False
+    #: The largest processing size in pixels (``--max-processing-pixels``); larger sizes are refused.
+    max_processing_pixels: int = MAX_PROCESSING_PIXELS
     timer: NoTimer | StageTimer = NO_TIMER
 
     def sizes(self) -> list[tuple[int, int]] | None:
@@ -46,17 +49,21 @@ class Engine:
         return f"a build or export at {resolution_name(size)}"
 
     def processing_size(self, image: Image.Image) -> tuple[int, int]:
-        """Where ``image`` runs: ``processing_res`` or FE2E's size for it, which the engine must have."""
+        """Where ``image`` runs: ``processing_res`` or FE2E's size for it, which the engine must have and which
+        must be at most ``max_processing_pixels`` (ValueError otherwise: callers fail that image alone)."""
         size = self.processing_res or fe2e_processing_size(*image.size)
+        how = "--processing-res" if self.processing_res else "FE2E's resize rule"
         sizes = self.sizes()
         if sizes is not None and size not in sizes:
             built = ", ".join(resolution_name(s) for s in sizes)
-            how = "--processing-res" if self.processing_res else "FE2E's resize rule"
             raise ValueError(
                 f"image {resolution_name(image.size)} is processed at {resolution_name(size)} ({how}), but "
                 f"{self.name} is built for {built} only; add it with {self.how_to_add(size)}, or pass "
                 "--processing-res with a built resolution"
             )
+        if not self.processing_res and size not in FE2E_RESOLUTIONS:
+            how += " keeps images over 6048x4032 at their size"
+        check_processing_pixels(size, self.max_processing_pixels, f"image {resolution_name(image.size)} ({how})")
         return size
 
     def run(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
