@@ -175,7 +175,7 @@ def test_non_finite_config_values_are_rejected(tmp_path, section, key, value):
 
 def test_a_zero_vae_scale_factor_is_rejected(tmp_path):
     path = _config_file(tmp_path, lambda d: d["vae"].update({"scale_factor": 0}))
-    with pytest.raises(ConfigError, match="model_config.json: .*vae.scale_factor"):
+    with pytest.raises(ConfigError, match=r"(?s)model_config.json: .*vae.scale_factor must be a finite non-zero number"):
         load_model_config(path)
 
 
