@@ -175,7 +175,9 @@ def test_non_finite_config_values_are_rejected(tmp_path, section, key, value):
 
 def test_a_zero_vae_scale_factor_is_rejected(tmp_path):
     path = _config_file(tmp_path, lambda d: d["vae"].update({"scale_factor": 0}))
-    with pytest.raises(ConfigError, match=r"(?s)model_config.json: .*vae.scale_factor must be a finite non-zero number"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)model_config.json: .*vae.scale_factor must be a finite non-zero number"
+    ):
         load_model_config(path)
 
 
@@ -251,7 +253,7 @@ def test_a_vector_lora_alpha_is_rejected(tiny_dir, tiny_config, tmp_path):
         read_kohya_lora(bad, tiny_config)
 
 
-@pytest.mark.parametrize("part", ["lora_up.weight", "lora_down.weight", "alpha"])
+@pytest.mark.parametrize("part", ["lora_up.weight", "lora_down.weight"])
 def test_non_float_lora_tensors_are_rejected(tiny_dir, tiny_config, tmp_path, part):
     key = f"{LORA_STEM}.{part}"
     bad = _rewrite(
@@ -259,6 +261,24 @@ def test_non_float_lora_tensors_are_rejected(tiny_dir, tiny_config, tmp_path, pa
     )
     with pytest.raises(CheckpointError, match=rf"int8.safetensors: {key} has dtype I8, expected a float type"):
         read_kohya_lora(bad, tiny_config)
+    out = tmp_path / "merged.safetensors"
+    with pytest.raises(CheckpointError, match=rf"int8.safetensors: {key} has dtype I8"):
+        merge_lora(tiny_dir / "dit.safetensors", bad, out, tiny_config, progress=False)
+    assert not out.exists()
+
+
+def test_an_integer_or_one_element_alpha_is_read_as_its_value(tiny_dir, tiny_config, tmp_path):
+    key = f"{LORA_STEM}.alpha"
+    for alpha in (torch.tensor(3, dtype=torch.int8), torch.tensor([3.0])):  # some trainers write these
+        lora = _rewrite(
+            tiny_dir / "lora.safetensors", tmp_path / "alpha.safetensors", lambda s, a=alpha: s.update({key: a})
+        )
+        assert read_kohya_lora(lora, tiny_config)["double_blocks.0.img_attn.qkv"].alpha == 3.0
+    boolean = _rewrite(
+        tiny_dir / "lora.safetensors", tmp_path / "bool.safetensors", lambda s: s.update({key: torch.tensor(True)})
+    )
+    with pytest.raises(CheckpointError, match=rf"bool.safetensors: {key} has dtype BOOL"):
+        read_kohya_lora(boolean, tiny_config)
 
 
 def _npz(tmp_path: Path, name: str, **arrays) -> Path:
