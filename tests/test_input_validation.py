@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import PRESETS, ConfigError, ConnectorConfig, DiTConfig, VAEConfig, load_model_config
 from fe2e_deploy.loading import CheckpointError, load_dit, load_prompt_embedding, load_vae
+from fe2e_deploy.loading.checkpoint import non_finite
 from fe2e_deploy.lora import read_kohya_lora
 from fe2e_deploy.merge import merge_lora
 from fe2e_deploy.scenes import synthetic_sample
@@ -128,6 +129,14 @@ def test_a_non_finite_checkpoint_tensor_is_named_when_loaded(tiny_dir, tiny_conf
     with pytest.raises(CheckpointError, match=message):
         merge_lora(bad_dit, tiny_dir / "lora.safetensors", merged, tiny_config, progress=False)
     assert not merged.exists()
+
+
+def test_non_finite_is_exact_when_the_sum_overflows():
+    big = torch.full((100_000,), 60_000.0, dtype=torch.float16)  # finite, but its float16 sum is Inf
+    assert non_finite(big) is None
+    big[7] = float("nan")
+    assert non_finite(big) == "1 NaN and 0 Inf of 100000 values"
+    assert non_finite(torch.zeros(3, dtype=torch.int8)) is None and non_finite(torch.zeros(0)) is None
 
 
 def test_infer_with_a_nan_checkpoint_fails_in_one_line(tiny_dir, tmp_path):
