@@ -201,6 +201,7 @@ TRAIN_OPTIONS = [
     (["--depth-scale", "-inf"], "--depth-scale"),
     (["--depth-scale", "0"], "--depth-scale"),
     (["--target-modules", "("], "--target-modules"),
+    (["--target-modules", "(?P<x>to_q)", "--target-modules", "(?P<x>to_k)"], "--target-modules"),  # valid alone
     (["--seed", str(2**63)], "--seed"),
     (["--seed", "-1"], "--seed"),
 ]

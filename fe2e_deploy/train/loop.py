@@ -85,6 +85,11 @@ class TrainOptions:
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"--target-modules {pattern!r}: not a valid regular expression ({exc})") from None
+        if self.target_modules:
+            try:  # as lora_config joins them (a back-reference may be valid alone and not there)
+                re.compile(target_regex(self.target_modules))
+            except re.error as exc:
+                raise ValueError(f"--target-modules {self.target_modules}: invalid together ({exc})") from None
 
 
 @dataclass
@@ -105,12 +110,17 @@ def fe2e_target_modules(files: ModelFiles) -> list[str]:
     return names
 
 
+def target_regex(patterns: list[str]) -> str:
+    """One regex matching a diffusers module name that ends (at a module boundary) with one of ``patterns``."""
+    return r"^(.*\.)?(" + "|".join(patterns) + ")$"  # a suffix at a module boundary, as peft's lists
+
+
 def lora_config(files: ModelFiles, opts: TrainOptions) -> LoraConfig:
     modules = opts.target_modules or [re.escape(m) for m in fe2e_target_modules(files)]
     return LoraConfig(
         r=opts.rank,
         lora_alpha=opts.alpha,
-        target_modules=r"^(.*\.)?(" + "|".join(modules) + ")$",  # a suffix at a module boundary, as peft's lists
+        target_modules=target_regex(modules),
         lora_dropout=0.0,
         init_lora_weights=True,  # B = 0: training starts at the base model
     )
