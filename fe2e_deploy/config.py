@@ -7,6 +7,7 @@ Field names are the official ones (``Step1XParams``, the connector's constructor
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,20 @@ FE2E_RESOLUTIONS = ((1024, 768), (1216, 352), (864, 576))
 
 class ConfigError(ValueError):
     """A model configuration that is malformed or violates a constraint of the official modules."""
+
+
+def finite_number(value: float, name: str, *, positive: bool = False) -> float:
+    """``value`` as a float if it is finite (and > 0 with ``positive``), else a ``ValueError`` naming ``name``.
+
+    For numbers a user gives (options such as ``--multiplier``, ``--lr``): NaN and Inf pass every
+    ``<``/``>`` check and would only surface later as NaN outputs.
+    """
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if positive and number <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -108,25 +123,37 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object with 'dit', 'connector' and 'vae'")
-        unknown = set(data) - {"dit", "connector", "vae"}
+        sections = ("dit", "connector", "vae")
+        unknown = set(data) - set(sections)
         if unknown:
             raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected dit, connector, vae")
+        missing = [name for name in sections if name not in data]
+        if missing:
+            raise ConfigError(f"{source}: section(s) {', '.join(missing)} missing; a config gives dit, connector, vae")
         parts = {}
         for name, klass in (("dit", DiTConfig), ("connector", ConnectorConfig), ("vae", VAEConfig)):
-            parts[name] = _part_from_dict(klass, data.get(name, {}), f"{source}: {name}")
-        return cls(**parts)
+            parts[name] = _part_from_dict(klass, data[name], f"{source}: {name}")
+        try:
+            return cls(**parts)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def _part_from_dict(klass: type, values: Any, where: str) -> Any:
+    """One section of a config file: every key given (a missing key is an error, not the full-size default)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected an object, got {type(values).__name__}")
     known = {f.name: f for f in fields(klass)}
     unknown = set(values) - set(known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    missing = [key for key in known if key not in values]
+    if missing:
+        keys = ", ".join(f"{where}.{key}" for key in missing)
+        raise ConfigError(f"{keys} missing (a config file gives every key of every section, as init-tiny writes)")
     kwargs = {}
     for key, value in values.items():
         default = known[key].default
@@ -143,6 +170,8 @@ def _part_from_dict(klass: type, values: Any, where: str) -> Any:
         elif isinstance(default, float):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}.{key}: expected a finite number, got {value!r}")
             value = float(value)
         kwargs[key] = value
     return klass(**kwargs)
@@ -183,6 +212,12 @@ def validate(config: ModelConfig) -> None:
         problems.append(f"vae channels {list(v.block_out_channels)} must be multiples of 32 (GroupNorm(32))")
     if v.in_channels != 3 or v.out_ch != 3:
         problems.append("vae.in_channels and vae.out_ch must be 3 (RGB)")
+    if not (math.isfinite(v.scale_factor) and v.scale_factor != 0):
+        problems.append(
+            f"vae.scale_factor must be a finite non-zero number (latents are divided by it), got {v.scale_factor}"
+        )
+    if not math.isfinite(v.shift_factor):
+        problems.append(f"vae.shift_factor must be a finite number, got {v.shift_factor}")
     for name, value in (
         ("dit.depth", d.depth),
         ("dit.depth_single_blocks", d.depth_single_blocks),
@@ -216,6 +251,10 @@ def load_model_config(spec: str | Path) -> ModelConfig:
         raise ConfigError(f"model config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
     try:
         data = json.loads(path.read_text())
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: permission denied (the file exists but cannot be read)") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
     return ModelConfig.from_dict(data, source=str(path))

@@ -9,6 +9,7 @@ diffusers' own kohya converter is private API, so we reuse our checkpoint layout
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 
-from .config import ModelConfig
-from .loading.checkpoint import CheckpointError, open_safetensors
+from .config import ModelConfig, finite_number
+from .loading.checkpoint import CheckpointError, non_finite, open_safetensors
 from .loading.dit_layout import dit_layout, lora_target_modules
 
 PREFIX = "lora_unet_"
@@ -44,6 +45,15 @@ class LoraPair:
 
 
 KOHYA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
+#: safetensors dtype codes of LoRA tensors: float matrices; ``alpha`` a float (or, as some trainers write it,
+#: integer) scalar.
+FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+ALPHA_CODES = (*FLOAT_CODES, "I64", "I32", "I16", "I8", "U8")
+
+
+def check_multiplier(multiplier: float) -> float:
+    """``--multiplier`` of merge-lora: a finite number (NaN / Inf would make every merged weight NaN / Inf)."""
+    return finite_number(multiplier, "--multiplier")
 
 
 @dataclass(frozen=True)
@@ -96,15 +106,37 @@ def index_kohya_lora(path: str | Path, handle, config: ModelConfig) -> dict[str,
                 f"{path}: {stem}: LoRA maps {down[1]} -> {up[0]} features but {module} "
                 f"is {in_features} -> {out_features}"
             )
-        alpha = float(handle.get_tensor(parts["alpha"]).item()) if "alpha" in parts else float(down[0])
+        for part, codes in (("lora_down.weight", FLOAT_CODES), ("lora_up.weight", FLOAT_CODES), ("alpha", ALPHA_CODES)):
+            code = handle.get_slice(parts[part]).get_dtype() if part in parts else codes[0]
+            if code not in codes:
+                raise CheckpointError(f"{path}: {parts[part]} has dtype {code}, expected a float type")
+        alpha = _read_alpha(path, handle, parts["alpha"]) if "alpha" in parts else float(down[0])
         entries[module] = KohyaEntry(module, parts["lora_down.weight"], parts["lora_up.weight"], down[0], alpha, shape)
     return entries
 
 
+def _read_alpha(path, handle, key: str) -> float:
+    """The ``alpha`` scalar of one module: one value (shape [] or [1]), finite."""
+    shape = list(handle.get_slice(key).get_shape())
+    if math.prod(shape) != 1:
+        raise CheckpointError(f"{path}: {key} has shape {shape}, expected a scalar")
+    alpha = float(handle.get_tensor(key).float().item())
+    if not math.isfinite(alpha):
+        raise CheckpointError(f"{path}: {key} is {alpha}: alpha contains NaN or Inf")
+    return alpha
+
+
+def _read_matrix(handle, key: str) -> torch.Tensor:
+    tensor = handle.get_tensor(key)
+    problem = non_finite(tensor)
+    if problem:  # files opened with open_safetensors are checked already; other sources are checked here
+        raise CheckpointError(f"{handle}: tensor {key} contains NaN or Inf ({problem})")
+    return tensor.float()
+
+
 def read_kohya_pair(handle, entry: KohyaEntry) -> LoraPair:
-    return LoraPair(
-        entry.module, handle.get_tensor(entry.down_key).float(), handle.get_tensor(entry.up_key).float(), entry.alpha
-    )
+    """The (down, up) matrices of ``entry`` in FP32, refused if they hold NaN or Inf."""
+    return LoraPair(entry.module, _read_matrix(handle, entry.down_key), _read_matrix(handle, entry.up_key), entry.alpha)
 
 
 def read_kohya_lora(path: str | Path, config: ModelConfig) -> dict[str, LoraPair]:

@@ -37,7 +37,7 @@ from .files.atomic import atomic_write
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors
 from .loading.dit_layout import dit_layout
 from .loading.writer import SafetensorsWriter
-from .lora import KohyaEntry, index_kohya_lora, read_kohya_pair
+from .lora import KohyaEntry, check_multiplier, index_kohya_lora, read_kohya_pair
 
 PEFT_PREFIXES = ("base_model.model.", "transformer.")
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -218,6 +218,7 @@ def merge_lora(
     progress: bool = True,
 ) -> MergeReport:
     """Write ``base + multiplier * LoRA`` in the official format (see the module docstring)."""
+    check_multiplier(multiplier)
     out = Path(out)
     items = read_lora_items(lora_path, config)
     official = dit_layout(config).official_shapes()

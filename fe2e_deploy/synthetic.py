@@ -24,7 +24,7 @@ from .config import ModelConfig, load_model_config
 from .loading.dit_layout import dit_layout
 from .loading.prompt import PromptEmbedding
 from .loading.vae_layout import vae_layout
-from .tiny import random_official_tensor
+from .tiny import check_seed, random_official_tensor
 
 #: The real ``no_info.npz`` holds 640 tokens (Step1X-Edit's Qwen2.5-VL context length).
 PROMPT_TOKENS = 640
@@ -64,7 +64,9 @@ class SyntheticCheckpoint:
     def get_tensor(self, name: str) -> torch.Tensor:
         if name not in self.shapes:
             raise KeyError(f"{self}: no tensor {name!r}")
-        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+        # modulo 2**64: torch seeds are 64-bit; the same value as before for every seed below 2**44
+        seed = (self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         return random_official_tensor(name, self.shapes[name], generator)
 
     def describe(self) -> dict:
@@ -87,7 +89,8 @@ class SyntheticModel:
 
     @classmethod
     def create(cls, preset: str, seed: int = 0, device: str | torch.device = "cpu") -> SyntheticModel:
-        """``preset``: ``step1x-edit`` (12.4 B), ``tiny``, or a ``model_config.json`` path."""
+        """``preset``: ``step1x-edit`` (12.4 B), ``tiny``, or a ``model_config.json`` path; ``seed``: 0 to 2**63-1."""
+        seed = check_seed(seed)
         return cls(load_model_config(preset), str(preset), seed, torch.device(device))
 
     @property

@@ -25,6 +25,15 @@ PROMPT_TOKENS = 32
 PROMPT_VALID_TOKENS = 8
 LORA_RANK = 4
 LORA_ALPHA = 2.0
+#: Seeds are 0 to 2**63-1 (torch's generators take at most 64 bits; one range for every command).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int, name: str = "--seed") -> int:
+    """``seed`` if it is an integer from 0 to :data:`MAX_SEED`, else a one-line ``ValueError`` naming ``name``."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to 2**63-1 ({MAX_SEED}), got {seed}")
+    return int(seed)
 
 
 def random_official_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -59,6 +68,7 @@ def write_tiny_model(
     out_dir: str | Path, seed: int = 0, config: ModelConfig | None = None, overwrite: bool = False
 ) -> dict[str, Path]:
     """Write the five files of a random model; returns their paths by role."""
+    seed = check_seed(seed)
     config = config or PRESETS["tiny"]
     out_dir = Path(out_dir)
     paths = {role: out_dir / name for role, name in FILES.items()}

@@ -33,8 +33,10 @@ def merge_lora_command(
     """
     with user_errors():
         from ..config import load_model_config  # noqa: PLC0415
+        from ..lora import check_multiplier  # noqa: PLC0415
         from ..merge import merge_lora, parse_size  # noqa: PLC0415
 
+        check_multiplier(multiplier)  # before reading any file
         config = load_model_config(model_config)
         report = merge_lora(
             dit,

@@ -60,7 +60,6 @@ def train_lora_command(
         from ..model_files import ModelFiles  # noqa: PLC0415
         from ..train.loop import TrainOptions, train_lora  # noqa: PLC0415
 
-        files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, None)
         opts = TrainOptions(
             rank=rank,
             alpha=alpha,
@@ -79,6 +78,8 @@ def train_lora_command(
             cache_latents=cache_latents,
             depth_scale=depth_scale,
         )
+        opts.validate()  # before any model file is read (or the demo model written)
+        files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, None)
         report = train_lora(files, data_dir, out, opts, resume, overwrite, progress)
     losses = report.losses
     if losses:

@@ -62,14 +62,85 @@ def open_safetensors(path):
     if not isinstance(path, str | Path):
         return path
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
+    check_readable(path)
     if path.name.endswith(".index.json"):
         return ShardedCheckpoint(path)
     try:
-        return safe_open(str(path), framework="pt", device="cpu")
+        return CheckedSafetensors(path, safe_open(str(path), framework="pt", device="cpu"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def check_readable(path: Path, what: str = "file") -> None:
+    """Raise a :class:`CheckpointError` naming ``path`` unless it is a file this process may read.
+
+    safetensors reports a file without read permission as "No such file or directory"; opening it
+    here first tells the two apart.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found" if not path.is_dir() else f"{path}: is a folder, not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as exc:
+        raise CheckpointError(f"{path}: permission denied (the {what} exists but cannot be read)") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def non_finite(tensor: torch.Tensor) -> str | None:
+    """None if ``tensor`` holds no NaN / Inf (integer tensors never do), else how many it holds.
+
+    A NaN or Inf anywhere makes the sum NaN or Inf, so one sum decides (about 15 GB/s per CPU core,
+    50x faster than ``isfinite().all()`` on BF16: reading the 25 GB checkpoint dominates); only a
+    non-finite sum (or an overflowing one) is looked at element by element.
+    """
+    if not tensor.is_floating_point():
+        return None
+    if tensor.element_size() == 1:  # FP8: no reduction kernels; float16 holds every FP8 value exactly
+        tensor = tensor.to(torch.float16)
+    if bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all()):
+        return None
+    nan = int(torch.isnan(tensor).sum())
+    return f"{nan} NaN and {int(torch.isinf(tensor).sum())} Inf of {tensor.numel()} values"
+
+
+class CheckedSafetensors:
+    """An opened safetensors file (``safe_open``) whose ``get_tensor`` refuses NaN / Inf, naming file and tensor.
+
+    Every reader of official checkpoints, LoRAs and stripped folders opens files through
+    :func:`open_safetensors`, so a corrupt or diverged tensor stops loading, ``strip`` and
+    ``merge-lora`` instead of flowing into NaN outputs.
+    """
+
+    def __init__(self, path: Path, handle):
+        self.path, self._handle = path, handle
+
+    def __enter__(self) -> CheckedSafetensors:
+        self._handle.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.__exit__(*exc)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def keys(self) -> list[str]:
+        return self._handle.keys()
+
+    def metadata(self) -> dict[str, str] | None:
+        return self._handle.metadata()
+
+    def get_slice(self, name: str):
+        return self._handle.get_slice(name)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        tensor = self._handle.get_tensor(name)
+        problem = non_finite(tensor)
+        if problem:
+            raise CheckpointError(f"{self.path}: tensor {name} contains NaN or Inf ({problem}): corrupt or diverged")
+        return tensor
 
 
 def check_names_and_shapes(path: str | Path, handle, expected: dict[str, tuple[int, ...]], what: str) -> None:
@@ -124,7 +195,9 @@ def load_into(
         label = Path(path).name if isinstance(path, str | Path) else str(path)
         for name in tqdm(sorted(expected), desc=f"loading {label}", disable=not progress, leave=False):
             try:
-                tensor = handle.get_tensor(name)
+                tensor = handle.get_tensor(name)  # a file's handle refuses NaN / Inf (CheckedSafetensors)
+            except CheckpointError:
+                raise
             except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
                 raise CheckpointError(f"{path}: cannot read tensor {name} ({exc})") from exc
             if not tensor.is_floating_point():

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..files.atomic import atomic_path
+from .checkpoint import non_finite
 
 DTYPE_CODES = {
     torch.float64: "F64",
@@ -35,7 +36,8 @@ DTYPE_CODES = {
 class SafetensorsWriter:
     """``with SafetensorsWriter(path, specs, metadata) as w: w.write(name, tensor)`` in ``specs`` order.
 
-    The file appears (atomically renamed) only if every declared tensor was written.
+    The file appears (atomically renamed) only if every declared tensor was written; a tensor holding
+    NaN or Inf is refused (nothing is written).
     """
 
     def __init__(
@@ -70,6 +72,9 @@ class SafetensorsWriter:
         dtype, shape = self.specs[name]
         if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
             raise ValueError(f"{name}: got {tensor.dtype} {list(tensor.shape)}, declared {dtype} {list(shape)}")
+        problem = non_finite(tensor)
+        if problem:  # e.g. a merged weight that overflowed: the file is not written
+            raise ValueError(f"{name}: contains NaN or Inf ({problem}; an overflow?): {self.path} not written")
         # the tensor's own bytes through the buffer protocol: no extra copy of a (possibly 100 MB) tensor
         self._file.write(memoryview(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
         self._next += 1

@@ -30,10 +30,12 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ..config import finite_number
 from ..files.atomic import atomic_write
 from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..model_files import ModelFiles
 from ..reference import FE2EPipeline
+from ..tiny import check_seed
 from .data import TrainDataset
 from .kohya import kohya_modules, peft_to_kohya
 from .objective import velocity_loss, velocity_targets
@@ -61,6 +63,34 @@ class TrainOptions:
     cache_latents: bool = False  # keep each sample's VAE latents in memory (small datasets)
     depth_scale: float = 1000.0  # 16-bit depth PNG value / depth_scale = metres
 
+    def validate(self) -> None:
+        """Raise a one-line ``ValueError`` naming the first bad option (as its command-line flag)."""
+        for flag, value in (
+            ("--rank", self.rank),
+            ("--steps", self.steps),
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+        ):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.save_every < 0:
+            raise ValueError(f"--save-every must be >= 0, got {self.save_every}")
+        for flag, value in (("--alpha", self.alpha), ("--lr", self.lr), ("--depth-scale", self.depth_scale)):
+            finite_number(value, flag, positive=True)
+        check_seed(self.seed)
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"--mixed-precision {self.mixed_precision!r} not supported; choose no or bf16")
+        for pattern in self.target_modules or []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"--target-modules {pattern!r}: not a valid regular expression ({exc})") from None
+        if self.target_modules:
+            try:  # as lora_config joins them (a back-reference may be valid alone and not there)
+                re.compile(target_regex(self.target_modules))
+            except re.error as exc:
+                raise ValueError(f"--target-modules {self.target_modules}: invalid together ({exc})") from None
+
 
 @dataclass
 class TrainReport:
@@ -80,12 +110,17 @@ def fe2e_target_modules(files: ModelFiles) -> list[str]:
     return names
 
 
+def target_regex(patterns: list[str]) -> str:
+    """One regex matching a diffusers module name that ends (at a module boundary) with one of ``patterns``."""
+    return r"^(.*\.)?(" + "|".join(patterns) + ")$"  # a suffix at a module boundary, as peft's lists
+
+
 def lora_config(files: ModelFiles, opts: TrainOptions) -> LoraConfig:
     modules = opts.target_modules or [re.escape(m) for m in fe2e_target_modules(files)]
     return LoraConfig(
         r=opts.rank,
         lora_alpha=opts.alpha,
-        target_modules=r"^(.*\.)?(" + "|".join(modules) + ")$",  # a suffix at a module boundary, as peft's lists
+        target_modules=target_regex(modules),
         lora_dropout=0.0,
         init_lora_weights=True,  # B = 0: training starts at the base model
     )
@@ -150,13 +185,7 @@ def train_lora(
 ) -> TrainReport:
     """Fine-tune a LoRA with FE2E's objective; see the module docstring for the outputs."""
     out_dir = Path(out_dir)
-    for name, value in (("rank", opts.rank), ("steps", opts.steps), ("batch size", opts.batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if opts.grad_accum < 1 or opts.lr <= 0 or opts.save_every < 0:
-        raise ValueError("grad_accum must be >= 1, lr > 0 and save_every >= 0")
-    if opts.mixed_precision not in ("no", "bf16"):
-        raise ValueError(f"mixed precision {opts.mixed_precision!r} not supported; choose no or bf16")
+    opts.validate()
     if (out_dir / "adapter_model.safetensors").exists() and resume is None and not overwrite:
         raise FileExistsError(f"{out_dir}: holds a trained adapter (pass --resume to continue or --overwrite)")
     dataset = TrainDataset(data_dir, opts.resolution, opts.depth_scale)
