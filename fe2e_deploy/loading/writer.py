@@ -35,7 +35,8 @@ DTYPE_CODES = {
 class SafetensorsWriter:
     """``with SafetensorsWriter(path, specs, metadata) as w: w.write(name, tensor)`` in ``specs`` order.
 
-    The file appears (atomically renamed) only if every declared tensor was written.
+    The file appears (atomically renamed) only if every declared tensor was written; with
+    ``overwrite=False`` an existing file (also one that another run wrote meanwhile) is never replaced.
     """
 
     def __init__(
@@ -43,8 +44,9 @@ class SafetensorsWriter:
         path: str | Path,
         specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
         metadata: dict[str, str] | None = None,
+        overwrite: bool = True,
     ):
-        self.path, self.specs = Path(path), dict(specs)
+        self.path, self.specs, self.overwrite = Path(path), dict(specs), overwrite
         self._order = list(self.specs)
         self._next = 0
         header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
@@ -57,7 +59,7 @@ class SafetensorsWriter:
         self._header = raw + b" " * (-len(raw) % 8)
 
     def __enter__(self) -> SafetensorsWriter:
-        self._atomic = atomic_path(self.path)
+        self._atomic = atomic_path(self.path, self.overwrite)
         tmp = self._atomic.__enter__()
         self._file = open(tmp, "wb")  # noqa: SIM115  (closed in __exit__)
         self._file.write(struct.pack("<Q", len(self._header)) + self._header)
