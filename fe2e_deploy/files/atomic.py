@@ -51,6 +51,55 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+#: names that look like a temporary of this module: ``.NAME.tmpPID...`` / ``.NAME.oldPID...``
+_TEMP_LIKE = re.compile(r"\..+\.(?:tmp|old)\d+")
+#: folder -> (its mtime, its temp-like names) as this process last saw them; see :func:`_temp_like_names`
+_LISTINGS: dict[str, tuple[int, frozenset[str]]] = {}
+
+
+def _mtime_ns(folder: str) -> int | None:
+    try:
+        return os.stat(folder).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _temp_like_names(folder: Path) -> frozenset[str]:
+    """The temp-like names in ``folder``, listed again only if the folder changed since this process last looked.
+
+    Writing N files into one folder (``infer`` outputs) must not list the folder N times: that would be
+    quadratic. A folder changes (its mtime) whenever another process adds or removes an entry; this
+    process's own changes are recorded by :func:`_note_own_change` without listing again.
+    """
+    key = os.path.abspath(folder)
+    mtime = _mtime_ns(key)  # before listing: a change during the listing makes the next call list again
+    cached = _LISTINGS.get(key)
+    if cached is not None and mtime is not None and cached[0] == mtime:
+        return cached[1]
+    try:
+        with os.scandir(key) as entries:
+            names = frozenset(e.name for e in entries if e.name.startswith(".") and _TEMP_LIKE.match(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return frozenset()
+    if mtime is not None:
+        _LISTINGS[key] = (mtime, names)
+    return names
+
+
+def _note_own_change(folder: Path, removed: set[str] | frozenset[str] = frozenset()) -> None:
+    """Record ``folder``'s mtime after this process changed it (a rename in, stale temps ``removed``).
+
+    A temp another process creates in the same instant may go unseen until the folder changes again:
+    at worst a leftover stays a little longer, nothing else.
+    """
+    key = os.path.abspath(folder)
+    cached, mtime = _LISTINGS.get(key), _mtime_ns(key)
+    if cached is not None and mtime is not None:
+        _LISTINGS[key] = (mtime, cached[1] - removed)
+    else:
+        _LISTINGS.pop(key, None)
+
+
 def remove_stale_temps(target: str | Path) -> list[Path]:
     """Delete the temporaries of ``target`` left by runs that died (kill -9, power loss); returns what was removed.
 
@@ -60,25 +109,23 @@ def remove_stale_temps(target: str | Path) -> list[Path]:
     """
     target = Path(target)
     pattern = re.compile(rf"\.{re.escape(target.stem)}\.(tmp|old)(\d+){re.escape(target.suffix)}")
-    try:
-        entries = sorted(target.parent.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
     removed = []
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
+    for name in sorted(_temp_like_names(target.parent)):
+        match = pattern.fullmatch(name)
         if match is None:
             continue
-        pid = int(match.group(2))
+        pid, entry = int(match.group(2)), target.parent / name
         if pid == os.getpid() or pid_alive(pid):
             continue
         swapped_out = match.group(1) == "old" and temp_sibling(target, "tmp", pid).exists()
         if swapped_out and not os.path.lexists(target):
             with contextlib.suppress(OSError):  # another cleaner may have restored it first
                 entry.rename(target)
-            continue
-        _remove(entry)
+        else:
+            _remove(entry)
         removed.append(entry)
+    if removed:
+        _note_own_change(target.parent, {p.name for p in removed})
     return removed
 
 
@@ -141,6 +188,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         if tmp.is_file() and not tmp.is_symlink():  # writers that go through mkstemp leave 0o600
             os.chmod(tmp, default_file_mode())
         install_file(tmp, path, overwrite)
+        _note_own_change(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
