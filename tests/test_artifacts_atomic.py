@@ -26,12 +26,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 import fe2e_deploy.compile.onnx_export as export_module
+import fe2e_deploy.files.atomic as atomic_module
 import fe2e_deploy.merge as merge_module
 import fe2e_deploy.strip as strip_module
 from fe2e_deploy.artifacts.stripped import META_FILE, VAE_FILE, WEIGHTS_FILE, load_stripped
 from fe2e_deploy.cli import app
 from fe2e_deploy.compile.onnx_export import export_module as export_one_module
 from fe2e_deploy.compile.onnx_export import export_onnx
+from fe2e_deploy.files.atomic import atomic_write
 from fe2e_deploy.loading import load_dit
 from fe2e_deploy.merge import merge_lora
 from fe2e_deploy.tiny import write_tiny_model
@@ -426,3 +428,22 @@ def test_export_module_restores_logging_and_warnings(tmp_path):
     assert warnings.filters == filters
     assert logging.getLogger("torch.onnx._internal.exporter._registration").filters == []
     assert logging.getLogger("onnxscript.optimizer._constant_folding").filters == []
+
+
+def test_many_writes_into_one_folder_list_it_once_and_still_see_new_leftovers(tmp_path, monkeypatch):
+    """Stale-temp cleanup must not make writing N files into a folder quadratic (infer writes thousands)."""
+    listings = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path):
+        listings.append(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(atomic_module.os, "scandir", counting_scandir)
+    for i in range(20):
+        atomic_write(tmp_path / f"map{i}.png", lambda p: p.write_bytes(b"png"))
+    assert len(listings) == 1
+    stale = tmp_path / f".map3.tmp{dead_pid()}.png"  # another process's leftover: the folder changed
+    stale.write_bytes(b"half a map")
+    atomic_write(tmp_path / "map3.png", lambda p: p.write_bytes(b"png"))
+    assert not stale.exists() and len(listings) == 2

@@ -294,9 +294,8 @@ def staged_folder(
     :func:`check_folder_target`, :func:`install_folder`). Leftovers of dead runs are removed first;
     the staging folder never outlives the block.
     """
-    target = Path(target)
-    if target.is_symlink():  # swap the folder the link points to, keep the link
-        target = target.resolve()
+    # swap the folder a link points to (the link stays); "." and ".." name their folder
+    target = Path(target).resolve() if Path(target).is_symlink() else Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
     check_folder_target(target, overwrite, marker, what)
