@@ -14,8 +14,9 @@ Two LoRA sources, both turned into one FP32 delta per official weight:
 The merged weight is ``W + multiplier * delta`` computed in FP32 and cast back to W's dtype. The LoRA
 files are checked from their headers; one base tensor and the LoRA pair(s) of that tensor are in memory
 at a time. The output is written with the streaming writer, atomically, optionally in shards with a
-Hugging Face style index (``OUT.index.json`` + ``OUT-00001-of-0000N.safetensors``) that
-``fe2e_deploy.loading.open_safetensors`` / ``load_dit`` read like a single file.
+Hugging Face style index (``OUT.index.json`` + ``OUT-<run>-00001-of-0000N.safetensors``) that
+``fe2e_deploy.loading.open_safetensors`` / ``load_dit`` read like a single file. Shard names are unique
+to the run and the index is written last, so a sharded output is replaced whole or not at all.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import ModelConfig
-from .files.atomic import atomic_write
+from .files.atomic import atomic_write, install_file, refuse_existing, remove_stale_temps, temp_sibling
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors
 from .loading.dit_layout import dit_layout
 from .loading.writer import SafetensorsWriter
@@ -232,15 +235,9 @@ def merge_lora(
     if dry_run:
         return report
     shards = _plan_shards(dit_path, official, max_shard_size)
-    names = (
-        [out]
-        if len(shards) == 1
-        else [out.with_name(f"{out.stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors") for i in range(len(shards))]
-    )
-    index = out.with_name(out.name + ".index.json") if len(shards) > 1 else None
-    for path in [*names, *([index] if index else [])]:
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+    index = out.with_name(out.name + ".index.json")
+    if not overwrite:
+        refuse_existing(out, index)  # either form of this output; checked again when the new one is renamed in
     lora_file = Path(lora_path) / PEFT_WEIGHTS if Path(lora_path).is_dir() else Path(lora_path)
     metadata = {
         "format": "pt",
@@ -251,27 +248,89 @@ def merge_lora(
         "multiplier": repr(multiplier),
     }
     bar = tqdm(total=len(official), desc="merge-lora", unit="tensor", disable=not progress)
-    with open_safetensors(dit_path) as handle:
-        for path, shard in zip(names, shards, strict=True):
-            with handle_writer(path, shard, handle, metadata) as writer:
-                for name in shard:
-                    tensor = handle.get_tensor(name)
-                    if name in items:
-                        # ``tensor`` may be backed by the (copy-on-write) memory map: never write into it,
-                        # else the touched pages stay as private memory until the file is closed.
-                        merged = tensor.to(torch.float32, copy=True).add_(items[name].compute(), alpha=multiplier)
-                        tensor = merged.to(tensor.dtype)
-                    writer.write(name, tensor)
-                    bar.update()
-            report.files.append(path)
-    bar.close()
-    if index is not None:
-        weight_map = {name: path.name for path, shard in zip(names, shards, strict=True) for name in shard}
-        total = sum(torch.Size(official[n]).numel() * _itemsize(dtypes[n]) for n in official)
-        body = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
-        atomic_write(index, lambda p: p.write_text(json.dumps(body, indent=2) + "\n"))
-        report.files.append(index)
+
+    def write_shard(path: Path, shard: list[str], handle, overwrite: bool) -> None:
+        with handle_writer(path, shard, handle, metadata, overwrite=overwrite) as writer:
+            for name in shard:
+                tensor = handle.get_tensor(name)
+                if name in items:
+                    # ``tensor`` may be backed by the (copy-on-write) memory map: never write into it,
+                    # else the touched pages stay as private memory until the file is closed.
+                    merged = tensor.to(torch.float32, copy=True).add_(items[name].compute(), alpha=multiplier)
+                    tensor = merged.to(tensor.dtype)
+                writer.write(name, tensor)
+                bar.update()
+
+    try:
+        if len(shards) == 1:
+            with open_safetensors(dit_path) as handle:
+                write_shard(out, shards[0], handle, overwrite)
+            report.files.append(out)
+            if overwrite:
+                _remove_sharded(index, keep=out.name)  # a sharded output from before: stale now
+        else:
+            total = sum(torch.Size(official[n]).numel() * _itemsize(dtypes[n]) for n in official)
+            report.files = _write_sharded(out, index, shards, dit_path, write_shard, metadata, total, overwrite)
+    finally:
+        bar.close()
     return report
+
+
+def _write_sharded(out: Path, index: Path, shards, dit_path, write_shard, metadata, total: int, overwrite: bool):
+    """Shards under names unique to this run, then the index (atomically, last), then the previous index's shards
+    deleted: a loader only ever opens a complete index, old or new.
+
+    Shards are written in a hidden staging folder beside ``out`` (removed by the next run if this one is
+    killed) and renamed out just before the index. Returns the new shards and the index.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    staging = temp_sibling(out)
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process that had our PID
+    staging.mkdir()
+    token = secrets.token_hex(4)
+    names = [f"{out.stem}-{token}-{i + 1:05d}-of-{len(shards):05d}{out.suffix}" for i in range(len(shards))]
+    installed: list[Path] = []
+    try:
+        with open_safetensors(dit_path) as handle:
+            for name, shard in zip(names, shards, strict=True):
+                write_shard(staging / name, shard, handle, True)
+        previous = _index_files(index) if overwrite else set()
+        for name in names:
+            installed.append(install_file(staging / name, out.parent / name, overwrite=False))
+        weight_map = {name: file for file, shard in zip(names, shards, strict=True) for name in shard}
+        body = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
+        atomic_write(index, lambda p: p.write_text(json.dumps(body, indent=2) + "\n"), overwrite)
+    except BaseException:
+        for path in installed:  # unused without our index
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name in sorted(previous - set(names)):  # the old checkpoint's shards, now that no index lists them
+        (out.parent / name).unlink(missing_ok=True)
+    if overwrite:
+        out.unlink(missing_ok=True)  # a single-file output from before
+    return [*installed, index]
+
+
+def _index_files(index: Path) -> set[str]:
+    """The shard files an existing index lists (plain ``.safetensors`` names in its folder); none if unreadable."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = set(weight_map.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {f for f in files if isinstance(f, str) and f == Path(f).name and f.endswith(".safetensors")}
+
+
+def _remove_sharded(index: Path, keep: str) -> None:
+    """Delete a sharded checkpoint: its index first (no loader then sees missing shards), then the shards it lists
+    (except ``keep``, the new single file)."""
+    files = _index_files(index) - {keep}
+    index.unlink(missing_ok=True)
+    for name in sorted(files):
+        (index.parent / name).unlink(missing_ok=True)
 
 
 def _itemsize(code: str) -> int:
@@ -292,10 +351,12 @@ def _plan_shards(dit_path, official: dict[str, tuple[int, ...]], max_shard_size:
     return [*shards, current]
 
 
-def handle_writer(path: Path, names: list[str], handle, metadata: dict[str, str]) -> SafetensorsWriter:
+def handle_writer(
+    path: Path, names: list[str], handle, metadata: dict[str, str], overwrite: bool = True
+) -> SafetensorsWriter:
     """A streaming writer declaring ``names`` with the base checkpoint's dtypes and shapes."""
     specs = {}
     for name in names:
         info = handle.get_slice(name)
         specs[name] = (FLOAT_CODES[info.get_dtype()], tuple(info.get_shape()))
-    return SafetensorsWriter(path, specs, metadata)
+    return SafetensorsWriter(path, specs, metadata, overwrite)

@@ -18,7 +18,6 @@ or the connector:
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from . import __version__
 from .artifacts.stripped import FORMAT, FORMAT_VERSION, META_FILE, VAE_FILE, WEIGHTS_FILE, StrippedModel
 from .config import ModelConfig
-from .files.atomic import atomic_write
+from .files.atomic import atomic_write, check_folder_target, staged_folder, write_json
 from .files.hashing import sha256_file
 from .loading import load_vae
 from .loading.checkpoint import check_names_and_shapes, open_safetensors, set_tensor
@@ -137,13 +136,15 @@ def strip_model(
 ) -> StripReport:
     """Write the stripped deployment folder; memory stays at about one tensor plus the connector.
 
+    The folder is written whole or not at all (:func:`fe2e_deploy.files.atomic.staged_folder`): an
+    existing stripped folder is replaced only with ``overwrite``, a non-empty folder of another kind never.
+
     ``dit_path`` / ``vae_path``: official files, or synthetic sources (:mod:`fe2e_deploy.synthetic`);
     ``prompt_path``: the ``.npz`` file or an in-memory :class:`PromptEmbedding`.
     """
     out_dir = Path(out_dir)
-    targets = [out_dir / n for n in (WEIGHTS_FILE, VAE_FILE, META_FILE)]
-    if any(p.exists() for p in targets) and not overwrite:
-        raise FileExistsError(f"{out_dir}: already holds a stripped model (pass --overwrite to replace it)")
+    folder = {"overwrite": overwrite, "marker": META_FILE, "what": "a stripped model"}
+    check_folder_target(out_dir, **folder)  # before the long part; checked again when the folder is swapped in
     prompt = _prompt(prompt_path, config)
     deltas = read_kohya_lora(lora, config) if lora else {}
     official = dit_layout(config).official_shapes()
@@ -151,31 +152,31 @@ def strip_model(
     with open_safetensors(vae_path) as vae_handle:  # validate the VAE before the long part
         check_names_and_shapes(vae_path, vae_handle, vae_shapes, "VAE checkpoint")
 
-    with open_safetensors(dit_path) as handle:
+    # built whole in a hidden sibling folder, then swapped in: never new weights under an old stripped.json
+    with staged_folder(out_dir, **folder) as staging, open_safetensors(dit_path) as handle:
         check_names_and_shapes(dit_path, handle, official, "DiT checkpoint")
         specs = stripped_specs(config, prompt.length, dtype)
         metadata = {"format": "pt", "fe2e_deploy_format": FORMAT}
-        out_dir.mkdir(parents=True, exist_ok=True)
         values = stripped_values(handle, config, prompt, deltas, dtype)
-        with SafetensorsWriter(out_dir / WEIGHTS_FILE, specs, metadata) as writer:
+        with SafetensorsWriter(staging / WEIGHTS_FILE, specs, metadata) as writer:
             for name, value in tqdm(values, total=len(specs), desc="strip", disable=not progress, leave=False):
                 writer.write(name, value.cpu())
-    if isinstance(vae_path, str | Path):
-        atomic_write(out_dir / VAE_FILE, lambda p: shutil.copyfile(vae_path, p))
-    else:  # a synthetic VAE: written in the official layout, FP32
-        with (
-            open_safetensors(vae_path) as vae_handle,
-            SafetensorsWriter(
-                out_dir / VAE_FILE, {n: (torch.float32, vae_shapes[n]) for n in sorted(vae_shapes)}, {"format": "pt"}
-            ) as writer,
-        ):
-            for name in sorted(vae_shapes):
-                writer.write(name, vae_handle.get_tensor(name).float().cpu())
-
-    meta = stripped_meta(config, prompt.length, dtype, _sources(dit_path, prompt_path, vae_path, lora))
-    atomic_write(out_dir / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        _write_vae(vae_path, vae_shapes, staging / VAE_FILE)
+        meta = stripped_meta(config, prompt.length, dtype, _sources(dit_path, prompt_path, vae_path, lora))
+        write_json(staging / META_FILE, meta)
     counts = meta["parameters"]
     return StripReport(out_dir, counts["official_dit"], counts["stripped_dit"], counts["folded"])
+
+
+def _write_vae(vae_path, vae_shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """The official VAE file copied to ``path``; a synthetic VAE written in the official layout, FP32."""
+    if isinstance(vae_path, str | Path):
+        atomic_write(path, lambda p: shutil.copyfile(vae_path, p))
+        return
+    specs = {n: (torch.float32, vae_shapes[n]) for n in sorted(vae_shapes)}
+    with open_safetensors(vae_path) as vae_handle, SafetensorsWriter(path, specs, {"format": "pt"}) as writer:
+        for name in sorted(vae_shapes):
+            writer.write(name, vae_handle.get_tensor(name).float().cpu())
 
 
 def strip_in_memory(

@@ -67,7 +67,11 @@ def random_kohya_lora(config: ModelConfig, gen: torch.Generator, rank: int = LOR
 def write_tiny_model(
     out_dir: str | Path, seed: int = 0, config: ModelConfig | None = None, overwrite: bool = False
 ) -> dict[str, Path]:
-    """Write the five files of a random model; returns their paths by role."""
+    """Write the five files of a random model; returns their paths by role.
+
+    Each file is written atomically with the normal file mode (``safetensors.save_file`` alone leaves 0o600);
+    without ``overwrite`` a file that another run wrote meanwhile is not replaced.
+    """
     seed = check_seed(seed)
     config = config or PRESETS["tiny"]
     out_dir = Path(out_dir)
@@ -79,11 +83,11 @@ def write_tiny_model(
     gen = torch.Generator().manual_seed(seed)
     meta = {"format": "pt", "fe2e_deploy": "init-tiny", "seed": str(seed)}
 
-    atomic_write(paths["config"], lambda p: p.write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
+    atomic_write(paths["config"], lambda p: p.write_text(json.dumps(config.to_dict(), indent=2) + "\n"), overwrite)
     dit = random_state(dit_layout(config).official_shapes(), gen)
-    atomic_write(paths["dit"], lambda p: save_file(dit, str(p), metadata=meta))
+    atomic_write(paths["dit"], lambda p: save_file(dit, str(p), metadata=meta), overwrite)
     vae = random_state(vae_layout(config.vae).official_shapes(), gen)
-    atomic_write(paths["vae"], lambda p: save_file(vae, str(p), metadata=meta))
+    atomic_write(paths["vae"], lambda p: save_file(vae, str(p), metadata=meta), overwrite)
     embeds = torch.randn(PROMPT_TOKENS, config.connector.in_channels, generator=gen).numpy()
     masks = (np.arange(PROMPT_TOKENS) < PROMPT_VALID_TOKENS).astype(np.int64)
 
@@ -91,7 +95,7 @@ def write_tiny_model(
         with open(p, "wb") as fh:
             np.savez(fh, embeds=embeds, masks=masks)
 
-    atomic_write(paths["prompt"], save_npz)
+    atomic_write(paths["prompt"], save_npz, overwrite)
     lora = random_kohya_lora(config, gen)
-    atomic_write(paths["lora"], lambda p: save_file(lora, str(p), metadata=meta))
+    atomic_write(paths["lora"], lambda p: save_file(lora, str(p), metadata=meta), overwrite)
     return paths

@@ -18,8 +18,6 @@ Static shapes: resolution and batch are fixed per package.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +41,14 @@ from ..artifacts.scales import load_scales
 from ..artifacts.sidecar import write_sidecar
 from ..artifacts.stripped import StrippedModel
 from ..config import FE2E_RESOLUTIONS
-from ..files.atomic import atomic_write
+from ..files.atomic import (
+    atomic_write,
+    check_folder_target,
+    install_file,
+    remove_stale_temps,
+    staged_folder,
+    temp_sibling,
+)
 from ..kernels import preferred_attention, resolve_device
 from ..models.fused import FE2EGraph
 from ..precision import parse_precision
@@ -106,11 +111,10 @@ def build_aoti(
     sizes = _resolutions(resolution) or ([(1024, 768)] if single else list(FE2E_RESOLUTIONS))
     if single and len(sizes) != 1:
         raise ValueError(f"{out}: a .pt2 holds one resolution; give an output folder for several")
-    occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))  # an empty folder may be filled
-    if occupied and not overwrite:
+    if single and out.exists() and not overwrite:
         raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
-    if occupied and not single and not (out / ENGINE_FILE).is_file():
-        raise FileExistsError(f"{out}: exists and is not an AOTInductor engine folder; refusing to replace it")
+    if not single:  # an empty folder may be filled; a folder of another kind is never replaced
+        check_folder_target(out, overwrite, ENGINE_FILE, "an AOTInductor engine")
     precision = parse_precision(precision)
     if (precision == "fp8") != (scales is not None):
         raise ValueError("--precision fp8 needs --scales (from `fe2e-deploy calibrate`), and only it takes them")
@@ -133,13 +137,14 @@ def build_aoti(
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     if single:
-        return _build_package(model, out, sizes[0], batch, device, document, description)
-    return _build_folder(model, out, sizes, batch, device, document, description)
+        return _build_package(model, out, sizes[0], batch, device, document, description, overwrite)
+    return _build_folder(model, out, sizes, batch, device, document, description, overwrite)
 
 
-def _build_package(model, out: Path, size, batch, device, document, description) -> dict:
+def _build_package(model, out: Path, size, batch, device, document, description, overwrite: bool) -> dict:
     width, height = size
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.pt2")  # AOTInductor insists on the .pt2 suffix
+    remove_stale_temps(out)
+    tmp = temp_sibling(out)  # .NAME.tmpPID.pt2: AOTInductor insists on the .pt2 suffix
     try:
         seconds = _compile(model, width, height, batch, device, tmp)
         scales_name = f"{out.name}.{SCALES_FILE}"
@@ -148,7 +153,7 @@ def _build_package(model, out: Path, size, batch, device, document, description)
         else:
             out.with_name(scales_name).unlink(missing_ok=True)  # a stale copy from an earlier FP8 build
             scales_name = None
-        tmp.replace(out)
+        install_file(tmp, out, overwrite)  # without overwrite: never a package another run wrote meanwhile
     finally:
         tmp.unlink(missing_ok=True)
     sidecar = description | {
@@ -161,11 +166,9 @@ def _build_package(model, out: Path, size, batch, device, document, description)
     return sidecar
 
 
-def _build_folder(model, out: Path, sizes, batch, device, document, description) -> dict:
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+def _build_folder(model, out: Path, sizes, batch, device, document, description, overwrite: bool) -> dict:
+    # built beside ``out`` and swapped in whole (the old folder stays until the new one is complete)
+    with staged_folder(out, overwrite=overwrite, marker=ENGINE_FILE, what="an AOTInductor engine") as tmp:
         packages, seconds, sizes_bytes = {}, {}, {}
         for width, height in sizes:
             key, name = resolution_name((width, height)), package_name(width, height)
@@ -181,22 +184,4 @@ def _build_folder(model, out: Path, sizes, batch, device, document, description)
             "package_bytes": sizes_bytes,
         }
         (tmp / ENGINE_FILE).write_text(json.dumps(engine, indent=2) + "\n")  # last: the folder is now complete
-        _install(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return engine
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``out``; an existing ``out`` is moved aside first, then deleted."""
-    old = out.with_name(f".{out.name}.old{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            old.rename(out)  # put the old complete folder back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

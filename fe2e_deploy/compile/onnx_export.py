@@ -20,12 +20,13 @@ VAE: what a TensorRT strongly typed build needs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-import shutil
-import tempfile
+import logging
+import os
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from ..artifacts.export import FORMAT, FORMAT_VERSION, GRAPH_NAMES, MANIFEST, SC
 from ..artifacts.scales import load_scales
 from ..artifacts.stripped import StrippedModel, load_stripped
 from ..config import FE2E_RESOLUTIONS, LATENT_CHANNELS, LATENT_DOWNSAMPLE
-from ..files.atomic import atomic_write
+from ..files.atomic import check_folder_target, staged_folder, write_json
 from ..models.fp8 import FP8_OPSET, quantize_dit
 from ..models.fused import DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
 from ..resolution import resolution_name
@@ -99,6 +100,55 @@ class ExportReport:
     weights_bytes: int = 0
 
 
+#: (logger, message prefix) of exporter messages a user cannot act on: torch.onnx's registry announcing that
+#: torchvision ops are skipped, onnxscript's optimizer skipping a fold it cannot do
+NOISY_RECORDS = (
+    ("torch.onnx._internal.exporter._registration", "torchvision is not installed"),
+    ("onnxscript.optimizer._constant_folding", "Skipping constant folding for op"),
+)
+#: loggers whose DEBUG traces (the whole exported program, per graph) are silenced unless TORCH_LOGS asks for them
+TRACE_LOGGERS = ("torch.export", "torch._export")
+#: torch's pytree deprecation, raised from inside torch.export's own code
+NOISY_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+class _DropRecords(logging.Filter):
+    """Drop the records of one logger whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence exactly the exporter noise above while the block runs; logging and warnings are restored after.
+
+    Other warnings and log records pass; ``TORCH_LOGS`` (an explicit request for torch's traces) is respected.
+    """
+    filters = [(logging.getLogger(name), _DropRecords(prefix)) for name, prefix in NOISY_RECORDS]
+    levels = {} if os.environ.get("TORCH_LOGS") else {name: logging.getLogger(name).level for name in TRACE_LOGGERS}
+    with warnings.catch_warnings():
+        for message in NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        for logger, record_filter in filters:
+            logger.addFilter(record_filter)
+        for name in levels:
+            logger = logging.getLogger(name)
+            if logger.getEffectiveLevel() < logging.WARNING:
+                logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, record_filter in filters:
+                logger.removeFilter(record_filter)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
 def export_module(
     module: nn.Module,
     example: tuple[torch.Tensor, ...],
@@ -108,12 +158,15 @@ def export_module(
     dynamic_batch: bool = False,
     opset: int = OPSET,
 ) -> Path:
-    """Export one module with the dynamo exporter, weights as external data next to ``path``."""
+    """Export one module with the dynamo exporter, weights as external data next to ``path``.
+
+    The exporter's messages a user cannot act on are silenced while it runs (:func:`quiet_exporter`).
+    """
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=64)
         dynamic_shapes = tuple({0: batch} for _ in example)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
             module.eval(),
             example,
@@ -195,7 +248,10 @@ def export_onnx(
     overwrite: bool = False,
     progress: bool = True,
 ) -> ExportReport:
-    """Export ``graphs`` at each resolution into ``out_dir`` (written in a temp folder, then moved in).
+    """Export ``graphs`` at each resolution into the folder ``out_dir``, written whole or not at all.
+
+    The folder is built beside ``out_dir`` and swapped in complete (:func:`fe2e_deploy.files.atomic.staged_folder`):
+    an existing export is replaced only with ``overwrite``, a non-empty folder of another kind never.
 
     ``dtype`` casts the DiT weights (default: as stripped); the VAE and the constants stay FP32.
     ``fp8_scales`` (from ``calibrate``) turns the calibrated linears into FP8 Q/DQ (opset 19).
@@ -209,8 +265,8 @@ def export_onnx(
     for w, h in resolutions:
         if w <= 0 or h <= 0 or w % 16 or h % 16:
             raise ValueError(f"resolution {w}x{h}: both sides must be positive multiples of 16")
-    if (out_dir / MANIFEST).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir}: already holds an export (pass --overwrite to replace it)")
+    folder = {"overwrite": overwrite, "marker": MANIFEST, "what": "an ONNX export"}
+    check_folder_target(out_dir, **folder)  # before loading; checked again when the folder is swapped in
     model = load_stripped(stripped, progress=progress)
     if dtype is not None:
         model.dit.cast_weights(dtype)
@@ -223,10 +279,10 @@ def export_onnx(
     opset = FP8_OPSET if scales is not None else OPSET
     start = time.perf_counter()
     report = ExportReport(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     entries = {}
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
-        tmp_dir = Path(tmp)
+    # the whole folder (graphs, weights.bin, scales, manifest) is built in a hidden sibling, then swapped in:
+    # never new weights under an old manifest, and nothing of the old export (e.g. its check.json) survives
+    with staged_folder(out_dir, **folder) as tmp_dir:
         jobs = [(r, g) for r in resolutions for g in graphs]
         for (w, h), name in tqdm(jobs, desc="export", unit="graph", disable=not progress):
             spec = GRAPHS[name]
@@ -241,31 +297,28 @@ def export_onnx(
         report.weights_bytes = share_external_data(graph_paths, tmp_dir / WEIGHTS)
         for path in graph_paths:  # onnx.checker follows the external data references
             onnx.checker.check_model(str(path))
-        installed = [WEIGHTS, *(e["file"] for e in entries.values())]
         if scales is not None:  # the check rebuilds the fake-quantised PyTorch model from these
-            (tmp_dir / SCALES).write_text(json.dumps(scales, indent=2) + "\n")
-            installed.append(SCALES)
-        _install(tmp_dir, out_dir, installed)
-    report.seconds = time.perf_counter() - start
+            write_json(tmp_dir / SCALES, scales)
+        report.seconds = time.perf_counter() - start
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "fe2e_deploy": __version__,
+            "torch": torch.__version__,
+            "opset": opset,
+            "dtype": compute_dtype,
+            "precision": "fp8" if scales is not None else compute_dtype,
+            "fp8_scales": SCALES if scales is not None else None,
+            "batch": "dynamic" if dynamic_batch else batch,
+            "resolutions": [resolution_name(r) for r in resolutions],
+            "stripped": {"path": str(stripped), "meta": model.meta["sources"], "txt_len": model.meta["txt_len"]},
+            "model_config": model.meta["model_config"],
+            "weights": {"file": WEIGHTS, "bytes": report.weights_bytes},
+            "graphs": entries,
+            "export_seconds": round(report.seconds, 2),
+        }
+        write_json(tmp_dir / MANIFEST, manifest)
     report.files = {k: out_dir / e["file"] for k, e in entries.items()}
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fe2e_deploy": __version__,
-        "torch": torch.__version__,
-        "opset": opset,
-        "dtype": compute_dtype,
-        "precision": "fp8" if scales is not None else compute_dtype,
-        "fp8_scales": SCALES if scales is not None else None,
-        "batch": "dynamic" if dynamic_batch else batch,
-        "resolutions": [resolution_name(r) for r in resolutions],
-        "stripped": {"path": str(stripped), "meta": model.meta["sources"], "txt_len": model.meta["txt_len"]},
-        "model_config": model.meta["model_config"],
-        "weights": {"file": WEIGHTS, "bytes": report.weights_bytes},
-        "graphs": entries,
-        "export_seconds": round(report.seconds, 2),
-    }
-    atomic_write(out_dir / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
     return report
 
 
@@ -296,11 +349,3 @@ def _graph_entry(rel: Path, spec: GraphSpec, path: Path, example, dynamic_batch:
         },
         "outputs": {n: describe_output(n) for n in spec.outputs},
     }
-
-
-def _install(tmp_dir: Path, out_dir: Path, files: list[str]) -> None:
-    """Move the finished files from the temp folder into ``out_dir`` (each move is a rename)."""
-    for rel in files:
-        target = out_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp_dir / rel), str(target))

@@ -37,7 +37,8 @@ class SafetensorsWriter:
     """``with SafetensorsWriter(path, specs, metadata) as w: w.write(name, tensor)`` in ``specs`` order.
 
     The file appears (atomically renamed) only if every declared tensor was written; a tensor holding
-    NaN or Inf is refused (nothing is written).
+    NaN or Inf is refused (nothing is written); with ``overwrite=False`` an existing file (also one
+    that another run wrote meanwhile) is never replaced.
     """
 
     def __init__(
@@ -45,8 +46,9 @@ class SafetensorsWriter:
         path: str | Path,
         specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
         metadata: dict[str, str] | None = None,
+        overwrite: bool = True,
     ):
-        self.path, self.specs = Path(path), dict(specs)
+        self.path, self.specs, self.overwrite = Path(path), dict(specs), overwrite
         self._order = list(self.specs)
         self._next = 0
         header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
@@ -59,7 +61,7 @@ class SafetensorsWriter:
         self._header = raw + b" " * (-len(raw) % 8)
 
     def __enter__(self) -> SafetensorsWriter:
-        self._atomic = atomic_path(self.path)
+        self._atomic = atomic_path(self.path, self.overwrite)
         tmp = self._atomic.__enter__()
         self._file = open(tmp, "wb")  # noqa: SIM115  (closed in __exit__)
         self._file.write(struct.pack("<Q", len(self._header)) + self._header)
