@@ -118,9 +118,12 @@ def run_infer(
             predictions = engine.predict_batch([image for _, _, image, _ in pending])
             report.predict_seconds += time.perf_counter() - t0
             for (path, paths, _, completing), prediction in zip(pending, predictions, strict=True):
+                if not prediction.is_finite():  # an engine that computes NaN/Inf: nothing written for this image
+                    _fail(report, bar, path, f"{engine.name} returned NaN or Inf in its maps (nothing written)")
+                    continue
                 write_prediction(paths, prediction)
                 (report.completed if completing else report.written).append(path)
-            bar.update(len(pending))
+                bar.update()
             pending = []
     bar.close()
     report.total_seconds = time.perf_counter() - start

@@ -31,6 +31,10 @@ class Prediction:
     depth: np.ndarray  # [H, W] float32 in [0, 1], affine-invariant in log depth
     normals: np.ndarray  # [H, W, 3] float32 unit vectors, components in [-1, 1]
 
+    def is_finite(self) -> bool:
+        """False when either map holds NaN or Inf (a broken engine or weights): such maps are not written."""
+        return bool(np.isfinite(self.depth).all() and np.isfinite(self.normals).all())
+
 
 def depth_from_decoded(decoded: torch.Tensor) -> torch.Tensor:
     """Decoded depth image ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 1, h, w]`` in [0, 1] (mean over RGB)."""

@@ -262,3 +262,28 @@ def test_infer_completes_an_image_with_missing_outputs(tmp_path, engine):
     assert len(OUTPUT_KINDS) == 5
     third = run_infer(engine, folder, out, progress=False)
     assert len(third.skipped) == 2 and not third.completed
+
+
+def test_infer_fails_an_image_whose_maps_are_not_finite(tmp_path):
+    """An engine that returns NaN (broken weights or kernels) fails that image; nothing is written for it."""
+    import torch  # noqa: PLC0415
+
+    from fe2e_deploy.engines.base import Engine  # noqa: PLC0415
+    from fe2e_deploy.infer import run_infer  # noqa: PLC0415
+
+    class NaNEngine(Engine):
+        name, max_batch, processing_res = "nan-engine", None, (32, 32)
+
+        def run(self, x, size):
+            depth = torch.rand(x.shape[0], 1, 32, 32, generator=torch.Generator().manual_seed(0))
+            depth[0, 0, 0, 0] = float("nan")  # only the first image of a batch is broken
+            return depth, torch.ones(x.shape[0], 3, 32, 32)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b"):
+        scene_image(32, 32).save(images / f"{name}.png")
+    report = run_infer(NaNEngine(), images, tmp_path / "out", progress=False, batch_size=2)
+    assert [p.name for p, _ in report.failed] == ["a.png"] and "NaN or Inf" in report.failed[0][1]
+    assert [p.name for p in report.written] == ["b.png"]
+    assert not list((tmp_path / "out").rglob("a_*"))
