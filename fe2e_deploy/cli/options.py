@@ -67,7 +67,7 @@ def output_file(path: Path | None, overwrite: bool = True) -> Path | None:
         raise IsADirectoryError(f"{path}: is a folder; give a file path")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
-    _check_creatable(path)
+    _check_creatable(path.parent, path)  # written beside it, then renamed over it
     return path
 
 
@@ -79,13 +79,13 @@ def output_dir(path: Path | None) -> Path | None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path}: is a file; give a folder path")
-    _check_creatable(path)
+    _check_creatable(path, path)
     return path
 
 
-def _check_creatable(path: Path) -> None:
-    """The nearest existing folder at or above ``path`` is a folder, and files can be created in it."""
-    here = path.absolute()
+def _check_creatable(folder: Path, path: Path) -> None:
+    """The nearest existing folder at or above ``folder`` is a folder, and files can be created in it (for ``path``)."""
+    here = folder.absolute()
     while not here.exists() and here != here.parent:
         here = here.parent
     if not here.is_dir():
