@@ -95,10 +95,15 @@ class JsonLines:
     def write(self, record: dict) -> None:
         if self.path is None:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # e.g. disk full: a failed write names no file
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
 
 def device_name(device: torch.device) -> str:

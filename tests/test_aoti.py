@@ -165,6 +165,59 @@ def test_stripped_folder_checks(folder, stripped, tmp_path, monkeypatch):
         AOTIEngine(folder, processing_res=SMALL)
 
 
+def test_packages_record_what_they_are_compiled_for(folder, fp8_package):
+    def metadata(package):
+        return torch._inductor.aoti_load_package(str(package)).get_metadata()
+
+    for size in ("64x48", "32x32"):
+        got = metadata(folder / f"fe2e_{size}.pt2")
+        assert (got["fe2e_resolution"], got["fe2e_batch"], got["fe2e_precision"]) == (size, "2", "fp32")
+    got = metadata(fp8_package)
+    assert (got["fe2e_resolution"], got["fe2e_batch"], got["fe2e_precision"]) == ("32x32", "1", "fp8")
+
+
+def test_a_package_its_description_does_not_match_is_refused(folder, fp8_package, tmp_path):
+    """Sidecars or engine descriptions that state another resolution or batch than the package was compiled
+    for ran and returned wrong maps; the package's own metadata refuses them in one line."""
+    swapped = tmp_path / "swapped"
+    shutil.copytree(folder, swapped)
+    description = json.loads((swapped / ENGINE_FILE).read_text())
+    description["packages"] = {"64x48": "fe2e_32x32.pt2", "32x32": "fe2e_64x48.pt2"}
+    (swapped / ENGINE_FILE).write_text(json.dumps(description))
+    with pytest.raises(
+        ValueError, match="fe2e_32x32.pt2: compiled for resolution 32x32, but its description states 64x48"
+    ):
+        AOTIEngine(swapped)
+    batch = tmp_path / "batch"
+    shutil.copytree(folder, batch)
+    description = json.loads((batch / ENGINE_FILE).read_text()) | {"batch": 1}
+    (batch / ENGINE_FILE).write_text(json.dumps(description))
+    with pytest.raises(ValueError, match="compiled for batch 2, but its description states 1"):
+        AOTIEngine(batch, processing_res=SMALL)
+    lone = tmp_path / "lone.pt2"
+    shutil.copy(fp8_package, lone)
+    sidecar = json.loads(sidecar_path(fp8_package).read_text())
+    shutil.copy(fp8_package.parent / sidecar["scales"], tmp_path / "lone.pt2.fp8_scales.json")
+    sidecar_path(lone).write_text(json.dumps(sidecar | {"resolution": "64x48", "scales": "lone.pt2.fp8_scales.json"}))
+    images = tmp_path / "images"
+    images.mkdir()
+    scene_image(64, 48, seed=3).save(images / "a.png")
+    args = ["infer", str(images), "-o", str(tmp_path / "out"), "--engine", str(lone), "--processing-res", "64x48"]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "lone.pt2: compiled for resolution 32x32, but its description states 64x48" in result.output
+    assert "rebuild" in result.output and not list((tmp_path / "out").rglob("*.npy"))
+
+
+def test_a_package_without_metadata_is_refused(stripped, tmp_path, monkeypatch):
+    """Packages built before they recorded their resolution cannot be checked: rebuild (one compile, 32x32)."""
+    monkeypatch.setattr(build_module, "package_metadata", lambda size, batch, precision: {})
+    old = tmp_path / "old.pt2"
+    build_aoti(stripped, old, resolution=SMALL, precision="fp32")
+    with pytest.raises(ValueError, match="old.pt2: the package does not record the resolution.*rebuild it"):
+        AOTIEngine(old)
+
+
 def test_fp8_package_vs_bf16(fp8_package, stripped):
     """An FP8 .pt2 (fake quantisation on CPU, scales copied next to it) vs the stripped BF16 model."""
     sidecar = json.loads(sidecar_path(fp8_package).read_text())
@@ -240,7 +293,7 @@ def test_folder_is_replaced_whole(stripped, tmp_path, monkeypatch):
     replaces it whole, and no temporary folder stays behind."""
     calls = []
 
-    def fake_compile(model, width, height, batch, device, path):
+    def fake_compile(model, width, height, batch, device, path, precision):
         calls.append((width, height))
         if (width, height) == (48, 48):
             raise RuntimeError("compiler crashed")

@@ -67,7 +67,8 @@ def test_sidecar_must_match_this_gpu(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         check_sidecar(plan)
     built = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    sidecar_path(plan).write_text(json.dumps({"format": "fe2e-tensorrt-plan", "gpu": built, "resolution": "32x32"}))
+    sidecar = {"format": "fe2e-tensorrt-plan", "gpu": built, "precision": "bf16", "resolution": "32x32"}
+    sidecar_path(plan).write_text(json.dumps(sidecar))
     assert check_sidecar(plan, gpu=built)["resolution"] == "32x32"
     with pytest.raises(ValueError, match="built for NVIDIA H100.*rebuild"):
         check_sidecar(plan, gpu={"name": "NVIDIA L4", "compute_capability": "8.9"})

@@ -8,7 +8,7 @@ exactly as the build did (:func:`prepare_model`).
 
 from __future__ import annotations
 
-import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,7 +16,8 @@ from torch import nn
 
 from ..models.fp8 import quantize_dit
 from ..precision import torch_dtype
-from .sidecar import read_description, read_sidecar
+from ..resolution import parse_resolution, resolution_name
+from .sidecar import check_fields, read_description, read_json, read_sidecar
 from .stripped import META_FILE, StrippedModel, load_stripped
 
 SIDECAR_FORMAT = "fe2e-aoti-package"
@@ -26,6 +27,67 @@ ENGINE_FORMAT, ENGINE_FILE, SCALES_FILE = "fe2e-aoti-engine", "aoti_engine.json"
 
 
 REBUILD = "fe2e-deploy build --backend aoti"
+
+
+#: What every description (package sidecar or engine folder) must hold, and each kind in addition.
+DESCRIPTION_FIELDS = {
+    "torch": str,
+    "precision": str,
+    "batch": int,
+    "device": {"kind": str, "name": str},
+    "stripped": {"path": str, "sources": dict, "dtype": str},
+}
+PACKAGE_FIELDS = DESCRIPTION_FIELDS | {"resolution": str}
+ENGINE_FIELDS = DESCRIPTION_FIELDS | {"packages": dict}
+
+#: Keys of the metadata compiled into each package (``aot_inductor.metadata``), read back at load.
+METADATA_RESOLUTION, METADATA_BATCH, METADATA_PRECISION = "fe2e_resolution", "fe2e_batch", "fe2e_precision"
+
+
+def package_metadata(size: tuple[int, int], batch: int, precision: str) -> dict[str, str]:
+    """What a package records about itself at build time (AOTInductor metadata values are strings)."""
+    return {
+        METADATA_RESOLUTION: resolution_name(size),
+        METADATA_BATCH: str(batch),
+        METADATA_PRECISION: precision,
+    }
+
+
+def check_package_file(file: Path) -> Path:
+    """``file`` is a package archive at all (a truncated or foreign file is refused before AOTInductor opens it)."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: package missing from the engine (rebuild it with `{REBUILD}`)")
+    if not zipfile.is_zipfile(file):
+        raise ValueError(
+            f"{file}: not an AOTInductor package (not a .pt2 archive: corrupt or truncated?); "
+            f"rebuild it with `{REBUILD}`"
+        )
+    return file
+
+
+def check_package_metadata(metadata: dict[str, str], file: Path, size: tuple[int, int], batch: int, precision: str):
+    """The package was compiled for the resolution, batch and precision its description states.
+
+    A package whose sidecar (or engine description) was edited or paired with another package would
+    run on tensors of the wrong shape and return wrong maps; one built before packages recorded
+    these (no metadata) cannot be checked and is refused too.
+    """
+    if METADATA_RESOLUTION not in metadata:
+        raise ValueError(
+            f"{file}: the package does not record the resolution and batch it was compiled for (built by an "
+            f"older fe2e-deploy); rebuild it with `{REBUILD}`"
+        )
+    stated = package_metadata(size, batch, precision)
+    for key, what in (
+        (METADATA_RESOLUTION, "resolution"),
+        (METADATA_BATCH, "batch"),
+        (METADATA_PRECISION, "precision"),
+    ):
+        if metadata.get(key) != stated[key]:
+            raise ValueError(
+                f"{file}: compiled for {what} {metadata.get(key)}, but its description states {stated[key]} "
+                f"(a package and description that do not belong together); rebuild it with `{REBUILD}`"
+            )
 
 
 def device_identity(device: str) -> dict:
@@ -63,10 +125,9 @@ def check_stripped(folder: str | Path, recorded: dict, engine: str | Path) -> Pa
             f"{folder}: stripped model folder not found; {engine} holds no weights and reads them from it "
             f"(restore it, pass the folder explicitly (stripped=...), or rebuild with `{REBUILD}`)"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from exc
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: not a JSON object (strip the model again)")
     if (
         source_hashes(meta.get("sources") or {}) != source_hashes(recorded["sources"])
         or meta.get("dtype") != recorded["dtype"]
@@ -85,7 +146,9 @@ def prepare_model(
     model = load_stripped(stripped, device)
     model.dit.cast_weights(torch_dtype(precision))
     if scales is not None:
-        if source_hashes(scales["stripped"]["sources"]) != source_hashes(model.meta["sources"]):
+        if source_hashes(scales["stripped"]["sources"]) != source_hashes(
+            model.meta["sources"]
+        ):  # checked by load_scales
             raise ValueError(f"FP8 scales calibrated on another stripped model ({scales['stripped']['path']})")
         quantize_dit(model.dit, scales)
     return model
@@ -96,8 +159,11 @@ def graph_constants(graph: nn.Module) -> dict[str, torch.Tensor]:
     return dict(graph.named_parameters(remove_duplicate=False)) | dict(graph.named_buffers(remove_duplicate=False))
 
 
-def _check_built_here(description: dict, path: Path, device: str) -> dict:
-    here, built = device_identity(device), description.get("device", {})
+def _check_built_here(description: dict, path: Path, device: str, fields: dict) -> dict:
+    if description.get("weights_in_package") is not False or "stripped" not in description:
+        raise ValueError(f"{path}: an older package with its weights inside; rebuild with `{REBUILD}`")
+    check_fields(description, path, fields, f"rebuild with `{REBUILD}`")
+    here, built = device_identity(device), description["device"]
     if (built.get("kind"), built.get("name"), built.get("compute_capability")) != (
         here["kind"],
         here["name"],
@@ -106,14 +172,22 @@ def _check_built_here(description: dict, path: Path, device: str) -> dict:
         raise ValueError(f"{path}: built for {built.get('name')}, this device is {here['name']}; rebuild it here")
     if description.get("torch") != torch.__version__:
         raise ValueError(f"{path}: built with torch {description.get('torch')}, this is {torch.__version__}; rebuild")
-    if description.get("weights_in_package") is not False or "stripped" not in description:
-        raise ValueError(f"{path}: an older package with its weights inside; rebuild with `{REBUILD}`")
     return description
+
+
+def _resolution(text: object, path: Path) -> tuple[int, int]:
+    try:
+        return parse_resolution(str(text))
+    except ValueError as exc:
+        raise ValueError(f"{path}: resolution {text!r} is not WIDTHxHEIGHT ({exc}); rebuild with `{REBUILD}`") from None
 
 
 def check_aoti_sidecar(package: str | Path, device: str) -> dict:
     """The package's sidecar, refusing a package built for another device kind or GPU or torch."""
-    return _check_built_here(read_sidecar(package, SIDECAR_FORMAT, REBUILD), Path(package), device)
+    path = Path(f"{package}.json")
+    description = _check_built_here(read_sidecar(package, SIDECAR_FORMAT, REBUILD), path, device, PACKAGE_FIELDS)
+    _resolution(description["resolution"], path)
+    return description
 
 
 def check_aoti_engine(folder: str | Path, device: str) -> dict:
@@ -121,4 +195,16 @@ def check_aoti_engine(folder: str | Path, device: str) -> dict:
     path = Path(folder) / ENGINE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not an AOTInductor engine folder (no {ENGINE_FILE}; run `{REBUILD}`)")
-    return _check_built_here(read_description(path, ENGINE_FORMAT), Path(folder), device)
+    description = _check_built_here(read_description(path, ENGINE_FORMAT), path, device, ENGINE_FIELDS)
+    for resolution, name in description["packages"].items():
+        _resolution(resolution, path)
+        if not isinstance(name, str) or Path(name).name != name:
+            raise ValueError(f"{path}: package {name!r} of {resolution} is not a file name; rebuild with `{REBUILD}`")
+    return description
+
+
+def package_files(path: Path, description: dict) -> dict[tuple[int, int], Path]:
+    """The packages of a checked description by resolution: the engine folder's, or the lone ``.pt2``."""
+    if "packages" in description:
+        return {_resolution(r, path): path / name for r, name in description["packages"].items()}
+    return {_resolution(description["resolution"], path): path}

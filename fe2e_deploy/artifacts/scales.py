@@ -7,8 +7,12 @@ import math
 from pathlib import Path
 
 from ..files.atomic import atomic_write
+from .sidecar import check_fields, read_json
 
 FORMAT, FORMAT_VERSION = "fe2e-fp8-scales", 1
+RECALIBRATE = "calibrate again with `fe2e-deploy calibrate`"
+#: The fields readers use: the layers' scales and the stripped model they were measured on.
+FIELDS = {"layers": dict, "stripped": {"sources": dict}}
 
 
 def write_scales(document: dict, path: str | Path, overwrite: bool = False) -> Path:
@@ -24,16 +28,18 @@ def load_scales(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: FP8 scales not found (run `fe2e-deploy calibrate`)")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not an FP8 scales file ({FORMAT} v{FORMAT_VERSION})")
-    for name, entry in document.get("layers", {}).items():
-        scales = (entry.get("input_scale"), entry.get("weight_scale"))
+    document = read_json(path)
+    if (
+        not isinstance(document, dict)
+        or document.get("format") != FORMAT
+        or document.get("format_version") != FORMAT_VERSION
+    ):
+        raise ValueError(f"{path}: not an FP8 scales file ({FORMAT} v{FORMAT_VERSION}; {RECALIBRATE})")
+    check_fields(document, path, FIELDS, RECALIBRATE)
+    for name, entry in document["layers"].items():
+        scales = (entry.get("input_scale"), entry.get("weight_scale")) if isinstance(entry, dict) else (entry,)
         if not all(isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in scales):
-            raise ValueError(f"{path}: layer {name} has invalid scales {scales}")
+            raise ValueError(f"{path}: layer {name} has invalid scales {scales} ({RECALIBRATE})")
     return document
 
 

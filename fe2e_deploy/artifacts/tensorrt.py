@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sidecar import read_sidecar
+from ..resolution import parse_resolution
+from .sidecar import check_fields, read_sidecar
 
 SIDECAR_FORMAT = "fe2e-tensorrt-plan"
 TRT_PRECISIONS = ("bf16", "fp8")  # a strongly typed build takes its precision from the graph: no fp32 plans
+REBUILD = "fe2e-deploy build-trt"
+#: The sidecar fields the runtime uses.
+SIDECAR_FIELDS = {
+    "gpu": {"name": (str, type(None)), "compute_capability": (str, type(None))},
+    "precision": str,
+    "resolution": str,
+}
 
 
 INSTALL_HINT = "TensorRT is not installed: pip install 'fe2e-deploy[tensorrt]' (needs an NVIDIA GPU and driver)"
@@ -36,9 +44,16 @@ def _gpu_identity() -> dict:
 
 def check_sidecar(plan: str | Path, gpu: dict | None = None) -> dict:
     """Read a plan's sidecar and refuse a plan built for another GPU (TensorRT plans are not portable)."""
-    sidecar = read_sidecar(plan, SIDECAR_FORMAT, "fe2e-deploy build-trt")
+    sidecar = read_sidecar(plan, SIDECAR_FORMAT, REBUILD)
+    check_fields(sidecar, f"{plan}.json", SIDECAR_FIELDS, f"rebuild with `{REBUILD}`")
+    try:
+        parse_resolution(sidecar["resolution"])
+    except ValueError as exc:
+        raise ValueError(
+            f"{plan}.json: resolution {sidecar['resolution']!r}: {exc} (rebuild with `{REBUILD}`)"
+        ) from None
     gpu = gpu if gpu is not None else _gpu_identity()
-    built = sidecar.get("gpu", {})
+    built = sidecar["gpu"]
     if built.get("compute_capability") != gpu.get("compute_capability") or built.get("name") != gpu.get("name"):
         raise ValueError(
             f"{plan}: built for {built.get('name')} (sm {built.get('compute_capability')}), this machine has "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 
@@ -28,11 +29,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def describe(exc: BaseException) -> str:
     """One line for a user-facing error; OS errors name the file and say what the system said."""
-    if isinstance(exc, OSError) and not isinstance(exc, FileExistsError | FileNotFoundError) and exc.strerror:
+    if isinstance(exc, OSError) and exc.strerror:  # raised by the system (library errors carry a message only)
         where = f"{exc.filename}: " if exc.filename else ""
         hint = {
+            errno.EEXIST: " (something is in the way: choose another path)",
             errno.ENOSPC: " (free some disk space, or write elsewhere)",
             errno.EACCES: " (no permission: choose another location)",
+            errno.EPERM: " (no permission: choose another location)",
             errno.EROFS: " (read-only file system: choose another location)",
             errno.EISDIR: " (a folder is in the way: give a file path)",
             errno.ENOTDIR: " (a file is in the way: give a folder path)",
@@ -49,3 +52,14 @@ def user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as exc:
         raise fail(describe(exc)) from None
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in a system error raised while writing it (a failed ``write`` reports no file name)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise

@@ -8,14 +8,13 @@ import typer
 
 from ..resolution import parse_resolution
 from . import options
-from .app import app, user_errors
+from .app import app, user_errors, writing
+from .options import ENGINE_HELP
 
 
 @app.command("benchmark")
 def benchmark(
-    engine: list[Path] = typer.Option(
-        None, help="Engine to time, repeatable: a .plan, .pt2, .onnx/export folder, stripped folder or model folder."
-    ),
+    engine: list[Path] = typer.Option(None, help="Engine to time, repeatable. " + ENGINE_HELP),
     reference: Path = typer.Option(
         None,
         help="Model folder (official files) to time the official path on (BF16 DiT, CFG batch 2) and as "
@@ -70,12 +69,11 @@ def benchmark(
     and each engine gets a line with its time, DiT TFLOP/s and fraction of the BF16 peak, peak
     device memory and map error vs the stripped BF16 model.
     """
-    with user_errors():
-        for out in (json_out, plot):
-            if out is not None and out.exists() and not overwrite:
-                raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
-        resolutions = tuple(parse_resolution(r) for r in resolution)
+    with user_errors():  # options, outputs, engines and the image are checked before anything is loaded
         device = options.device(device)
+        for out in (json_out, plot):
+            options.output_file(out, overwrite)
+        resolutions = tuple(parse_resolution(r) for r in resolution)
         if synthetic_weights is not None:
             if engine or reference is not None or image is not None:
                 raise ValueError("--synthetic-weights builds its own engines: drop --engine/--reference/--image")
@@ -101,30 +99,35 @@ def benchmark(
 
 def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy, json_out, plot) -> None:
     from ..benchmark import format_table, run_benchmark, write_plot, write_report  # noqa: PLC0415
-    from ..files.images import (
-        find_images,  # noqa: PLC0415
-        read_image,  # noqa: PLC0415
-    )
+    from ..engines import engine_kind  # noqa: PLC0415
+    from ..evaluation.datasets import open_image  # noqa: PLC0415
+    from ..files.images import find_images  # noqa: PLC0415
     from ..model_files import ModelFiles  # noqa: PLC0415
     from ..scenes import synthetic_scene  # noqa: PLC0415
 
     if not engine and reference is None:
         raise ValueError("nothing to benchmark: pass --engine and/or --reference (or --synthetic-weights PRESET)")
+    for path in engine or []:
+        engine_kind(path)
+    files = ModelFiles.from_dir(reference) if reference is not None else None
     if image is None:
         picture = synthetic_scene(*res)
     else:
         paths = find_images(image) if image.is_dir() else [image]
         if not paths:
             raise FileNotFoundError(f"{image}: no .jpg/.jpeg/.png images found")
-        picture = read_image(paths[0])
-    files = ModelFiles.from_dir(reference) if reference is not None else None
+        if not paths[0].is_file():
+            raise FileNotFoundError(f"{paths[0]}: image not found")
+        picture = open_image(paths[0])
     report = run_benchmark(list(engine or []), picture, files, res, runs, warmup, device, dtype, accuracy, typer.echo)
     typer.echo(format_table(report))
     if json_out is not None:
-        write_report(report, json_out)
+        with writing(json_out):
+            write_report(report, json_out)
         typer.echo(f"report written to {json_out}")
     if plot is not None:
-        write_plot(report, plot)
+        with writing(plot):
+            write_plot(report, plot)
         typer.echo(f"plot written to {plot}")
 
 
@@ -155,5 +158,6 @@ def _synthetic(
     if json_out is not None:
         typer.echo(f"{len(records)} JSON line(s) written to {json_out}")
     if plot is not None:
-        write_records_plot(records, plot)
+        with writing(plot):
+            write_records_plot(records, plot)
         typer.echo(f"plot written to {plot}")

@@ -43,12 +43,22 @@ def build(
     fake quantisation elsewhere. Compiling takes minutes per resolution at full size (about 25 s for
     the tiny model on 2 CPU cores).
     """
-    with user_errors():
+    with user_errors():  # options, output, stripped folder and scales are checked before anything is loaded
+        from ..artifacts.scales import load_scales  # noqa: PLC0415
+        from ..artifacts.stripped import read_stripped_meta  # noqa: PLC0415
         from ..compile.aoti_build import build_aoti  # noqa: PLC0415
 
+        device = options.device(device)
         if backend != "aoti":
             raise ValueError(f"backend {backend!r} not supported; use aoti (TensorRT: `fe2e-deploy build-trt`)")
         sizes = [parse_resolution(r) for r in resolution or []]
+        if out.suffix == ".pt2":
+            options.output_file(out, overwrite)
+        else:
+            options.output_dir(out)
+        read_stripped_meta(stripped)
+        if scales is not None:
+            load_scales(scales)
         description = build_aoti(
             stripped,
             out,
@@ -56,7 +66,7 @@ def build(
             precision=precision,
             scales=scales,
             batch=batch,
-            device=options.device(device),
+            device=device,
             overwrite=overwrite,
         )
     built = description.get("resolutions") or [description["resolution"]]

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..artifacts.tensorrt import TRT_PRECISIONS
+from . import options
 from .app import app, fail, user_errors
 from .options import Overwrite
 
@@ -33,9 +34,16 @@ def build_trt(
     TensorRT the command says so and exits 3. The plan is tied to this GPU and TensorRT version.
     """
     # The backslash keeps Typer's rich markup from eating "[tensorrt]" as a style tag.
-    with user_errors():
+    with user_errors():  # outputs and the graph (structure, weights.bin size) are checked before the build
+        from ..artifacts.export import load_manifest, read_graph  # noqa: PLC0415
         from ..artifacts.tensorrt import TensorRTUnavailable  # noqa: PLC0415
         from ..compile.tensorrt_build import build_trt_engine  # noqa: PLC0415
+
+        options.output_file(out, overwrite)
+        options.output_file(timing_cache)  # read if present, written after the build
+        if onnx_graph.is_file():
+            load_manifest(onnx_graph.parent)
+        read_graph(onnx_graph)
 
         try:
             sidecar = build_trt_engine(

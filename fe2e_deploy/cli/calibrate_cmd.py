@@ -8,7 +8,7 @@ import typer
 
 from ..artifacts.scales import DEFAULT_EXCLUDE
 from . import options
-from .app import app, user_errors
+from .app import app, fail, user_errors, writing
 from .options import Device, Overwrite, ProcessingRes, Progress
 
 
@@ -35,26 +35,39 @@ def calibrate(
     """Record per-tensor FP8 (E4M3) scales of the DiT's linear inputs and weights (max calibration).
 
     Feed the file to `export --precision fp8 --scales FILE` for an FP8 Q/DQ graph (build-trt --precision fp8).
+    Images that cannot be read are skipped and reported: the scales come from the others (listed in
+    the file under "unreadable_images") and the exit code is 1.
     """
-    with user_errors():
+    with user_errors():  # options, output, stripped folder and images are checked before the model is loaded
         from ..artifacts.scales import write_scales  # noqa: PLC0415
-        from ..files.atomic import refuse_existing  # noqa: PLC0415
+        from ..artifacts.stripped import read_stripped_meta  # noqa: PLC0415
         from ..quantize.calibrate import calibrate_fp8  # noqa: PLC0415
 
-        if not overwrite:
-            refuse_existing(out)
+        device = options.device(device)
+        res = options.processing_res(processing_res)
+        options.output_file(out, overwrite)
+        read_stripped_meta(stripped)
         document = calibrate_fp8(
             stripped,
             images=images,
-            processing_res=options.processing_res(processing_res),
+            processing_res=res,
             exclude=tuple(exclude) if exclude else DEFAULT_EXCLUDE,
             max_images=max_images,
             progress=progress,
-            device=options.device(device),
+            device=device,
         )
-        write_scales(document, out, overwrite)
+        with writing(out):
+            write_scales(document, out, overwrite)
     typer.echo(
         f"FP8 scales of {len(document['layers'])} linear layer(s) from {document['num_images']} image(s) "
         f"({', '.join(document['resolutions'])}) written to {out}; kept out of FP8: "
         f"{', '.join(document['excluded']) or 'none'}"
     )
+    unreadable = document["unreadable_images"]
+    for item in unreadable:
+        typer.secho(f"skipped {item['reason']}", err=True, fg=typer.colors.RED)
+    if unreadable:
+        raise fail(
+            f"{len(unreadable)} image(s) could not be read (see above); scales from the other {document['num_images']}",
+            1,
+        )

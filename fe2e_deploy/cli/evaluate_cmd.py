@@ -8,7 +8,7 @@ import typer
 
 from ..evaluation.kinds import DATASET_KINDS
 from . import options
-from .app import app, user_errors
+from .app import app, fail, user_errors, writing
 from .options import ENGINE_HELP, Device, Overwrite, ProcessingRes, Progress
 
 
@@ -37,23 +37,28 @@ def evaluate(
     Depth: AbsRel, SqRel, RMSE, RMSE-log, delta1-3 per image after alignment, averaged over images.
 
     Normals: angular error in degrees (mean, median, RMSE, % under 5/7.5/11.25/22.5/30), all pixels pooled.
+
+    Samples whose image or ground truth cannot be read are skipped and reported; the metrics (and
+    the JSON report, which lists them under "unreadable") cover the others, and the exit code is 1.
     """
-    with user_errors():
-        from ..engines import load_engine  # noqa: PLC0415
+    with user_errors():  # options, output, dataset and engine path are checked before the engine is loaded
+        from ..engines import engine_kind, load_engine  # noqa: PLC0415
         from ..evaluation.datasets import open_dataset  # noqa: PLC0415
         from ..evaluation.metrics import check_alignment  # noqa: PLC0415
-        from ..evaluation.run import check_writable, evaluate_engine, metrics_table, write_json  # noqa: PLC0415
+        from ..evaluation.run import evaluate_engine, metrics_table, write_json  # noqa: PLC0415
 
+        device = options.device(device)
         res = options.processing_res(processing_res)
         if task == "depth":
             check_alignment(alignment)
-        if json_out is not None:
-            check_writable(json_out, overwrite)
+        options.output_file(json_out, overwrite)
         data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images)
-        runner = load_engine(engine, device=options.device(device), dtype=dtype, processing_res=res)
+        engine_kind(engine)
+        runner = load_engine(engine, device=device, dtype=dtype, processing_res=res)
         report = evaluate_engine(runner, data, task, alignment, progress=progress)
         if json_out is not None:
-            write_json(json_out, report, overwrite)
+            with writing(json_out):
+                write_json(json_out, report, overwrite)
     title = f"{task} on {dataset} ({report['num_images']} images"
     title += f", alignment {alignment})" if task == "depth" else ")"
     typer.echo(title)
@@ -62,12 +67,21 @@ def evaluate(
         typer.echo(f"skipped {len(report['skipped'])} image(s) without valid ground truth")
     if json_out is not None:
         typer.echo(f"report: {json_out}")
+    _report_unreadable(report["unreadable"], report["num_images"])
+
+
+def _report_unreadable(unreadable: list[dict], scored: int) -> None:
+    """One line per skipped unreadable image, then exit code 1 (as ``infer`` does for images it cannot read)."""
+    for item in unreadable:
+        typer.secho(f"skipped {item['reason']}", err=True, fg=typer.colors.RED)  # the reason names the file
+    if unreadable:
+        raise fail(f"{len(unreadable)} image(s) could not be read (see above); the results cover the other {scored}", 1)
 
 
 @app.command("compare")
 def compare(
     images_dir: Path = typer.Argument(..., help="Folder of .jpg/.jpeg/.png images, searched recursively."),
-    engine: list[Path] = typer.Option(..., help="Give twice: the reference engine A, then engine B."),
+    engine: list[Path] = typer.Option(..., help="Give twice: the reference engine A, then engine B. " + ENGINE_HELP),
     dtype: list[str] = typer.Option(
         None, help="DiT precision of model/stripped folders: once for both engines, or twice (A, B)."
     ),
@@ -80,34 +94,33 @@ def compare(
     """How closely engine B reproduces engine A, on every image of IMAGES_DIR.
 
     Depth AbsRel after log-space alignment, depth relative L2, mean normal angle difference (degrees).
+    Images that cannot be read are skipped and reported (exit code 1; the JSON lists them under "unreadable").
     """
-    with user_errors():
-        from ..engines import load_engine  # noqa: PLC0415
-        from ..evaluation.run import (  # noqa: PLC0415
-            COMPARE_METRICS,
-            check_writable,
-            compare_engines,
-            format_table,
-            write_json,  # noqa: PLC0415
-        )
+    with user_errors():  # options, output, images and engine paths are checked before an engine is loaded
+        from ..engines import engine_kind, load_engine  # noqa: PLC0415
+        from ..evaluation.run import COMPARE_METRICS, compare_engines, format_table, write_json  # noqa: PLC0415
         from ..files.images import find_images  # noqa: PLC0415
 
+        device = options.device(device)
         if len(engine) != 2:
             raise ValueError(f"give --engine exactly twice (A then B), got {len(engine)}")
         dtype = list(dtype or [None])
         if len(dtype) not in (1, 2):
             raise ValueError(f"give --dtype once or twice, got {len(dtype)}")
         res = options.processing_res(processing_res)
-        if json_out is not None:
-            check_writable(json_out, overwrite)
+        options.output_file(json_out, overwrite)
+        if images_dir.is_file():
+            raise NotADirectoryError(f"{images_dir}: is a file; give the folder that holds the images")
         if not find_images(images_dir):
             raise FileNotFoundError(f"{images_dir}: no .jpg/.jpeg/.png images found")
+        for path in engine:
+            engine_kind(path)
         dtypes = dtype * 2 if len(dtype) == 1 else dtype
-        device = options.device(device)
         a, b = (load_engine(e, device=device, dtype=d, processing_res=res) for e, d in zip(engine, dtypes, strict=True))
         report = compare_engines(a, b, images_dir, progress=progress)
         if json_out is not None:
-            write_json(json_out, report, overwrite)
+            with writing(json_out):
+                write_json(json_out, report, overwrite)
     typer.echo(f"{b.name} ({engine[1]}) against {a.name} ({engine[0]}) on {report['num_images']} images")
     typer.echo("mean over images:")
     typer.echo(format_table(report["overall"], COMPARE_METRICS, 6))
@@ -115,3 +128,4 @@ def compare(
     typer.echo(format_table(report["worst"], COMPARE_METRICS, 6))
     if json_out is not None:
         typer.echo(f"report: {json_out}")
+    _report_unreadable(report["unreadable"], report["num_images"])

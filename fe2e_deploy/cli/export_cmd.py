@@ -10,6 +10,7 @@ from ..artifacts.export import GRAPH_NAMES
 from ..config import FE2E_RESOLUTIONS
 from ..precision import DTYPE_PRECISIONS
 from ..resolution import parse_resolution, resolution_name
+from . import options
 from .app import app, fail, user_errors
 from .options import Overwrite, Progress
 
@@ -36,7 +37,9 @@ def export(
     check: bool = typer.Option(
         False, "--check", help="Run every graph in ONNX Runtime on seeded inputs and compare with PyTorch."
     ),
-    device: str = typer.Option("cpu", help="ONNX Runtime device for --check: cpu or cuda (needs onnxruntime-gpu)."),
+    device: str = typer.Option(
+        "cpu", help="ONNX Runtime device for --check: cpu, cuda (needs onnxruntime-gpu) or auto (cuda if visible)."
+    ),
     tolerance: float = typer.Option(None, help="--check relative L2 tolerance (default 1e-3 fp32, 3e-2 bf16)."),
     overwrite: Overwrite = False,
     progress: Progress = True,
@@ -47,9 +50,12 @@ def export(
     the folder appears complete or not at all. With --check, writes check.json and exits 1 if any
     graph is off by more than the tolerance.
     """
-    with user_errors():
+    with user_errors():  # options, output, stripped folder and scales are checked before the model is loaded
+        from ..artifacts.scales import load_scales  # noqa: PLC0415
+        from ..artifacts.stripped import read_stripped_meta  # noqa: PLC0415
         from ..precision import parse_precision, torch_dtype  # noqa: PLC0415
 
+        device = options.device(device)
         cast = torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS)) if dtype is not None else None
         if precision not in (None, "fp8"):
             raise ValueError(f"precision {precision!r} not supported; use fp8 (with --scales) or --dtype")
@@ -60,6 +66,10 @@ def export(
             from ..engines.ort_session import providers_for  # noqa: PLC0415
 
             providers_for(device)
+        options.output_dir(out)
+        read_stripped_meta(stripped)
+        if scales is not None:
+            load_scales(scales)
         from ..compile.onnx_export import export_onnx  # noqa: PLC0415
 
         report = export_onnx(

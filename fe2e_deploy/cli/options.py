@@ -6,6 +6,9 @@ This module and the command modules import nothing heavy at the top (no torch, d
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -52,3 +55,44 @@ def device(name: str) -> str:
     from ..kernels import resolve_device  # noqa: PLC0415  (imports torch)
 
     return resolve_device(name)
+
+
+def output_file(path: Path | None, overwrite: bool = True) -> Path | None:
+    """Check an output FILE before any work: not a folder, not below a file, in a place files can be created;
+    an existing file needs ``overwrite``. Nothing is created."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; give a file path")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+    _check_creatable(path.parent, path)  # written beside it, then renamed over it
+    return path
+
+
+def output_dir(path: Path | None) -> Path | None:
+    """Check an output FOLDER before any work: not a file, not below a file, in a place folders can be created
+    (or itself accepting files). Nothing is created; what may be replaced is the library's decision."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: is a file; give a folder path")
+    _check_creatable(path, path)
+    return path
+
+
+def _check_creatable(folder: Path, path: Path) -> None:
+    """The nearest existing folder at or above ``folder`` is a folder, and files can be created in it (for ``path``)."""
+    here = folder.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise NotADirectoryError(f"{here}: is a file, so {path} cannot be created there; give another path")
+    try:  # the surest test of permissions, ACLs, read-only mounts: create (and remove) a file
+        with tempfile.NamedTemporaryFile(dir=here, prefix=".fe2e-write-test-"):
+            pass
+    except OSError as exc:
+        code = exc.errno or errno.EACCES
+        raise OSError(code, exc.strerror or os.strerror(code), str(here)) from None

@@ -28,8 +28,11 @@ def quickstart(
     Prints each stage as the equivalent command line with its time. Existing stage outputs in
     --work-dir are reused unless --overwrite (which rebuilds every stage and replaces outputs).
     """
-    with user_errors():
+    with user_errors():  # both folders are checked before the first stage runs
         from ..quickstart import run_quickstart  # noqa: PLC0415
+
+        options.output_dir(output_dir)
+        options.output_dir(work_dir)
 
         report = run_quickstart(
             images_dir,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from . import options
 from .app import app, user_errors
 from .options import DitOption, LoraOption, ModelConfigOption, Overwrite, Progress, PromptOption, VaeOption
 
@@ -37,11 +38,13 @@ def strip(
     stripped_dit.safetensors, vae.safetensors and stripped.json into --out (the folder appears
     complete or not at all). With no model options, strips the embedded tiny demo (with its LoRA).
     """
-    with user_errors():
+    with user_errors():  # the output folder is checked before any weight is read
         from ..model_files import ModelFiles  # noqa: PLC0415
         from ..precision import DTYPE_PRECISIONS, parse_precision, torch_dtype  # noqa: PLC0415
         from ..strip import strip_model  # noqa: PLC0415
         from ..synthetic import SyntheticModel  # noqa: PLC0415
+
+        options.output_dir(out)
 
         weights_dtype = torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS))
         if synthetic_weights is not None:

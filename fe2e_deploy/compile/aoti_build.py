@@ -33,6 +33,7 @@ from ..artifacts.aoti import (
     SIDECAR_FORMAT,
     device_identity,
     graph_constants,
+    package_metadata,
     package_name,
     prepare_model,
     stripped_identity,
@@ -56,6 +57,8 @@ from ..resolution import resolution_name
 
 #: weights stay out of the package; the engine supplies them from the stripped folder
 INDUCTOR_CONFIGS = {"aot_inductor.package_constants_in_so": False}
+#: plus, per package, ``aot_inductor.metadata``: the resolution, batch and precision it is compiled for
+#: (:func:`~fe2e_deploy.artifacts.aoti.package_metadata`), which the engine compares with the description
 
 
 def _check_device(graph: nn.Module, device: str) -> None:
@@ -65,15 +68,22 @@ def _check_device(graph: nn.Module, device: str) -> None:
             raise AssertionError(f"{name} is on {tensor.device}, the package is built for {device}")
 
 
-def _compile(model: StrippedModel, width: int, height: int, batch: int, device: str, path: Path) -> float:
-    """Export and compile the fused graph at one size into ``path`` (.pt2, no weights inside); returns seconds."""
+def _compile(
+    model: StrippedModel, width: int, height: int, batch: int, device: str, path: Path, precision: str
+) -> float:
+    """Export and compile the fused graph at one size into ``path`` (.pt2, no weights inside); returns seconds.
+
+    The package records its resolution, batch and precision (AOTInductor metadata, read back with
+    ``runner.get_metadata()``), so an engine can refuse a package its description does not match.
+    """
     graph = FE2EGraph(model.vae, model.dit, width, height).eval()
     _check_device(graph, device)
     example = (torch.rand(batch, 3, height, width, device=device) * 2 - 1,)
     start = time.perf_counter()
     with torch.no_grad(), preferred_attention(device):  # the attention kernel is chosen while compiling
         program = torch.export.export(graph, example)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=INDUCTOR_CONFIGS)
+        configs = INDUCTOR_CONFIGS | {"aot_inductor.metadata": package_metadata((width, height), batch, precision)}
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
     return round(time.perf_counter() - start, 1)
 
 
@@ -146,7 +156,7 @@ def _build_package(model, out: Path, size, batch, device, document, description,
     remove_stale_temps(out)
     tmp = temp_sibling(out)  # .NAME.tmpPID.pt2: AOTInductor insists on the .pt2 suffix
     try:
-        seconds = _compile(model, width, height, batch, device, tmp)
+        seconds = _compile(model, width, height, batch, device, tmp, description["precision"])
         scales_name = f"{out.name}.{SCALES_FILE}"
         if document is not None:
             atomic_write(out.with_name(scales_name), lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
@@ -172,7 +182,7 @@ def _build_folder(model, out: Path, sizes, batch, device, document, description,
         packages, seconds, sizes_bytes = {}, {}, {}
         for width, height in sizes:
             key, name = resolution_name((width, height)), package_name(width, height)
-            seconds[key] = _compile(model, width, height, batch, device, tmp / name)
+            seconds[key] = _compile(model, width, height, batch, device, tmp / name, description["precision"])
             packages[key], sizes_bytes[key] = name, (tmp / name).stat().st_size
         if document is not None:
             (tmp / SCALES_FILE).write_text(json.dumps(document, indent=2) + "\n")

@@ -15,7 +15,38 @@ from pathlib import Path
 
 from .base import Engine
 
-__all__ = ["Engine", "load_engine"]
+__all__ = ["KINDS", "Engine", "engine_kind", "load_engine"]
+
+
+#: What :func:`engine_kind` answers, by backend module.
+KINDS = ("tensorrt", "aoti", "onnx", "stripped", "eager")
+
+
+def engine_kind(path: str | Path) -> str:
+    """Which backend opens ``path`` (one of :data:`KINDS`), from what the path is, reading nothing heavy.
+
+    A path that does not exist or is no engine is an error here, so commands can check their engines
+    before loading any of them.
+    """
+    path = Path(path)
+    if path.suffix == ".plan" and not path.is_dir():
+        kind = "tensorrt"
+    elif (path.suffix == ".pt2" and not path.is_dir()) or (path / "aoti_engine.json").is_file():
+        kind = "aoti"
+    elif (path.suffix == ".onnx" and not path.is_dir()) or (path / "manifest.json").is_file():
+        kind = "onnx"
+    elif path.is_dir():
+        kind = "stripped" if (path / "stripped.json").is_file() else "eager"
+    else:
+        kind = ""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: engine not found")
+    if not kind:
+        raise ValueError(
+            f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder, "
+            "an export folder or its fe2e_WxH.onnx, a TensorRT .plan, an AOTInductor .pt2 or engine folder)"
+        )
+    return kind
 
 
 def load_engine(
@@ -27,30 +58,24 @@ def load_engine(
     (default: as stripped); for built engines (.onnx, .pt2, .plan) it must equal their precision.
     """
     path = Path(path)
-    if path.suffix == ".plan":
+    kind = engine_kind(path)
+    if kind == "tensorrt":
         from .tensorrt import TensorRTEngine  # noqa: PLC0415  (optional TensorRT extra)
 
         return TensorRTEngine(path, device if device != "cpu" else "cuda", processing_res, dtype=dtype)
-    if path.suffix == ".pt2" or (path / "aoti_engine.json").is_file():
+    if kind == "aoti":
         from .aoti import AOTIEngine  # noqa: PLC0415
 
         return AOTIEngine(path, device, processing_res, dtype=dtype)
-    if path.suffix == ".onnx" or (path / "manifest.json").is_file():
+    if kind == "onnx":
         from .onnx import OnnxEngine  # noqa: PLC0415  (onnxruntime is imported only when used)
 
         return OnnxEngine(path, device, processing_res, dtype=dtype)
-    if path.is_dir():
-        if (path / "stripped.json").is_file():
-            from .stripped import StrippedEngine  # noqa: PLC0415
+    if kind == "stripped":
+        from .stripped import StrippedEngine  # noqa: PLC0415
 
-            return StrippedEngine(path, device, processing_res, dtype=dtype)
-        from ..model_files import ModelFiles  # noqa: PLC0415
-        from .eager import EagerEngine  # noqa: PLC0415
+        return StrippedEngine(path, device, processing_res, dtype=dtype)
+    from ..model_files import ModelFiles  # noqa: PLC0415
+    from .eager import EagerEngine  # noqa: PLC0415
 
-        return EagerEngine.from_model_files(ModelFiles.from_dir(path), dtype, device, processing_res)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: engine not found")
-    raise ValueError(
-        f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder, "
-        "an export folder or its fe2e_WxH.onnx, a TensorRT .plan, an AOTInductor .pt2 or engine folder)"
-    )
+    return EagerEngine.from_model_files(ModelFiles.from_dir(path), dtype, device, processing_res)

@@ -19,14 +19,17 @@ from ..artifacts.aoti import (
     ENGINE_FILE,
     check_aoti_engine,
     check_aoti_sidecar,
+    check_package_file,
+    check_package_metadata,
     check_stripped,
     graph_constants,
+    package_files,
     prepare_model,
 )
 from ..artifacts.scales import load_scales
 from ..kernels import preferred_attention
 from ..models.fused import FE2EGraph
-from ..resolution import parse_resolution, resolution_name
+from ..resolution import resolution_name
 from .base import Engine, check_precision
 
 
@@ -44,17 +47,16 @@ class AOTIEngine(Engine):
         path = Path(path)
         if path.is_dir() and (path / ENGINE_FILE).is_file():
             self.description = check_aoti_engine(path, device)
-            files = {parse_resolution(r): path / name for r, name in self.description["packages"].items()}
             scales = path / self.description["scales"] if self.description.get("scales") else None
         elif path.is_file():
             self.description = check_aoti_sidecar(path, device)
-            files = {parse_resolution(self.description["resolution"]): path}
             scales = path.with_name(self.description["scales"]) if self.description.get("scales") else None
         else:
             raise FileNotFoundError(f"{path}: engine not found (a .pt2 package or a folder with {ENGINE_FILE})")
+        files = package_files(path, self.description)
         self.sidecar = self.description  # the name the single-package engine used
         self.path, self.processing_res = path, processing_res
-        self.precision, batch = self.description["precision"], int(self.description["batch"])
+        self.precision, batch = self.description["precision"], self.description["batch"]
         check_precision(str(path), self.precision, dtype)
         self.name = f"aoti-{self.precision}"
         built = ", ".join(resolution_name(s) for s in files)
@@ -64,8 +66,7 @@ class AOTIEngine(Engine):
                 f"`fe2e-deploy build STRIPPED --backend aoti --resolution {resolution_name(processing_res)}`)"
             )
         for file in files.values():
-            if not file.is_file():
-                raise FileNotFoundError(f"{file}: package missing from the engine (rebuild it)")
+            check_package_file(file)  # before the weights are loaded: a corrupt package fails at once
         folder = check_stripped(stripped or self.description["stripped"]["path"], self.description["stripped"], path)
         document = load_scales(scales) if scales is not None else None
         self.device = torch.device(device)
@@ -75,16 +76,24 @@ class AOTIEngine(Engine):
         self.runners: dict[tuple[int, int], object] = {}
         for size, file in files.items():
             self.graphs[size] = FE2EGraph(self.model.vae, self.model.dit, *size).eval()  # its own RoPE tables
-            self.runners[size] = self._load(file, self.graphs[size])
+            self.runners[size] = self._load(file, self.graphs[size], size)
 
     @property
     def batch(self) -> int:
         return self.max_batch
 
-    def _load(self, file: Path, graph: FE2EGraph):
-        """The package's runner with the graph's tensors as its constants (pointers: ``self.graphs`` keeps them)."""
+    def _load(self, file: Path, graph: FE2EGraph, size: tuple[int, int]):
+        """The package's runner with the graph's tensors as its constants (pointers: ``self.graphs`` keeps them).
+
+        The package must have been compiled for ``size``, this engine's batch and precision (its metadata).
+        """
         index = -1 if self.device.index is None else self.device.index  # -1: the current CUDA device
-        runner = torch._inductor.aoti_load_package(str(file), device_index=index)
+        try:
+            runner = torch._inductor.aoti_load_package(str(file), device_index=index)
+        except RuntimeError as exc:  # a damaged archive, a missing or foreign shared library
+            reason = " ".join(str(exc).split())[:200]
+            raise ValueError(f"{file}: AOTInductor cannot load this package ({reason}); rebuild it") from None
+        check_package_metadata(runner.get_metadata(), file, size, self.max_batch, self.precision)
         tensors = graph_constants(graph)
         fqns = runner.get_constant_fqns()
         missing = [fqn for fqn in fqns if fqn not in tensors]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifacts.export import MANIFEST, fused_graphs, load_manifest
+from ..artifacts.export import MANIFEST, fused_graphs, load_manifest, read_graph
 from ..precision import parse_precision
 from ..resolution import resolution_name
 from .base import Engine, check_precision
@@ -43,6 +43,8 @@ class OnnxEngine(Engine):
         if not fused:
             raise ValueError(f"{folder}: the export has no fused fe2e graph (export with --graph fe2e)")
         self.files = {size: folder / entry["file"] for size, entry in fused.items()}
+        for file in self.files.values():  # structure and weights.bin size, now: sessions open at the first image
+            read_graph(file)
         self.device, self.processing_res = torch.device(device), processing_res
         self.precision = parse_precision(manifest.get("precision", manifest["dtype"]))  # fp32, bf16 or fp8
         check_precision(str(path), self.precision, dtype)
@@ -53,7 +55,7 @@ class OnnxEngine(Engine):
             )
         self._sessions: dict[tuple[int, int], object] = {}
         self.emulated = False  # set once a BF16 graph had to be emulated in FP32 (ORT CPU)
-        self.max_batch = None if manifest["batch"] == "dynamic" else int(manifest["batch"])
+        self.max_batch = None if manifest["batch"] == "dynamic" else manifest["batch"]
         self.fixed_batch = self.max_batch is not None
 
     @property

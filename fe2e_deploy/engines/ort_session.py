@@ -16,8 +16,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from ..artifacts.export import REEXPORT, read_graph
 
 BF16, FP32 = TensorProto.BFLOAT16, TensorProto.FLOAT
+#: What ONNX Runtime raises for a graph it cannot load (these do not derive from RuntimeError).
+ORT_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+    RuntimeError,
+)
 
 
 def has_bf16(model: onnx.ModelProto) -> bool:
@@ -82,22 +96,29 @@ def providers_for(device: str) -> list[str]:
 
 
 def make_session(path: str | Path, device: str = "cpu") -> tuple[ort.InferenceSession, bool]:
-    """A session for an exported graph; returns (session, emulated) where emulated means BF16 -> FP32 emulation."""
+    """A session for an exported graph; returns (session, emulated) where emulated means BF16 -> FP32 emulation.
+
+    The graph and its external weights are checked first (:func:`~fe2e_deploy.artifacts.export.read_graph`);
+    a graph ONNX Runtime still cannot load is one error naming the file.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX graph not found")
     providers = providers_for(device)
+    header = read_graph(path)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # ORT's CPU threads spin after each run and starve PyTorch's pre/post-processing threads.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    header = onnx.load(str(path), load_external_data=False)
     if any(t.data_type == TensorProto.FLOAT8E4M3FN for t in header.graph.initializer):
         # onnxruntime 1.32's graph optimisations (already at the basic level, i.e. constant folding)
         # fold DequantizeLinear of FLOAT8E4M3FN weights into wrong values (max error 1.6 on a 64x64
         # test layer against the exact Q/DQ arithmetic); unoptimised, the graph is exact.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if providers[0] == "CPUExecutionProvider" and has_bf16(header):
-        model = emulate_bf16(onnx.load(str(path), load_external_data=True))
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers), True
-    return ort.InferenceSession(str(path), options, providers=providers), False
+    try:
+        if providers[0] == "CPUExecutionProvider" and has_bf16(header):
+            model = emulate_bf16(onnx.load(str(path), load_external_data=True))
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers), True
+        return ort.InferenceSession(str(path), options, providers=providers), False
+    except (ORT_ERRORS, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 240 else reason[:237] + "..."
+        raise ValueError(f"{path}: ONNX Runtime cannot load this graph ({reason}); {REEXPORT}") from None

@@ -28,6 +28,53 @@ from .kinds import DATASET_KINDS, KB_CROP_HW, KITTI_EIGEN_CROP, NYU_EIGEN_CROP, 
 from .metrics import depth_valid_mask, normal_valid_mask
 
 
+class UnreadableInput(ValueError):
+    """An input file (image, ground truth, mask) that cannot be read; the message names the file.
+
+    Commands that run over many images skip such a sample and report it (``evaluate``, ``compare``,
+    ``calibrate``, like ``infer``); a command given one image fails with this message.
+    """
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """The library's message without the path it repeats (PIL: "cannot identify image file '<path>'")."""
+    text = str(exc).replace(f" '{path}'", "").replace(f" {path}", "").strip()
+    return text or type(exc).__name__
+
+
+#: What reading a broken or truncated file raises (PIL, numpy).
+READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """:func:`~fe2e_deploy.files.images.read_image` (fully decoded RGB), or :class:`UnreadableInput` naming it."""
+    try:
+        return read_image(Path(path))
+    except READ_ERRORS as exc:
+        raise UnreadableInput(f"{path}: unreadable image ({_reason(exc, Path(path))})") from None
+
+
+def check_image(path: str | Path) -> None:
+    """Cheap check that ``path`` is an image PIL can open (header and, for PNG, chunk checksums; no decoding)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except READ_ERRORS as exc:
+        raise UnreadableInput(f"{path}: unreadable image ({_reason(exc, Path(path))})") from None
+
+
+def read_input(kind: str, path: Path, read, *args):
+    """``read(path, *args)``; a broken file is :class:`UnreadableInput` naming it (our own ValueErrors pass)."""
+    try:
+        return read(path, *args)
+    except UnreadableInput:
+        raise
+    except READ_ERRORS as exc:
+        if isinstance(exc, ValueError) and str(path) in str(exc):  # already says what is wrong with the file
+            raise UnreadableInput(str(exc)) from None
+        raise UnreadableInput(f"{path}: unreadable {kind} ({_reason(exc, path)})") from None
+
+
 @dataclass(frozen=True)
 class Item:
     name: str  # the image's path relative to the dataset folder
@@ -68,15 +115,16 @@ class EvalDataset:
         return out
 
     def load(self, item: Item) -> Sample:
-        image = read_image(item.image)
+        """One sample; a file that cannot be read (or does not fit the others) is :class:`UnreadableInput`."""
+        image = open_image(item.image)
         if self.task == "depth":
-            gt = read_depth(item.gt, self.depth_scale)
+            gt = read_input("depth ground truth", item.gt, read_depth, self.depth_scale)
             raw_valid = None
         else:
-            gt, raw_valid = read_normals(item.gt)
-        mask = None if item.mask is None else read_mask(item.mask)
+            gt, raw_valid = read_input("normal ground truth", item.gt, read_normals)
+        mask = None if item.mask is None else read_input("mask", item.mask, read_mask)
         if mask is not None and mask.shape != gt.shape[:2]:
-            raise ValueError(f"{item.mask}: mask is {mask.shape}, ground truth {item.gt} is {gt.shape[:2]}")
+            raise UnreadableInput(f"{item.mask}: mask is {mask.shape}, ground truth {item.gt} is {gt.shape[:2]}")
         if self.task == "depth" and self.kind.kitti_benchmark_crop:
             image, gt = kitti_benchmark_crop_image(image), kitti_benchmark_crop(gt)
             mask = None if mask is None else kitti_benchmark_crop(mask)

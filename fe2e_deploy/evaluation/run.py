@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from ..engines import Engine
 from ..files.atomic import atomic_write
-from ..files.images import find_images, read_image
-from .datasets import EvalDataset, open_dataset
+from ..files.images import find_images
+from .datasets import EvalDataset, UnreadableInput, open_dataset, open_image
 from .metrics import (
     DEPTH_METRICS,
     NORMAL_METRICS,
@@ -56,7 +56,8 @@ def evaluate_engine(
     Depth: per image, align (:func:`~.metrics.align_depth`), clip to the dataset's range, metrics on
     the valid pixels; ``metrics`` is the mean over images. Normals: predictions resized to the GT,
     angular errors of the valid pixels pooled over the dataset. Images without valid GT pixels are
-    listed under ``skipped``. A path opens a generic-layout dataset.
+    listed under ``skipped``; samples whose image or ground truth cannot be read under ``unreadable``
+    (``{"name", "reason"}``), and the others are scored. A path opens a generic-layout dataset.
     """
     if not isinstance(dataset, EvalDataset):
         dataset = open_dataset(dataset, task)
@@ -67,11 +68,16 @@ def evaluate_engine(
     kind = dataset.kind
     per_image: list[dict] = []
     skipped: list[str] = []
+    unreadable: list[dict] = []
     pooled = PooledAngularErrors()
     start = time.perf_counter()
-    for sample in tqdm(
-        dataset, total=len(dataset), desc=f"evaluate {task} ({engine.name})", unit="img", disable=not progress
-    ):
+    bar = tqdm(dataset.items, desc=f"evaluate {task} ({engine.name})", unit="img", disable=not progress)
+    for item in bar:
+        try:
+            sample = dataset.load(item)
+        except UnreadableInput as exc:
+            unreadable.append({"name": item.name, "reason": str(exc)})
+            continue
         n_valid = int(sample.valid.sum())
         if n_valid == 0:
             skipped.append(sample.name)
@@ -87,6 +93,9 @@ def evaluate_engine(
             m = normal_metrics(errors)
         per_image.append({"name": sample.name, "valid_pixels": n_valid, **m})
     if not per_image:
+        if unreadable:
+            first = unreadable[0]["reason"]
+            raise ValueError(f"{dataset.root}: no sample could be scored ({len(unreadable)} unreadable, e.g. {first})")
         raise ValueError(f"{dataset.root}: no image has valid ground-truth pixels")
     if task == "depth":
         metrics = mean_metrics([{k: m[k] for k in DEPTH_METRICS} for m in per_image])
@@ -100,6 +109,7 @@ def evaluate_engine(
         "aggregation": "mean over images" if task == "depth" else "pooled over all valid pixels",
         "num_images": len(per_image),
         "skipped": skipped,
+        "unreadable": unreadable,
         "seconds": time.perf_counter() - start,
         "metrics": metrics,
         "per_image": per_image,
@@ -138,17 +148,26 @@ def compare_engines(
     progress: bool = True,
 ) -> dict:
     """Run both engines on ``images`` (a folder, searched recursively, or a list of files) and
-    report :func:`compare_predictions` per image, its mean (``overall``) and its maximum (``worst``)."""
+    report :func:`compare_predictions` per image, its mean (``overall``) and its maximum (``worst``).
+
+    Images that cannot be read are skipped and listed under ``unreadable`` (``{"name", "reason"}``).
+    """
     root = Path(images) if isinstance(images, str | Path) else None
     paths = find_images(root) if root is not None else [Path(p) for p in images]
     if not paths:
         raise FileNotFoundError(f"{root}: no .jpg/.jpeg/.png images found" if root else "no images given")
-    per_image = []
+    per_image, unreadable = [], []
     for path in tqdm(paths, desc=f"compare {engine_a.name} vs {engine_b.name}", unit="img", disable=not progress):
-        image = read_image(path)
-        m = compare_predictions(engine_a.predict(image), engine_b.predict(image))
         name = path.relative_to(root).as_posix() if root is not None else str(path)
+        try:
+            image = open_image(path)
+        except UnreadableInput as exc:
+            unreadable.append({"name": name, "reason": str(exc)})
+            continue
+        m = compare_predictions(engine_a.predict(image), engine_b.predict(image))
         per_image.append({"name": name, **m})
+    if not per_image:
+        raise ValueError(f"{root or 'images'}: no image could be read ({unreadable[0]['reason']})")
     values = {k: [m[k] for m in per_image] for k in COMPARE_METRICS}
     return {
         "engine_a": engine_a.name,
@@ -157,6 +176,7 @@ def compare_engines(
         "num_images": len(per_image),
         "overall": {k: float(np.mean(v)) for k, v in values.items()},
         "worst": {k: float(np.max(v)) for k, v in values.items()},
+        "unreadable": unreadable,
         "per_image": per_image,
     }
 
@@ -189,8 +209,11 @@ def _jsonable(x):
 
 
 def check_writable(path: str | Path, overwrite: bool = False) -> None:
+    """A report path that may be written: not a folder; an existing file only with ``overwrite``."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; give a file path")
     if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
+        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
 
 
 def write_json(path: str | Path, report: dict, overwrite: bool = False) -> Path:

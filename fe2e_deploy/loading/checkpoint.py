@@ -23,16 +23,43 @@ def _listing(names: set[str] | list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a ``.safetensors.index.json``: tensor name -> shard file name (in the index's folder).
+
+    Anything else (not JSON, no ``weight_map`` object, an empty one, a shard that is not a plain
+    ``.safetensors`` file name) is a :class:`CheckpointError` naming the index.
+    """
+    what = "not a safetensors index"
+    try:
+        document = json.loads(index.read_text())
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{index}: {what} (not a text file: {exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{index}: {what} (invalid JSON: {exc})") from None
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: {what} (no 'weight_map' object of tensor name -> shard file)")
+    if not weight_map:
+        raise CheckpointError(f"{index}: the weight_map lists no tensors")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise CheckpointError(
+                f"{index}: tensor {name!r} maps to {shard!r}, not a .safetensors file name in the index's folder"
+            )
+    return weight_map
+
+
 class ShardedCheckpoint:
     """A sharded checkpoint (``*.safetensors.index.json`` + shards) behind the ``safe_open`` interface we use."""
 
     def __init__(self, index: Path):
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a safetensors index with a weight_map ({exc})") from exc
-        self.index, self.weight_map = index, dict(weight_map)
-        self._handles = {f: open_safetensors(index.parent / f) for f in sorted(set(self.weight_map.values()))}
+        self.index, self.weight_map = index, read_weight_map(index)
+        self._handles = {}
+        for name in sorted(set(self.weight_map.values())):
+            shard = index.parent / name
+            if not shard.is_file():
+                raise CheckpointError(f"{shard}: shard listed in {index} not found")
+            self._handles[name] = open_safetensors(shard)
 
     def __enter__(self) -> ShardedCheckpoint:
         for handle in self._handles.values():

@@ -34,9 +34,10 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..artifacts.scales import DEFAULT_EXCLUDE, FORMAT, FORMAT_VERSION
-from ..artifacts.stripped import WEIGHTS_FILE, StrippedModel, load_stripped
+from ..artifacts.stripped import WEIGHTS_FILE, StrippedModel, load_stripped, read_stripped_meta
+from ..evaluation.datasets import UnreadableInput, open_image
 from ..files.hashing import sha256_file
-from ..files.images import find_images, read_image
+from ..files.images import find_images
 from ..models.fp8 import E4M3_MAX
 from ..models.fused import FE2EGraph
 from ..processing import preprocess
@@ -64,20 +65,38 @@ def quantizable_linears(dit: nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLU
     return {n: modules[n] for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)}
 
 
-def calibration_images(images: str | Path | None, max_images: int | None = None) -> list[tuple[str, Image.Image]]:
+def calibration_images(
+    images: str | Path | None, max_images: int | None = None, unreadable: list[tuple[str, str]] | None = None
+) -> list[tuple[str, Image.Image]]:
     """(name, RGB image) pairs: a folder's images (sorted), or the built-in synthetic scenes when ``images`` is None.
 
     The built-in scenes are the ones shipped in ``calibration/images/`` (see ``synthetic_scenes``).
+    An image that cannot be read is an error, or, given an ``unreadable`` list, skipped and recorded
+    there as (path, reason); ``max_images`` counts the images read.
     """
     if max_images is not None and max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {max_images}")
     if images is None:
         count = min(COUNT, max_images or COUNT)
         return [(f"builtin:{scene_name(i)}", render_scene(i)) for i in range(count)]
-    paths = find_images(images)[:max_images]
+    if Path(images).is_file():
+        raise NotADirectoryError(f"{images}: is a file; give the folder of calibration images")
+    paths = find_images(images)
     if not paths:
         raise FileNotFoundError(f"{images}: no .jpg/.jpeg/.png calibration images found")
-    return [(str(p), read_image(p)) for p in paths]
+    pictures = []
+    for path in paths:
+        if max_images is not None and len(pictures) == max_images:
+            break
+        try:
+            pictures.append((str(path), open_image(path)))
+        except UnreadableInput as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((str(path), str(exc)))
+    if not pictures:
+        raise ValueError(f"{images}: no calibration image could be read ({unreadable[0][1]})")
+    return pictures
 
 
 @torch.no_grad()
@@ -140,10 +159,15 @@ def calibrate_fp8(
     progress: bool = True,
     device: str = "cpu",
 ) -> dict:
-    """Run the stripped model over the calibration images; returns the scales document (see ``write_scales``)."""
+    """Run the stripped model over the calibration images; returns the scales document (see ``write_scales``).
+
+    Images that cannot be read are skipped and listed under ``unreadable_images`` (``{"image", "reason"}``).
+    """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: no CUDA GPU available here")
-    pictures = calibration_images(images, max_images)
+    read_stripped_meta(stripped)  # a missing or corrupt folder fails before the images are read
+    unreadable: list[tuple[str, str]] = []
+    pictures = calibration_images(images, max_images, unreadable)
     model = load_stripped(stripped, device=device, progress=progress)
     linears = quantizable_linears(model.dit, exclude)
     layers, sizes = measure_scales(model, linears, [image for _, image in pictures], processing_res, progress)
@@ -162,6 +186,7 @@ def calibrate_fp8(
         "resolutions": sorted(resolution_name(s) for s in sizes),
         "num_images": len(pictures),
         "images": [name for name, _ in pictures],
+        "unreadable_images": [{"image": path, "reason": reason} for path, reason in unreadable],
         "exclude_patterns": list(exclude),
         "excluded": sorted(set(linear_names(model.dit)) - set(linears)),
         "not_quantised": NOT_QUANTISED,

@@ -15,8 +15,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..evaluation.datasets import find_ground_truth, read_depth, read_mask, read_normals
-from ..files.images import find_images, read_image
+from ..evaluation.datasets import (
+    check_image,
+    find_ground_truth,
+    open_image,
+    read_depth,
+    read_input,
+    read_mask,
+    read_normals,
+)
+from ..files.images import find_images
 from ..processing import preprocess
 
 LOG_EPS = 1e-6
@@ -49,7 +57,12 @@ def _resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class TrainDataset:
-    """Samples of a training folder at one resolution; a missing ground-truth file is an error naming it."""
+    """Samples of a training folder at one resolution; a missing ground-truth file is an error naming it.
+
+    Every image is opened when the dataset is indexed (header and checksums, not decoded), so an
+    unreadable one stops training at the start, before the model is loaded, with its name; one that
+    fails to decode later stops it with its name too (training on a silently smaller set is not wanted).
+    """
 
     def __init__(self, root: str | Path, resolution: tuple[int, int], depth_scale: float = 1000.0):
         self.root, self.resolution, self.depth_scale = Path(root), resolution, depth_scale
@@ -58,6 +71,7 @@ class TrainDataset:
             raise FileNotFoundError(f"{rgb}: image folder not found (layout: rgb/, depth/, normals/, mask/)")
         self.items = []
         for image in find_images(rgb):
+            check_image(image)
             stem = image.relative_to(rgb).with_suffix("")
             depth = find_ground_truth(self.root / "depth", stem, image, "depth")
             normals = find_ground_truth(self.root / "normals", stem, image, "normals")
@@ -71,9 +85,9 @@ class TrainDataset:
 
     def __getitem__(self, index: int) -> TrainSample:
         image_path, depth_path, normals_path, mask_path = self.items[index]
-        image = read_image(image_path)
-        depth = read_depth(depth_path, self.depth_scale)
-        normals, normals_valid = read_normals(normals_path)
+        image = open_image(image_path)
+        depth = read_input("depth", depth_path, read_depth, self.depth_scale)
+        normals, normals_valid = read_input("normals", normals_path, read_normals)
         for name, arr in (("depth", depth), ("normals", normals)):
             if arr.shape[:2] != (image.height, image.width):
                 raise ValueError(f"{image_path}: {name} is {arr.shape[:2]}, image is {(image.height, image.width)}")
@@ -81,7 +95,7 @@ class TrainDataset:
         if normals_valid is not None:
             valid &= normals_valid
         if mask_path is not None:
-            valid &= read_mask(mask_path)
+            valid &= read_input("mask", mask_path, read_mask)
         size = self.resolution
         depth, normals, valid = (_resize_nearest(a, size) for a in (depth, normals, valid))
         normals = normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
