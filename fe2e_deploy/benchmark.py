@@ -11,7 +11,6 @@ paper's 1.78 s. Accuracy: each engine's maps against the FP32 eager reference on
 from __future__ import annotations
 
 import gc
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from PIL import Image
 from . import __version__
 from .engines import Engine, load_engine
 from .engines.eager import EagerEngine
-from .files.atomic import atomic_write
+from .evaluation.metrics import angular_error, relative_l2
+from .files.atomic import atomic_write, write_json
 from .kernels import exact_fp32
 from .memory import PeakMemory
 from .model_files import ModelFiles
@@ -67,11 +67,10 @@ class EngineResult:
 
 def map_errors(pred: Prediction, ref: Prediction) -> dict[str, float]:
     """Relative L2 error of the depth and normal maps, and the mean normal angle difference (degrees)."""
-    cos = np.clip(np.sum(pred.normals * ref.normals, axis=-1), -1.0, 1.0)
     return {
-        "depth_rel_l2": float(np.linalg.norm(pred.depth - ref.depth) / max(np.linalg.norm(ref.depth), 1e-12)),
-        "normals_rel_l2": float(np.linalg.norm(pred.normals - ref.normals) / max(np.linalg.norm(ref.normals), 1e-12)),
-        "normals_mean_angle_deg": float(np.degrees(np.arccos(cos)).mean()),
+        "depth_rel_l2": relative_l2(pred.depth, ref.depth),
+        "normals_rel_l2": relative_l2(pred.normals, ref.normals),
+        "normals_mean_angle_deg": float(np.mean(angular_error(pred.normals, ref.normals))),
     }
 
 
@@ -245,4 +244,4 @@ def stage_bar_chart(labels: list[str], stages: list[dict], title: str, path: str
 
 
 def write_report(report: dict, path: str | Path) -> None:
-    atomic_write(Path(path), lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(Path(path), report)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import ModelConfig
-from .files.atomic import atomic_write, install_file, refuse_existing, remove_stale_temps, temp_sibling
+from .files.atomic import install_file, refuse_existing, remove_stale_temps, temp_sibling, write_json
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors
 from .loading.dit_layout import dit_layout
 from .loading.writer import SafetensorsWriter
@@ -300,7 +300,7 @@ def _write_sharded(out: Path, index: Path, shards, dit_path, write_shard, metada
             installed.append(install_file(staging / name, out.parent / name, overwrite=False))
         weight_map = {name: file for file, shard in zip(names, shards, strict=True) for name in shard}
         body = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
-        atomic_write(index, lambda p: p.write_text(json.dumps(body, indent=2) + "\n"), overwrite)
+        write_json(index, body, overwrite=overwrite)
     except BaseException:
         for path in installed:  # unused without our index
             path.unlink(missing_ok=True)

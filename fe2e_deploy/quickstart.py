@@ -23,7 +23,7 @@ from .engines import Engine, load_engine
 from .files.images import find_images, read_image
 from .infer import InferReport, run_infer
 from .merge import merge_lora
-from .resolution import fe2e_processing_size, resolution_name
+from .resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, fe2e_processing_size, resolution_name
 from .strip import strip_model
 from .tiny import FILES, write_tiny_model
 
@@ -36,13 +36,18 @@ class QuickstartReport:
 
 
 def processing_sizes(images_dir: Path) -> tuple[tuple[int, int], ...]:
-    """FE2E's processing size of every readable image (sorted, unique): the resolutions to export."""
+    """FE2E's processing size of every readable image (sorted, unique): the resolutions to export.
+
+    Sizes over the processing limit are left out: infer reports those images as failed, one by one.
+    """
     sizes = set()
     for path in find_images(images_dir):
         try:
-            sizes.add(fe2e_processing_size(*read_image(path).size))
+            size = fe2e_processing_size(*read_image(path).size)
+            check_processing_pixels(size, MAX_PROCESSING_PIXELS, str(path))
+            sizes.add(size)
         except (OSError, ValueError):
-            continue  # infer reports unreadable images
+            continue  # infer reports unreadable and too large images
     if not sizes:
         raise FileNotFoundError(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
     return tuple(sorted(sizes))

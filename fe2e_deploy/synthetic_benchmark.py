@@ -36,6 +36,7 @@ from PIL import Image
 from . import __version__
 from .artifacts.scales import DEFAULT_EXCLUDE
 from .benchmark import PAPER_SECONDS, map_errors, stage_bar_chart, time_engine
+from .config import finite_number
 from .engines.eager import EagerEngine
 from .engines.stripped import StrippedEngine
 from .flops import bf16_peak_tflops, dit_flops
@@ -79,8 +80,8 @@ class SyntheticSettings:
             raise ValueError("compiled engines need --warmup >= 1 (the first run compiles)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: no CUDA GPU is visible here")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ValueError(f"--time-budget must be positive, got {self.time_budget}")
+        if self.time_budget is not None:
+            finite_number(self.time_budget, "--time-budget", positive=True)
 
 
 class JsonLines:

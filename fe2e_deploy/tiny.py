@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import PRESETS, ModelConfig
-from .files.atomic import atomic_write
+from .files.atomic import atomic_write, write_json
 from .loading.dit_layout import dit_layout, lora_target_modules
 from .loading.vae_layout import vae_layout
 
@@ -83,7 +82,7 @@ def write_tiny_model(
     gen = torch.Generator().manual_seed(seed)
     meta = {"format": "pt", "fe2e_deploy": "init-tiny", "seed": str(seed)}
 
-    atomic_write(paths["config"], lambda p: p.write_text(json.dumps(config.to_dict(), indent=2) + "\n"), overwrite)
+    write_json(paths["config"], config.to_dict(), overwrite=overwrite)
     dit = random_state(dit_layout(config).official_shapes(), gen)
     atomic_write(paths["dit"], lambda p: save_file(dit, str(p), metadata=meta), overwrite)
     vae = random_state(vae_layout(config.vae).official_shapes(), gen)

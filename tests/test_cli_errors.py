@@ -716,3 +716,23 @@ def test_no_model_fixture_really_stops_loading(stripped, no_model):
     """The guard itself: a good command that loads a model ends in its AssertionError."""
     result = runner.invoke(app, ["benchmark", "--engine", str(stripped), "--resolution", RES, "--runs", "1"])
     assert isinstance(result.exception, AssertionError), result.output
+
+
+def test_later_option_checks(tiny_dir, tmp_path):
+    """Non-finite numbers and a folder as merge-lora's output are option errors, found before any work."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cases = [
+        (["merge-lora", "--dit", str(tiny_dir / "dit.safetensors"), "--lora", str(tiny_dir / "lora.safetensors"),
+          "-o", str(folder), "--model-config", "tiny", "--overwrite"], "is a folder"),
+        (["export", str(tmp_path / "s"), "-o", str(tmp_path / "e"), "--tolerance", "nan"], "--tolerance"),
+        (["evaluate", "--engine", str(tiny_dir), "--dataset", str(tmp_path), "--task", "depth",
+          "--depth-scale", "inf"], "--depth-scale"),
+        (["benchmark", "--synthetic-weights", "tiny", "--time-budget", "nan", "--device", "cpu"], "--time-budget"),
+        (["infer", str(tmp_path), "-o", str(tmp_path / "o"), "--processing-res", "4096x4096"], "over the limit"),
+        (["calibrate", str(tmp_path / "s"), "--processing-res", "4096x4096"], "over the limit"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "o").exists()

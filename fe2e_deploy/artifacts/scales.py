@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from ..files.atomic import atomic_write
+from ..files.atomic import write_json
 from .sidecar import check_fields, read_json
 
 FORMAT, FORMAT_VERSION = "fe2e-fp8-scales", 1
@@ -20,7 +19,7 @@ def write_scales(document: dict, path: str | Path, overwrite: bool = False) -> P
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
-    return atomic_write(path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+    return write_json(path, document)
 
 
 def load_scales(path: str | Path) -> dict:

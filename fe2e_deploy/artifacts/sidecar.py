@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..files.atomic import atomic_write
+from ..files.atomic import write_json
 
 #: A field specification: a type (or tuple of types) the value must have, or a nested specification for an object.
 FieldSpec = dict[str, "type | tuple[type, ...] | FieldSpec"]
@@ -20,7 +20,7 @@ def sidecar_path(artifact: str | Path) -> Path:
 
 
 def write_sidecar(artifact: str | Path, sidecar: dict) -> None:
-    atomic_write(sidecar_path(artifact), lambda p: p.write_text(json.dumps(sidecar, indent=2) + "\n"))
+    write_json(sidecar_path(artifact), sidecar)
 
 
 def read_sidecar(artifact: str | Path, fmt: str, rebuild: str) -> dict:

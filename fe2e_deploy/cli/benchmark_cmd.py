@@ -100,8 +100,10 @@ def benchmark(
 def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy, json_out, plot) -> None:
     from ..benchmark import format_table, run_benchmark, write_plot, write_report  # noqa: PLC0415
     from ..engines import engine_kind  # noqa: PLC0415
-    from ..evaluation.datasets import open_image  # noqa: PLC0415
-    from ..files.images import find_images  # noqa: PLC0415
+    from ..files.images import (
+        find_images,  # noqa: PLC0415
+        open_image,  # noqa: PLC0415
+    )
     from ..model_files import ModelFiles  # noqa: PLC0415
     from ..scenes import synthetic_scene  # noqa: PLC0415
 

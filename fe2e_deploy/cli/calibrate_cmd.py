@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 
 from ..artifacts.scales import DEFAULT_EXCLUDE
+from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
 from .app import app, fail, user_errors, writing
-from .options import Device, Overwrite, ProcessingRes, Progress
+from .options import Device, MaxProcessingPixels, Overwrite, ProcessingRes, Progress
 
 
 @app.command("calibrate")
@@ -22,6 +23,7 @@ def calibrate(
         "the same as calibration/images/).",
     ),
     processing_res: ProcessingRes = None,
+    max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,
     exclude: list[str] = typer.Option(
         None,
         help="Glob over Linear names kept out of FP8 (repeatable), replacing the defaults "
@@ -44,7 +46,7 @@ def calibrate(
         from ..quantize.calibrate import calibrate_fp8  # noqa: PLC0415
 
         device = options.device(device)
-        res = options.processing_res(processing_res)
+        res = options.processing_res(processing_res, max_processing_pixels)
         options.output_file(out, overwrite)
         read_stripped_meta(stripped)
         document = calibrate_fp8(
@@ -55,6 +57,7 @@ def calibrate(
             max_images=max_images,
             progress=progress,
             device=device,
+            max_processing_pixels=max_processing_pixels,
         )
         with writing(out):
             write_scales(document, out, overwrite)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
+from ..config import finite_number
 from ..evaluation.kinds import DATASET_KINDS
+from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
 from .app import app, fail, user_errors, writing
-from .options import ENGINE_HELP, Device, Overwrite, ProcessingRes, Progress
+from .options import ENGINE_HELP, Device, MaxProcessingPixels, Overwrite, ProcessingRes, Progress
 
 
 @app.command("evaluate")
@@ -25,6 +27,7 @@ def evaluate(
     ),
     depth_scale: float = typer.Option(None, help="Divisor of 16-bit depth PNGs to metres (default 1000; kitti 256)."),
     processing_res: ProcessingRes = None,
+    max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,
     device: Device = "auto",
     dtype: str = typer.Option(None, help="DiT precision of a model or stripped folder: fp32 or bf16."),
     json_out: Path = typer.Option(None, "--json", help="Also write the report (per-image metrics too) as JSON."),
@@ -45,20 +48,23 @@ def evaluate(
         from ..engines import engine_kind, load_engine  # noqa: PLC0415
         from ..evaluation.datasets import open_dataset  # noqa: PLC0415
         from ..evaluation.metrics import check_alignment  # noqa: PLC0415
-        from ..evaluation.run import evaluate_engine, metrics_table, write_json  # noqa: PLC0415
+        from ..evaluation.run import evaluate_engine, metrics_table, write_report  # noqa: PLC0415
 
         device = options.device(device)
-        res = options.processing_res(processing_res)
+        res = options.processing_res(processing_res, max_processing_pixels)
+        if depth_scale is not None:
+            finite_number(depth_scale, "--depth-scale", positive=True)
         if task == "depth":
             check_alignment(alignment)
         options.output_file(json_out, overwrite)
         data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images)
         engine_kind(engine)
         runner = load_engine(engine, device=device, dtype=dtype, processing_res=res)
+        runner.max_processing_pixels = max_processing_pixels
         report = evaluate_engine(runner, data, task, alignment, progress=progress)
         if json_out is not None:
             with writing(json_out):
-                write_json(json_out, report, overwrite)
+                write_report(json_out, report, overwrite)
     title = f"{task} on {dataset} ({report['num_images']} images"
     title += f", alignment {alignment})" if task == "depth" else ")"
     typer.echo(title)
@@ -87,6 +93,7 @@ def compare(
     ),
     device: Device = "auto",
     processing_res: ProcessingRes = None,
+    max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,
     json_out: Path = typer.Option(None, "--json", help="Also write the report (per-image values too) as JSON."),
     overwrite: Overwrite = False,
     progress: Progress = True,
@@ -98,7 +105,7 @@ def compare(
     """
     with user_errors():  # options, output, images and engine paths are checked before an engine is loaded
         from ..engines import engine_kind, load_engine  # noqa: PLC0415
-        from ..evaluation.run import COMPARE_METRICS, compare_engines, format_table, write_json  # noqa: PLC0415
+        from ..evaluation.run import COMPARE_METRICS, compare_engines, format_table, write_report  # noqa: PLC0415
         from ..files.images import find_images  # noqa: PLC0415
 
         device = options.device(device)
@@ -107,7 +114,7 @@ def compare(
         dtype = list(dtype or [None])
         if len(dtype) not in (1, 2):
             raise ValueError(f"give --dtype once or twice, got {len(dtype)}")
-        res = options.processing_res(processing_res)
+        res = options.processing_res(processing_res, max_processing_pixels)
         options.output_file(json_out, overwrite)
         if images_dir.is_file():
             raise NotADirectoryError(f"{images_dir}: is a file; give the folder that holds the images")
@@ -117,10 +124,11 @@ def compare(
             engine_kind(path)
         dtypes = dtype * 2 if len(dtype) == 1 else dtype
         a, b = (load_engine(e, device=device, dtype=d, processing_res=res) for e, d in zip(engine, dtypes, strict=True))
+        a.max_processing_pixels = b.max_processing_pixels = max_processing_pixels
         report = compare_engines(a, b, images_dir, progress=progress)
         if json_out is not None:
             with writing(json_out):
-                write_json(json_out, report, overwrite)
+                write_report(json_out, report, overwrite)
     typer.echo(f"{b.name} ({engine[1]}) against {a.name} ({engine[0]}) on {report['num_images']} images")
     typer.echo("mean over images:")
     typer.echo(format_table(report["overall"], COMPARE_METRICS, 6))

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..artifacts.export import GRAPH_NAMES
-from ..config import FE2E_RESOLUTIONS
+from ..config import FE2E_RESOLUTIONS, finite_number
 from ..precision import DTYPE_PRECISIONS
 from ..resolution import parse_resolution, resolution_name
 from . import options
@@ -57,6 +57,8 @@ def export(
 
         device = options.device(device)
         cast = torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS)) if dtype is not None else None
+        if tolerance is not None:
+            finite_number(tolerance, "--tolerance", positive=True)
         if precision not in (None, "fp8"):
             raise ValueError(f"precision {precision!r} not supported; use fp8 (with --scales) or --dtype")
         if (precision == "fp8") != (scales is not None):

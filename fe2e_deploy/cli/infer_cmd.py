@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels
+from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
 from .app import app, fail, user_errors
 from .options import (
@@ -15,6 +15,7 @@ from .options import (
     DitOption,
     Dtype,
     LoraOption,
+    MaxProcessingPixels,
     ModelConfigOption,
     Overwrite,
     ProcessingRes,
@@ -37,11 +38,7 @@ def infer(
     dtype: Dtype = None,
     device: Device = "auto",
     processing_res: ProcessingRes = None,
-    max_processing_pixels: int = typer.Option(
-        MAX_PROCESSING_PIXELS,
-        help="Largest processing size in pixels (width x height; default 2048x2048): larger --processing-res is "
-        "refused, and an image FE2E's rule keeps at a larger size (over 6048x4032) fails alone.",
-    ),
+    max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,
     cfg_batch: bool = typer.Option(
         False, "--cfg-batch", help="Run the official batch of 2 (cond + uncond, both empty prompts) instead of 1."
     ),
@@ -62,10 +59,9 @@ def infer(
         from ..infer import check_infer_paths, run_infer  # noqa: PLC0415
         from ..model_files import ModelFiles  # noqa: PLC0415
 
-        res = options.processing_res(processing_res)
-        check_processing_pixels(res, max_processing_pixels, "--processing-res")  # before anything is loaded
-        check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
+        res = options.processing_res(processing_res, max_processing_pixels)  # before anything is loaded
         device = options.device(device)
+        check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
         if engine is not None:
             if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)):
                 raise ValueError(

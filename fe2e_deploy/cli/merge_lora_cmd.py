@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from . import options
 from .app import app, user_errors
 from .options import Overwrite, Progress
 
@@ -37,6 +38,8 @@ def merge_lora_command(
         from ..merge import merge_lora, parse_size  # noqa: PLC0415
 
         check_multiplier(multiplier)  # before reading any file
+        if not dry_run:
+            options.output_file(out, overwrite)  # a folder, or a place nothing can be written, fails first
         config = load_model_config(model_config)
         report = merge_lora(
             dit,

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ..resolution import parse_resolution
+from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, parse_resolution
 
 ENGINE_HELP = (
     "Engine: a model folder (official files, as init-tiny writes), a stripped folder, an export folder or its "
@@ -32,6 +32,13 @@ Dtype = Annotated[
 ProcessingRes = Annotated[
     str | None, typer.Option(help="Process at WIDTHxHEIGHT (multiples of 16) instead of FE2E's resize rule.")
 ]
+MaxProcessingPixels = Annotated[
+    int,
+    typer.Option(
+        help="Largest processing size in pixels (width x height; default 2048x2048 = 4.2 MP): a larger "
+        "--processing-res is refused, and an image FE2E's rule keeps at a larger size (over 6048x4032) fails alone."
+    ),
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (else they are refused).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 ModelConfigOption = Annotated[
@@ -45,9 +52,11 @@ PromptOption = Annotated[
 LoraOption = Annotated[Path | None, typer.Option(help="FE2E LoRA (kohya .safetensors).")]
 
 
-def processing_res(text: str | None) -> tuple[int, int] | None:
-    """``--processing-res`` parsed (None when not given)."""
-    return parse_resolution(text) if text else None
+def processing_res(text: str | None, max_pixels: int = MAX_PROCESSING_PIXELS) -> tuple[int, int] | None:
+    """``--processing-res`` parsed (None when not given) and checked against ``--max-processing-pixels``."""
+    size = parse_resolution(text) if text else None
+    check_processing_pixels(size, max_pixels, "--processing-res")
+    return size
 
 
 def device(name: str) -> str:

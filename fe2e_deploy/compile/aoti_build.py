@@ -43,12 +43,12 @@ from ..artifacts.sidecar import write_sidecar
 from ..artifacts.stripped import StrippedModel
 from ..config import FE2E_RESOLUTIONS
 from ..files.atomic import (
-    atomic_write,
     check_folder_target,
     install_file,
     remove_stale_temps,
     staged_folder,
     temp_sibling,
+    write_json,
 )
 from ..kernels import preferred_attention, resolve_device
 from ..models.fused import FE2EGraph
@@ -159,7 +159,7 @@ def _build_package(model, out: Path, size, batch, device, document, description,
         seconds = _compile(model, width, height, batch, device, tmp, description["precision"])
         scales_name = f"{out.name}.{SCALES_FILE}"
         if document is not None:
-            atomic_write(out.with_name(scales_name), lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+            write_json(out.with_name(scales_name), document)
         else:
             out.with_name(scales_name).unlink(missing_ok=True)  # a stale copy from an earlier FP8 build
             scales_name = None

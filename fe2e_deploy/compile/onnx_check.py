@@ -52,7 +52,8 @@ from ..artifacts.export import load_manifest
 from ..artifacts.scales import load_scales
 from ..artifacts.stripped import StrippedModel, load_stripped
 from ..engines.ort_session import make_session
-from ..files.atomic import atomic_write
+from ..evaluation.metrics import relative_l2
+from ..files.atomic import write_json
 from ..kernels import exact_fp32
 from ..models.fp8 import FP8Linear, quantize_dit, quantize_fp8
 from ..processing import preprocess
@@ -135,7 +136,7 @@ class QuantizerTap:
 def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(max abs, relative L2 ``||a - b|| / ||b||``) in float64."""
     diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    return float(diff.max()), float(np.linalg.norm(diff) / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-12))
+    return float(diff.max()), relative_l2(a, b)
 
 
 def has_fp8_qdq(path: str | Path) -> bool:
@@ -389,7 +390,7 @@ def write_check_report(export_dir: str | Path, results: list[OutputCheck]) -> Pa
         "passed": all(r.ok for r in results),
         "outputs": [{**asdict(r), "ok": r.ok} for r in results],
     }
-    return atomic_write(Path(export_dir) / CHECK_FILE, lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    return write_json(Path(export_dir) / CHECK_FILE, report)
 
 
 def check_passed(export_dir: str | Path) -> bool:

@@ -23,6 +23,7 @@ from .. import __version__
 from ..artifacts.export import load_manifest
 from ..artifacts.sidecar import write_sidecar
 from ..artifacts.tensorrt import SIDECAR_FORMAT, TRT_PRECISIONS, TensorRTUnavailable, _gpu_identity, import_tensorrt
+from ..config import finite_number
 from ..files.atomic import atomic_write
 
 
@@ -88,6 +89,8 @@ def build_trt_engine(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
+    if workspace_gib is not None:
+        finite_number(workspace_gib, "--workspace-gib", positive=True)
     facts = inspect_graph(onnx_path)
     check_precision(facts, precision)
     if not 0 <= opt_level <= 5:

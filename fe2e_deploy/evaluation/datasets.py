@@ -23,44 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..files.images import IMAGE_SUFFIXES, find_images, read_image
+from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, UnreadableInput, find_images, open_image, reason_without_path
 from .kinds import DATASET_KINDS, KB_CROP_HW, KITTI_EIGEN_CROP, NYU_EIGEN_CROP, TASKS, DatasetKind
 from .metrics import depth_valid_mask, normal_valid_mask
-
-
-class UnreadableInput(ValueError):
-    """An input file (image, ground truth, mask) that cannot be read; the message names the file.
-
-    Commands that run over many images skip such a sample and report it (``evaluate``, ``compare``,
-    ``calibrate``, like ``infer``); a command given one image fails with this message.
-    """
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """The library's message without the path it repeats (PIL: "cannot identify image file '<path>'")."""
-    text = str(exc).replace(f" '{path}'", "").replace(f" {path}", "").strip()
-    return text or type(exc).__name__
-
-
-#: What reading a broken or truncated file raises (PIL, numpy).
-READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """:func:`~fe2e_deploy.files.images.read_image` (fully decoded RGB), or :class:`UnreadableInput` naming it."""
-    try:
-        return read_image(Path(path))
-    except READ_ERRORS as exc:
-        raise UnreadableInput(f"{path}: unreadable image ({_reason(exc, Path(path))})") from None
-
-
-def check_image(path: str | Path) -> None:
-    """Cheap check that ``path`` is an image PIL can open (header and, for PNG, chunk checksums; no decoding)."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except READ_ERRORS as exc:
-        raise UnreadableInput(f"{path}: unreadable image ({_reason(exc, Path(path))})") from None
 
 
 def read_input(kind: str, path: Path, read, *args):
@@ -72,7 +37,7 @@ def read_input(kind: str, path: Path, read, *args):
     except READ_ERRORS as exc:
         if isinstance(exc, ValueError) and str(path) in str(exc):  # already says what is wrong with the file
             raise UnreadableInput(str(exc)) from None
-        raise UnreadableInput(f"{path}: unreadable {kind} ({_reason(exc, path)})") from None
+        raise UnreadableInput(f"{path}: unreadable {kind} ({reason_without_path(exc, path)})") from None
 
 
 @dataclass(frozen=True)

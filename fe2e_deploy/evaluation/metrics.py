@@ -128,6 +128,19 @@ def normal_valid_mask(gt: np.ndarray, mask: np.ndarray | None = None, eps: float
     return valid if mask is None else valid & mask
 
 
+def relative_l2(pred: np.ndarray, ref: np.ndarray) -> float:
+    """``||pred - ref|| / ||ref||`` in float64 (0 for two zero arrays, inf when only ``ref`` is zero).
+
+    The one relative error of the toolkit: engine vs engine (``compare``, ``benchmark``) and graph vs
+    PyTorch (``export --check``).
+    """
+    pred, ref = np.asarray(pred, np.float64), np.asarray(ref, np.float64)
+    norm_ref, norm_diff = float(np.linalg.norm(ref)), float(np.linalg.norm(pred - ref))
+    if norm_ref > 0:
+        return norm_diff / norm_ref
+    return 0.0 if norm_diff == 0 else math.inf
+
+
 def angular_error(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Angle in degrees between ``[..., 3]`` vectors, both normalised first."""
     cos = np.sum(normalize(pred) * normalize(gt), axis=-1)

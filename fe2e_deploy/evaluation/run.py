@@ -3,7 +3,6 @@ between two engines (:func:`compare_engines`); reports are plain dicts, written 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable
@@ -15,9 +14,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..engines import Engine
-from ..files.atomic import atomic_write
-from ..files.images import find_images
-from .datasets import EvalDataset, UnreadableInput, open_dataset, open_image
+from ..files.atomic import write_json
+from ..files.images import UnreadableInput, find_images, open_image
+from .datasets import EvalDataset, open_dataset
 from .metrics import (
     DEPTH_METRICS,
     NORMAL_METRICS,
@@ -29,6 +28,7 @@ from .metrics import (
     mean_metrics,
     normal_metrics,
     normalize,
+    relative_l2,
 )
 
 COMPARE_METRICS = ("depth_abs_rel", "depth_rel_l2", "normals_mean_deg")
@@ -132,8 +132,7 @@ def compare_predictions(pred_a, pred_b) -> dict[str, float]:
     scale, shift = fit_scale_shift(b, a, np.ones(a.shape, dtype=bool))
     ea = np.exp(a)
     abs_rel = float(np.mean(np.abs(np.exp(b * scale + shift) - ea) / ea))
-    norm_a, norm_diff = float(np.linalg.norm(a)), float(np.linalg.norm(b - a))
-    rel_l2 = norm_diff / norm_a if norm_a > 0 else (0.0 if norm_diff == 0 else math.inf)
+    rel_l2 = relative_l2(b, a)
     return {
         "depth_abs_rel": abs_rel,
         "depth_rel_l2": rel_l2,
@@ -208,16 +207,6 @@ def _jsonable(x):
     return x
 
 
-def check_writable(path: str | Path, overwrite: bool = False) -> None:
-    """A report path that may be written: not a folder; an existing file only with ``overwrite``."""
-    if Path(path).is_dir():
-        raise IsADirectoryError(f"{path}: is a folder; give a file path")
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
-
-
-def write_json(path: str | Path, report: dict, overwrite: bool = False) -> Path:
+def write_report(path: str | Path, report: dict, overwrite: bool = False) -> Path:
     """Write ``report`` as JSON atomically (non-finite numbers as null); refuse to replace a file."""
-    check_writable(path, overwrite)
-    text = json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return write_json(path, _jsonable(report), overwrite=overwrite)

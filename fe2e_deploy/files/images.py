@@ -71,3 +71,38 @@ def find_images(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: input folder not found")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class UnreadableInput(ValueError):
+    """An input file (image, ground truth, mask) that cannot be read; the message names the file.
+
+    Commands that run over many images skip such a sample and report it (``evaluate``, ``compare``,
+    ``calibrate``, like ``infer``); a command given one image fails with this message.
+    """
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """:func:`~fe2e_deploy.files.images.read_image` (fully decoded RGB), or :class:`UnreadableInput` naming it."""
+    try:
+        return read_image(Path(path))
+    except READ_ERRORS as exc:
+        raise UnreadableInput(f"{path}: unreadable image ({reason_without_path(exc, Path(path))})") from None
+
+
+def check_image(path: str | Path) -> None:
+    """Cheap check that ``path`` is an image PIL can open (header and, for PNG, chunk checksums; no decoding)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except READ_ERRORS as exc:
+        raise UnreadableInput(f"{path}: unreadable image ({reason_without_path(exc, Path(path))})") from None
+
+
+def reason_without_path(exc: BaseException, path: Path) -> str:
+    """The library's message without the path it repeats (PIL: "cannot identify image file '<path>'")."""
+    text = str(exc).replace(f" '{path}'", "").replace(f" {path}", "").strip()
+    return text or type(exc).__name__
+
+
+#: What reading a broken or truncated file raises (PIL, numpy).
+READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)

@@ -35,13 +35,12 @@ from tqdm import tqdm
 from .. import __version__
 from ..artifacts.scales import DEFAULT_EXCLUDE, FORMAT, FORMAT_VERSION
 from ..artifacts.stripped import WEIGHTS_FILE, StrippedModel, load_stripped, read_stripped_meta
-from ..evaluation.datasets import UnreadableInput, open_image
 from ..files.hashing import sha256_file
-from ..files.images import find_images
+from ..files.images import UnreadableInput, find_images, open_image
 from ..models.fp8 import E4M3_MAX
 from ..models.fused import FE2EGraph
 from ..processing import preprocess
-from ..resolution import fe2e_processing_size, resolution_name
+from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, fe2e_processing_size, resolution_name
 from .synthetic_scenes import COUNT, render_scene, scene_name
 
 NOT_QUANTISED = "attention BMMs (QK^T, PV), RoPE, norms, modulation and residual stream stay in the compute dtype"
@@ -158,16 +157,28 @@ def calibrate_fp8(
     max_images: int | None = None,
     progress: bool = True,
     device: str = "cpu",
+    max_processing_pixels: int = MAX_PROCESSING_PIXELS,
 ) -> dict:
     """Run the stripped model over the calibration images; returns the scales document (see ``write_scales``).
 
-    Images that cannot be read are skipped and listed under ``unreadable_images`` (``{"image", "reason"}``).
+    Images that cannot be read are skipped and listed under ``unreadable_images`` (``{"image", "reason"}``);
+    images whose processing size is over ``max_processing_pixels`` under ``skipped_images``.
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: no CUDA GPU available here")
     read_stripped_meta(stripped)  # a missing or corrupt folder fails before the images are read
     unreadable: list[tuple[str, str]] = []
     pictures = calibration_images(images, max_images, unreadable)
+    too_large: list[tuple[str, str]] = []
+    for name, picture in list(pictures):
+        try:
+            size = processing_res or fe2e_processing_size(*picture.size)
+            check_processing_pixels(size, max_processing_pixels, f"image {name}")
+        except ValueError as exc:
+            too_large.append((name, str(exc)))
+            pictures.remove((name, picture))
+    if not pictures:
+        raise ValueError("no calibration image left to run (see the unreadable and skipped images)")
     model = load_stripped(stripped, device=device, progress=progress)
     linears = quantizable_linears(model.dit, exclude)
     layers, sizes = measure_scales(model, linears, [image for _, image in pictures], processing_res, progress)
@@ -187,6 +198,7 @@ def calibrate_fp8(
         "num_images": len(pictures),
         "images": [name for name, _ in pictures],
         "unreadable_images": [{"image": path, "reason": reason} for path, reason in unreadable],
+        "skipped_images": [{"image": path, "reason": reason} for path, reason in too_large],
         "exclude_patterns": list(exclude),
         "excluded": sorted(set(linear_names(model.dit)) - set(linears)),
         "not_quantised": NOT_QUANTISED,

@@ -15,16 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..evaluation.datasets import (
-    check_image,
-    find_ground_truth,
-    open_image,
-    read_depth,
-    read_input,
-    read_mask,
-    read_normals,
-)
-from ..files.images import find_images
+from ..evaluation.datasets import find_ground_truth, read_depth, read_input, read_mask, read_normals
+from ..files.images import check_image, find_images, open_image
 from ..processing import preprocess
 
 LOG_EPS = 1e-6

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..config import finite_number
-from ..files.atomic import atomic_write
+from ..files.atomic import atomic_write, write_json
 from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..model_files import ModelFiles
 from ..reference import FE2EPipeline
@@ -220,7 +220,7 @@ def train_lora(
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "train_args.json", lambda p: p.write_text(json.dumps(asdict(opts), indent=2) + "\n"))
+    write_json(out_dir / "train_args.json", asdict(opts))
     report = TrainReport(out_dir, start, opts.steps)
     log_path = out_dir / "loss.jsonl"
     if log_path.exists():  # keep the log of the steps before ``start`` only
