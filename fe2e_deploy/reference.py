@@ -56,14 +56,15 @@ class FE2EPipeline:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         cfg_batch: bool = False,
+        progress: bool = False,
     ) -> FE2EPipeline:
         """Load the official files; the VAE stays FP32 as in the official code, ``dtype`` is the DiT's."""
         prompt = load_prompt_embedding(prompt_path, config.connector.in_channels)
         lora = read_kohya_lora(lora_path, config) if lora_path else None
-        dit = load_dit(config, dit_path, dtype, device)
+        dit = load_dit(config, dit_path, dtype, device, progress)
         if lora:
             apply_lora_unmerged(dit, lora)
-        vae = load_vae(config, vae_path, torch.float32, device)
+        vae = load_vae(config, vae_path, torch.float32, device, progress)
         return cls(dit, vae, prompt, device, cfg_batch)
 
     def preprocess(self, image: Image.Image, processing_res: tuple[int, int] | None = None) -> torch.Tensor:

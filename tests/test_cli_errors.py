@@ -736,3 +736,18 @@ def test_later_option_checks(tiny_dir, tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert not (tmp_path / "e").exists() and not (tmp_path / "o").exists()
+
+
+def test_images_dir_given_a_file_and_no_progress_bars(tiny_dir, tmp_path):
+    """A file as IMAGES_DIR says so (not "input folder not found"); --no-progress hides the loading bars too."""
+    image = tmp_path / "a.png"
+    scene_image(32, 32).save(image)
+    result = runner.invoke(app, ["infer", str(image), "-o", str(tmp_path / "o"), "--engine", str(tiny_dir)])
+    assert result.exit_code == 2 and "a.png: is a file; give the folder that holds the images" in result.output
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image.rename(folder / "a.png")
+    args = ["infer", str(folder), "-o", str(tmp_path / "o"), "--engine", str(tiny_dir), "--processing-res", "32x32"]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "loading" not in result.output and "it/s" not in result.output, result.output

@@ -59,7 +59,7 @@ def evaluate(
         options.output_file(json_out, overwrite)
         data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images)
         engine_kind(engine)
-        runner = load_engine(engine, device=device, dtype=dtype, processing_res=res)
+        runner = load_engine(engine, device=device, dtype=dtype, processing_res=res, progress=progress)
         runner.max_processing_pixels = max_processing_pixels
         report = evaluate_engine(runner, data, task, alignment, progress=progress)
         if json_out is not None:
@@ -123,7 +123,10 @@ def compare(
         for path in engine:
             engine_kind(path)
         dtypes = dtype * 2 if len(dtype) == 1 else dtype
-        a, b = (load_engine(e, device=device, dtype=d, processing_res=res) for e, d in zip(engine, dtypes, strict=True))
+        a, b = (
+            load_engine(e, device=device, dtype=d, processing_res=res, progress=progress)
+            for e, d in zip(engine, dtypes, strict=True)
+        )
         a.max_processing_pixels = b.max_processing_pixels = max_processing_pixels
         report = compare_engines(a, b, images_dir, progress=progress)
         if json_out is not None:

@@ -67,10 +67,10 @@ def infer(
                 raise ValueError(
                     "--engine cannot be combined with --model-config/--dit/--vae/--prompt-embedding/--lora"
                 )
-            runner = load_engine(engine, device=device, dtype=dtype, processing_res=res)
+            runner = load_engine(engine, device=device, dtype=dtype, processing_res=res, progress=progress)
         else:
             files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, lora)
-            runner = EagerEngine.from_model_files(files, dtype, device, res, cfg_batch)
+            runner = EagerEngine.from_model_files(files, dtype, device, res, cfg_batch, progress=progress)
         runner.max_processing_pixels = max_processing_pixels
         report = run_infer(
             runner, images_dir, output_dir, overwrite=overwrite, progress=progress, batch_size=batch_size

@@ -50,12 +50,17 @@ def engine_kind(path: str | Path) -> str:
 
 
 def load_engine(
-    path: str | Path, device: str = "cpu", dtype: str | None = None, processing_res: tuple[int, int] | None = None
+    path: str | Path,
+    device: str = "cpu",
+    dtype: str | None = None,
+    processing_res: tuple[int, int] | None = None,
+    progress: bool = False,
 ) -> Engine:
     """Open an engine by path.
 
     ``dtype`` (fp32/bf16): the DiT precision of a model folder (default fp32) or a stripped folder
     (default: as stripped); for built engines (.onnx, .pt2, .plan) it must equal their precision.
+    ``progress``: show bars while weights load (model and stripped folders).
     """
     path = Path(path)
     kind = engine_kind(path)
@@ -74,8 +79,8 @@ def load_engine(
     if kind == "stripped":
         from .stripped import StrippedEngine  # noqa: PLC0415
 
-        return StrippedEngine(path, device, processing_res, dtype=dtype)
+        return StrippedEngine(path, device, processing_res, dtype=dtype, progress=progress)
     from ..model_files import ModelFiles  # noqa: PLC0415
     from .eager import EagerEngine  # noqa: PLC0415
 
-    return EagerEngine.from_model_files(ModelFiles.from_dir(path), dtype, device, processing_res)
+    return EagerEngine.from_model_files(ModelFiles.from_dir(path), dtype, device, processing_res, progress=progress)

@@ -30,11 +30,20 @@ class EagerEngine(Engine):
         device: str = "cpu",
         processing_res: tuple[int, int] | None = None,
         cfg_batch: bool = False,
+        progress: bool = False,
     ) -> EagerEngine:
         """Load the official files; ``dtype`` (fp32 or bf16, default fp32) is the DiT's, the VAE stays FP32."""
         precision = parse_precision(dtype or "fp32", DTYPE_PRECISIONS)
         pipe = FE2EPipeline.from_files(
-            files.config, files.dit, files.vae, files.prompt, files.lora, torch_dtype(precision), device, cfg_batch
+            files.config,
+            files.dit,
+            files.vae,
+            files.prompt,
+            files.lora,
+            torch_dtype(precision),
+            device,
+            cfg_batch,
+            progress,
         )
         return cls(pipe, processing_res, name=f"eager-{precision}")
 

@@ -35,8 +35,9 @@ class StrippedEngine(Engine):
         compile_mode: str | None = None,
         name: str | None = None,
         dtype: str | None = None,
+        progress: bool = False,
     ):
-        self.model = folder if isinstance(folder, StrippedModel) else load_stripped(folder, device)
+        self.model = folder if isinstance(folder, StrippedModel) else load_stripped(folder, device, progress)
         if dtype is not None:  # a stripped folder may run in another precision than it was stored in
             self.model.dit.cast_weights(torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS)))
         self.device, self.processing_res = torch.device(device), processing_res

@@ -192,7 +192,9 @@ def train_lora(
     device = torch.device(opts.device)
     torch.manual_seed(opts.seed)
     base_dtype = torch.bfloat16 if opts.mixed_precision == "bf16" else torch.float32
-    pipe = FE2EPipeline.from_files(files.config, files.dit, files.vae, files.prompt, None, base_dtype, device)
+    pipe = FE2EPipeline.from_files(
+        files.config, files.dit, files.vae, files.prompt, None, base_dtype, device, progress=progress
+    )
     transformer = pipe.dit.transformer
     config = lora_config(files, opts)
     inject_adapter_in_model(config, transformer, adapter_name=ADAPTER)
