@@ -42,8 +42,9 @@ class InferReport:
         return self.total_seconds / max(1, self.predicted)
 
     def summary(self) -> str:
+        completed = f"{len(self.completed)} completed (some outputs were missing), " if self.completed else ""
         return (
-            f"{len(self.written)} image(s) written, {len(self.completed)} completed (some outputs were missing), "
+            f"{len(self.written)} image(s) written, {completed}"
             f"{len(self.skipped)} skipped (all outputs exist), {len(self.failed)} failed; "
             f"{self.seconds_per_image:.3f} s per image end to end "
             f"({self.predict_seconds / max(1, self.predicted):.3f} s in the engine)"
