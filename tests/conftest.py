@@ -48,6 +48,13 @@ def strip_tiny(tiny_dir: Path, config, out: Path, dtype=torch.float32, lora: boo
     return out
 
 
+def model_file_args(tiny_dir: Path, lora: bool = True) -> list[str]:
+    """The model file options of a command (--model-config, --dit, --vae, --prompt-embedding[, --lora])."""
+    args = ["--model-config", str(tiny_dir / "model_config.json"), "--dit", str(tiny_dir / "dit.safetensors")]
+    args += ["--vae", str(tiny_dir / "vae.safetensors"), "--prompt-embedding", str(tiny_dir / "empty_prompt.npz")]
+    return [*args, "--lora", str(tiny_dir / "lora.safetensors")] if lora else args
+
+
 def scene_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     """A smooth synthetic RGB scene (gradients + a disc), deterministic."""
     rng = np.random.default_rng(seed)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import scene_image, strip_tiny
+from conftest import model_file_args, scene_image, strip_tiny
 from torch import nn
 from typer.testing import CliRunner
 
@@ -99,22 +99,7 @@ def dead_pid() -> int:
 
 
 def strip_args(tiny_dir: Path, out: Path, dtype: str) -> list[str]:
-    return [
-        "strip",
-        "-o",
-        str(out),
-        "--model-config",
-        str(tiny_dir / "model_config.json"),
-        "--dit",
-        str(tiny_dir / "dit.safetensors"),
-        "--vae",
-        str(tiny_dir / "vae.safetensors"),
-        "--prompt-embedding",
-        str(tiny_dir / "empty_prompt.npz"),
-        "--dtype",
-        dtype,
-        "--no-progress",
-    ]
+    return ["strip", "-o", str(out), *model_file_args(tiny_dir, lora=False), "--dtype", dtype, "--no-progress"]
 
 
 def merge_sharded(tiny_dir: Path, tiny_config, out: Path, multiplier: float, **kwargs):

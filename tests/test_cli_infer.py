@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import scene_image
+from conftest import model_file_args, scene_image
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -32,18 +32,7 @@ def images(tmp_path):
 
 
 def model_args(tiny_dir):
-    return [
-        "--model-config",
-        str(tiny_dir / "model_config.json"),
-        "--dit",
-        str(tiny_dir / "dit.safetensors"),
-        "--vae",
-        str(tiny_dir / "vae.safetensors"),
-        "--prompt-embedding",
-        str(tiny_dir / "empty_prompt.npz"),
-        "--lora",
-        str(tiny_dir / "lora.safetensors"),
-    ]
+    return model_file_args(tiny_dir)
 
 
 def test_init_tiny_writes_the_official_files(tmp_path):
