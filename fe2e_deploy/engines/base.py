@@ -14,6 +14,7 @@ engine marks its own stages inside it (``vae_encode``, ``dit``, ``vae_decode``).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -73,26 +74,45 @@ class Engine:
     def predict(self, image: Image.Image) -> Prediction:
         return self.predict_batch([image])[0]
 
+    def prepare(self, image: Image.Image) -> Prepared:
+        """The CPU side before the model, for one image: its processing size (checked) and the input tensor.
+
+        Thread-safe: ``infer`` runs it in reader threads, ahead of the engine.
+        """
+        size = self.processing_size(image)
+        return Prepared(preprocess(image, size), image.size, size)
+
     @torch.inference_mode()
-    def predict_batch(self, images: list[Image.Image]) -> list[Prediction]:
+    def predict_batch(self, images: list[Image.Image], output_res: str = "input") -> list[Prediction]:
         """One Prediction per image, in order; every image's size is checked before anything runs."""
+        prepared = [self.prepare(image) for image in images]
+        return [finish() for finish in self.predict_prepared(prepared, output_res)]
+
+    @torch.inference_mode()
+    def predict_prepared(self, items: list[Prepared], output_res: str = "input") -> list[Finish]:
+        """Run prepared images (grouped by size, in batches the engine takes); returns, in order, one
+        :class:`Finish` per image: calling it post-processes the maps into a :class:`Prediction`.
+
+        On a GPU the maps are upsampled there at once (the cheapest place) and only the result is
+        copied back; on a CPU the finishing is left to the caller (``infer`` runs it in writer threads).
+        """
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, image in enumerate(images):
-            groups[self.processing_size(image)].append(i)
-        results: list[Prediction | None] = [None] * len(images)
+        for i, item in enumerate(items):
+            groups[item.size].append(i)
+        results: list[Finish | None] = [None] * len(items)
         for size, indices in groups.items():
             step = self.max_batch or len(indices)
             for start in range(0, len(indices), step):
                 chunk = indices[start : start + step]
-                for i, prediction in zip(chunk, self._predict_chunk([images[i] for i in chunk], size), strict=True):
-                    results[i] = prediction
+                for i, finish in zip(chunk, self._run_chunk([items[i] for i in chunk], size, output_res), strict=True):
+                    results[i] = finish
         return results
 
-    def _predict_chunk(self, images: list[Image.Image], size: tuple[int, int]) -> list[Prediction]:
+    def _run_chunk(self, items: list[Prepared], size: tuple[int, int], output_res: str) -> list[Finish]:
         with self.timer("preprocess"):
-            x = torch.cat([preprocess(image, size) for image in images])
-            if self.fixed_batch and self.max_batch and len(images) < self.max_batch:
-                x = torch.cat([x, x[-1:].expand(self.max_batch - len(images), -1, -1, -1)])
+            x = torch.cat([item.tensor for item in items])
+            if self.fixed_batch and self.max_batch and len(items) < self.max_batch:
+                x = torch.cat([x, x[-1:].expand(self.max_batch - len(items), -1, -1, -1)])
             x = x.to(self.device).contiguous()
         if self.marks_stages:
             depth, normals = self.run(x, size)
@@ -101,11 +121,49 @@ class Engine:
                 depth, normals = self.run(x, size)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-        with self.timer("postprocess"):
-            return [
-                postprocess(depth[i : i + 1].float(), normals[i : i + 1].float(), image.size)
-                for i, image in enumerate(images)
-            ]
+        full = output_res == "input"  # "processing": the maps stay at the processing size (no upsampling)
+        finishes = [
+            Finish(depth[i : i + 1].float(), normals[i : i + 1].float(), item.image_size if full else size)
+            for i, item in enumerate(items)
+        ]
+        if self.device.type != "cpu":  # upsample and normalise on the device, copy back the final maps
+            with self.timer("postprocess"):
+                return [Finish.done(finish()) for finish in finishes]
+        if self.timer is not NO_TIMER:  # timed runs (benchmark): the postprocess stage is part of the engine
+            with self.timer("postprocess"):
+                return [Finish.done(finish()) for finish in finishes]
+        return finishes
+
+
+@dataclass
+class Prepared:
+    """An image ready for the model: ``tensor`` ``[1, 3, h, w]`` at ``size``, from an image of ``image_size``."""
+
+    tensor: torch.Tensor
+    image_size: tuple[int, int]
+    size: tuple[int, int]
+
+
+class Finish:
+    """The last step of one prediction: maps at the processing size -> a :class:`Prediction` at ``out_size``."""
+
+    def __init__(self, depth: torch.Tensor, normals: torch.Tensor, out_size: tuple[int, int]):
+        self.depth, self.normals, self.out_size = depth, normals, out_size
+        self.result: Prediction | None = None
+
+    @classmethod
+    def done(cls, prediction: Prediction) -> Finish:
+        finish = cls.__new__(cls)
+        finish.depth = finish.normals = finish.out_size = None
+        finish.result = prediction
+        return finish
+
+    @torch.inference_mode()
+    def __call__(self) -> Prediction:
+        if self.result is None:
+            self.result = postprocess(self.depth, self.normals, self.out_size)
+            self.depth = self.normals = None  # the processing-size maps are not needed any more
+        return self.result
 
 
 def check_precision(artifact: str, has: str, asked: str | None) -> None:

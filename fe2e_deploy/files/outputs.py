@@ -16,14 +16,15 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
-from PIL import Image
 
 from ..processing import Prediction, row_bands
 from .atomic import atomic_path
+from .colormaps import depth_preview, normals_preview
+from .png import write_png
 
 OUTPUT_KINDS = {
     "depth_npy": "_depth.npy",
@@ -32,6 +33,34 @@ OUTPUT_KINDS = {
     "normals_npy": "_normals.npy",
     "normals_png": "_normals.png",
 }
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What ``infer`` writes for each image.
+
+    ``kinds``: a subset of :data:`OUTPUT_KINDS` (default all five). ``resolution``: ``input`` (maps
+    upsampled to the image's size) or ``processing`` (the size the model ran at, Marigold's
+    ``match_input_resolution=False``). ``png_compression``: zlib level 0-9 of the PNGs; it changes the
+    file size and the time to write, never the pixels (default 1: fast; 6 was the old default).
+    ``npy_dtype``: ``float32`` (exact) or ``float16`` (half the bytes, ~3 significant digits).
+    """
+
+    kinds: tuple[str, ...] = tuple(OUTPUT_KINDS)
+    resolution: str = "input"
+    png_compression: int = 1
+    npy_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in OUTPUT_KINDS]
+        if unknown or not self.kinds:
+            raise ValueError(f"--outputs {','.join(self.kinds)}: choose one or more of {', '.join(OUTPUT_KINDS)}")
+        if self.resolution not in ("input", "processing"):
+            raise ValueError(f"--output-res {self.resolution!r}: choose input or processing")
+        if not 0 <= self.png_compression <= 9:
+            raise ValueError(f"--png-compression must be 0-9, got {self.png_compression}")
+        if self.npy_dtype not in ("float32", "float16"):
+            raise ValueError(f"--npy-dtype {self.npy_dtype!r}: choose float32 or float16")
 
 
 def output_names(rel_images: Iterable[Path]) -> dict[Path, str]:
@@ -47,34 +76,40 @@ def output_names(rel_images: Iterable[Path]) -> dict[Path, str]:
     return {rel: rel.stem if counts[(rel.parent, rel.stem.casefold())] == 1 else rel.name for rel in rel_images}
 
 
-def output_paths(out_dir: str | Path, rel_image: Path, name: str | None = None) -> dict[str, Path]:
-    """The five output files of the image at ``rel_image`` (relative to the input folder), named after
-    ``name`` (its entry in :func:`output_names`; default: the image's stem)."""
+def output_paths(
+    out_dir: str | Path, rel_image: Path, name: str | None = None, kinds: Iterable[str] = tuple(OUTPUT_KINDS)
+) -> dict[str, Path]:
+    """The output files (of ``kinds``, default all five) of the image at ``rel_image`` (relative to the
+    input folder), named after ``name`` (its entry in :func:`output_names`; default: the image's stem)."""
     name = rel_image.stem if name is None else name
-    return {kind: Path(out_dir) / kind / rel_image.parent / f"{name}{suffix}" for kind, suffix in OUTPUT_KINDS.items()}
+    return {kind: Path(out_dir) / kind / rel_image.parent / f"{name}{OUTPUT_KINDS[kind]}" for kind in kinds}
 
 
-def write_prediction(paths: dict[str, Path], pred: Prediction) -> None:
-    """Write all five files to temporaries first, then rename them: a failure leaves none behind."""
+def write_prediction(paths: dict[str, Path], pred: Prediction, options: OutputOptions = OutputOptions()) -> None:
+    """Write the files of ``paths`` (kind -> path) to temporaries first, then rename them: a failure leaves
+    none behind. Thread-safe (writers run in parallel in ``infer``)."""
     depth = np.asarray(pred.depth, dtype=np.float32)  # no copies: the maps may be large
     normals = np.asarray(pred.normals, dtype=np.float32)
+    level = options.png_compression
+    npy = np.float16 if options.npy_dtype == "float16" else np.float32
     with contextlib.ExitStack() as stack:
         tmp = {kind: stack.enter_context(atomic_path(path)) for kind, path in paths.items()}
-        np.save(tmp["depth_npy"], depth)
-        # diffusers' export_depth_to_16bit_png passes mode= to Image.fromarray, which Pillow 13 rejects
-        png16 = _banded(depth, (), np.uint16, lambda band: np.round(band.clip(0, 1) * 65535))
-        Image.fromarray(png16).save(tmp["depth_png16"], format="PNG")
-        del png16
-        colored = _banded(
-            depth, (3,), np.uint8, lambda band: MarigoldImageProcessor.visualize_depth(band[None, :, :, None])[0]
-        )
-        Image.fromarray(colored).save(tmp["depth_colored"], format="PNG")
-        del colored
-        np.save(tmp["normals_npy"], normals)
-        normals_rgb = _banded(
-            normals, (3,), np.uint8, lambda band: MarigoldImageProcessor.visualize_normals(band[None])[0]
-        )
-        Image.fromarray(normals_rgb).save(tmp["normals_png"], format="PNG")
+        if "depth_npy" in tmp:
+            np.save(tmp["depth_npy"], depth.astype(npy, copy=False))
+        if "depth_png16" in tmp:
+            # diffusers' export_depth_to_16bit_png passes mode= to Image.fromarray, which Pillow 13 rejects
+            png16 = _banded(depth, (), np.uint16, lambda band: np.round(band.clip(0, 1) * 65535))
+            write_png(tmp["depth_png16"], png16, level)
+            del png16
+        if "depth_colored" in tmp:
+            colored = _banded(depth, (3,), np.uint8, depth_preview)
+            write_png(tmp["depth_colored"], colored, level)
+            del colored
+        if "normals_npy" in tmp:
+            np.save(tmp["normals_npy"], normals.astype(npy, copy=False))
+        if "normals_png" in tmp:
+            normals_rgb = _banded(normals, (3,), np.uint8, normals_preview)
+            write_png(tmp["normals_png"], normals_rgb, level)
 
 
 def _banded(values: np.ndarray, channels: tuple[int, ...], dtype: type, convert: Callable) -> np.ndarray:
