@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from fe2e_deploy.cli import app
 from fe2e_deploy.engines.stripped import StrippedEngine
 from fe2e_deploy.files import outputs as outputs_module
+from fe2e_deploy.files import png as png_module
 from fe2e_deploy.files.colormaps import depth_preview, normals_preview
 from fe2e_deploy.files.outputs import OUTPUT_KINDS, OutputOptions
 from fe2e_deploy.files.png import png_bytes
@@ -73,8 +74,11 @@ def test_previews_equal_diffusers_marigold_visualisers():
     np.testing.assert_array_equal(normals_preview(normals), want_normals)
 
 
+@pytest.mark.parametrize("backend", ["libdeflate", "zlib"])
 @pytest.mark.parametrize("level", [0, 1, 6, 9])
-def test_png_writer_decodes_to_the_same_pixels(level):
+def test_png_writer_decodes_to_the_same_pixels(level, backend, monkeypatch):
+    if backend == "zlib":  # the fallback where the deflate package is not installed
+        monkeypatch.setattr(png_module, "libdeflate", None)
     rng = np.random.default_rng(level)
     yy, xx = np.mgrid[0:37, 0:53]
     arrays = [

@@ -9,7 +9,7 @@ import typer
 from ..resolution import parse_resolution
 from . import options
 from .app import app, user_errors, writing
-from .options import ENGINE_HELP
+from .options import ENGINE_HELP, Dtype
 
 
 @app.command("benchmark")
@@ -40,10 +40,15 @@ def benchmark(
     image: Path = typer.Option(
         None, help="Image to run on (a file, or a folder's first image); default: a synthetic scene."
     ),
+    host_images: Path = typer.Option(
+        None,
+        help="Also run each engine file through infer over this folder of real-size images (all outputs, to a "
+        "temporary folder): end to end per image with decoding and writing, not only the engine.",
+    ),
     runs: int = typer.Option(10, help="Timed runs per engine."),
     warmup: int = typer.Option(2, help="Untimed warm-up runs per engine (compilation, CUDA graph capture)."),
     device: str = typer.Option("auto", help="auto (cuda if a GPU is visible, else cpu), cpu or cuda."),
-    dtype: str = typer.Option("bf16", help="DiT dtype for engines that take one (model folders): fp32 or bf16."),
+    dtype: Dtype = None,
     seed: int = typer.Option(0, help="With --synthetic-weights: seed of the random weights and the scene."),
     compile_mode: str = typer.Option(
         None, help="With --synthetic-weights: torch.compile mode of the compiled engines (default: its default)."
@@ -94,16 +99,17 @@ def benchmark(
             return
         if len(resolutions) != 1:
             raise ValueError("several --resolution values need --synthetic-weights; engine files run at one")
-        _files(engine, reference, resolutions[0], image, runs, warmup, device, dtype, accuracy, json_out, plot)
+        if host_images is not None and not host_images.is_dir():
+            raise NotADirectoryError(f"{host_images}: --host-images must be a folder of images")
+        _files(
+            engine, reference, resolutions[0], image, runs, warmup, device, dtype, accuracy, json_out, plot, host_images
+        )
 
 
-def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy, json_out, plot) -> None:
+def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy, json_out, plot, host_images) -> None:
     from ..benchmark import format_table, run_benchmark, write_plot, write_report  # noqa: PLC0415
     from ..engines import engine_kind  # noqa: PLC0415
-    from ..files.images import (
-        find_images,  # noqa: PLC0415
-        open_image,  # noqa: PLC0415
-    )
+    from ..files.images import find_images, open_image  # noqa: PLC0415
     from ..model_files import ModelFiles  # noqa: PLC0415
     from ..scenes import synthetic_scene  # noqa: PLC0415
 
@@ -121,7 +127,19 @@ def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy,
         if not paths[0].is_file():
             raise FileNotFoundError(f"{paths[0]}: image not found")
         picture = open_image(paths[0])
-    report = run_benchmark(list(engine or []), picture, files, res, runs, warmup, device, dtype, accuracy, typer.echo)
+    report = run_benchmark(
+        list(engine or []),
+        picture,
+        files,
+        res,
+        runs,
+        warmup,
+        device,
+        dtype,
+        accuracy,
+        typer.echo,
+        host_images=host_images,
+    )
     typer.echo(format_table(report))
     if json_out is not None:
         with writing(json_out):

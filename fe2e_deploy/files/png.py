@@ -17,6 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:  # libdeflate: faster and smaller than zlib at low levels (optional, see ``deflate``)
+    import deflate as libdeflate
+except ImportError:  # pragma: no cover - the GPU machines install the project without its dependencies
+    libdeflate = None
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 UP = 2  # PNG filter type "Up"
@@ -47,8 +52,15 @@ def png_bytes(array: np.ndarray, level: int = 1) -> bytes:
 
 
 def deflate(data: np.ndarray, level: int) -> bytes:
-    """zlib stream of ``data``: level 1 uses run-length matching only (Z_RLE: about half the time of
-    level 1's default strategy on filtered maps, files ~30% larger), 2-9 deflate as usual, 0 stores."""
+    """zlib stream of ``data`` at ``level`` (0 stores).
+
+    libdeflate (the ``deflate`` package) where it is installed: at level 1 it takes the time of zlib's
+    run-length mode with a third smaller files (9 ms, 773 KiB against 1148 KiB for a 1024x768 16-bit
+    map here) and releases the GIL. Without it: zlib, level 1 in run-length mode (Z_RLE: half the time
+    of its default strategy on filtered maps, larger files).
+    """
+    if level > 0 and libdeflate is not None:
+        return libdeflate.zlib_compress(data.tobytes(), level)
     strategy = zlib.Z_RLE if level == 1 else zlib.Z_DEFAULT_STRATEGY
     compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
     return compressor.compress(data) + compressor.flush()
