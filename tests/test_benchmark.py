@@ -75,3 +75,22 @@ def test_benchmark_cli_writes_json_and_plot(stripped, tmp_path):
     assert nothing.exit_code == 2 and "nothing to benchmark" in nothing.output
     bad = runner.invoke(app, [*args[:-4], "--runs", "0"])
     assert bad.exit_code == 2 and "runs must be" in bad.output
+
+
+def test_benchmark_host_images_runs_infer_over_a_folder(stripped, tmp_path):
+    from conftest import scene_image  # noqa: PLC0415
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        scene_image(96, 72, seed=i).save(folder / f"p{i}.png")
+    args = ["benchmark", "--engine", str(stripped), "--resolution", "32x32", "--runs", "1", "--warmup", "0"]
+    out = tmp_path / "b.json"
+    result = runner.invoke(app, [*args, "--host-images", str(folder), "--json", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    host = json.loads(out.read_text())["results"][0]["infer_over_folder"]
+    assert host["images"] == 3 and host["failed"] == 0
+    assert host["e2e_s_per_image"] >= host["engine_s_per_image"] > 0 and host["host_cpu_s_per_image"] > 0
+    assert "infer over 3 images" in result.output
+    missing = runner.invoke(app, [*args, "--host-images", str(tmp_path / "nope"), "--device", "cpu"])
+    assert missing.exit_code == 2 and "--host-images" in missing.output
