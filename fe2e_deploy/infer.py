@@ -26,13 +26,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from .engines import Engine
 from .engines.base import Finish, Prepared
 from .files.atomic import check_writable_dir
-from .files.images import find_images, read_image
+from .files.images import find_images, open_image
 from .files.outputs import OutputOptions, output_names, output_paths, write_prediction
 
 
@@ -159,13 +158,16 @@ def run_infer(
     readers: int | None = None,
     writers: int | None = None,
     prefetch: int | None = None,
+    images: list[Path] | None = None,
 ) -> InferReport:
     """Predict every image under ``input_dir`` and write its maps; an image that fails is reported, not fatal.
 
     ``batch_size`` images go to the engine together; ``outputs`` chooses what is written (default:
     all five maps at each input's resolution); ``readers``/``writers`` threads (default
     :func:`default_threads`; 0 writers = write in the main thread); ``prefetch`` decoded images wait at
-    most (default ``2 * batch_size + readers``). A write error (disk full...) stops the run and is raised.
+    most (default ``2 * batch_size + readers``). ``images``: what :func:`check_infer_paths` returned, when the
+    caller already checked the folders (else they are checked here). A write error (disk full...) stops the
+    run and is raised.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -177,7 +179,7 @@ def run_infer(
         raise ValueError(f"readers must be >= 1 and writers >= 0 (got {readers}, {writers})")
     prefetch = prefetch or 2 * batch_size + readers
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    images = check_infer_paths(input_dir, output_dir)
+    images = check_infer_paths(input_dir, output_dir) if images is None else images
     report = InferReport()
     start = time.perf_counter()
     jobs = plan_outputs(images, input_dir, output_dir, outputs.kinds, overwrite, report)
@@ -191,17 +193,10 @@ def run_infer(
         """Decode and pre-process one image (a size the engine lacks, or too large, fails it alone)."""
         t0 = time.perf_counter()
         try:
-            image = read_image(job.path)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ValueError(f"unreadable image: {exc}") from None
+            return engine.prepare(open_image(job.path))  # UnreadableInput is a ValueError naming the file
         finally:
             with lock:
                 report.read_seconds += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prepared = engine.prepare(image)
-        with lock:
-            report.read_seconds += time.perf_counter() - t0
-        return prepared
 
     def write(job: _Job, finish: Finish) -> None:
         """Post-process (on a CPU engine: upsampling, normalising) and write one image's files."""

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..models.fp8 import quantize_dit
 from ..precision import torch_dtype
-from ..resolution import parse_resolution, resolution_name
-from .sidecar import check_fields, read_description, read_json, read_sidecar
+from ..resolution import resolution_name
+from .sidecar import check_fields, read_description, read_json, read_sidecar, recorded_resolution
 from .stripped import META_FILE, StrippedModel, load_stripped
 
 SIDECAR_FORMAT = "fe2e-aoti-package"
@@ -176,10 +176,7 @@ def _check_built_here(description: dict, path: Path, device: str, fields: dict) 
 
 
 def _resolution(text: object, path: Path) -> tuple[int, int]:
-    try:
-        return parse_resolution(str(text))
-    except ValueError as exc:
-        raise ValueError(f"{path}: resolution {text!r} is not WIDTHxHEIGHT ({exc}); rebuild with `{REBUILD}`") from None
+    return recorded_resolution(text, path, "resolution", f"rebuild with `{REBUILD}`")
 
 
 def check_aoti_sidecar(package: str | Path, device: str) -> dict:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..resolution import parse_resolution, resolution_name
-from .sidecar import check_fields, read_json
+from ..resolution import resolution_name
+from .sidecar import check_fields, read_json, recorded_resolution
 
 FORMAT, FORMAT_VERSION = "fe2e-onnx-export", 1
 
@@ -54,10 +54,7 @@ def load_manifest(export_dir: str | Path) -> dict:
 
 
 def _resolution(path: Path, text: object) -> tuple[int, int]:
-    try:
-        return parse_resolution(str(text))
-    except ValueError as exc:
-        raise ValueError(f"{path}: graph resolution {text!r} is not WIDTHxHEIGHT ({exc}; {REEXPORT})") from None
+    return recorded_resolution(text, path, "graph resolution", REEXPORT)
 
 
 def read_graph(path: str | Path):

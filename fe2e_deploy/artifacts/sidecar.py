@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..files.atomic import write_json
+from ..resolution import parse_resolution
 
 #: A field specification: a type (or tuple of types) the value must have, or a nested specification for an object.
 FieldSpec = dict[str, "type | tuple[type, ...] | FieldSpec"]
@@ -79,3 +80,11 @@ def check_fields(document: object, path: str | Path, fields: FieldSpec, fix: str
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise ValueError(f"{path}: field {name!r} is {_short(value)}, not {_type_names(want)} ({fix})")
     return document
+
+
+def recorded_resolution(text: object, path: Path, what: str, fix: str) -> tuple[int, int]:
+    """A resolution an artifact records (``WIDTHxHEIGHT``); a malformed one is an error naming the file."""
+    try:
+        return parse_resolution(str(text))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {what} {text!r} is not WIDTHxHEIGHT ({exc}); {fix}") from None

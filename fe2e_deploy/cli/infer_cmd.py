@@ -80,7 +80,7 @@ def infer(
         kinds = tuple(OUTPUT_KINDS) if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
         written = OutputOptions(kinds, output_res, png_compression, npy_dtype)
         device = options.device(device)
-        check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
+        images = check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
         if engine is not None:
             if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)):
                 raise ValueError(
@@ -100,6 +100,7 @@ def infer(
             batch_size=batch_size,
             outputs=written,
             writers=writers,
+            images=images,
         )
     for path, reason in report.skipped:
         typer.echo(f"skipped {path}: {reason}")
