@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .engines import Engine
 from .engines.base import Finish, Prepared
 from .files.atomic import check_writable_dir
-from .files.images import find_images, open_image
+from .files.images import READ_ERRORS, find_images, read_image, reason_without_path
 from .files.outputs import OutputOptions, output_names, output_paths, write_prediction
 
 
@@ -74,8 +74,9 @@ class InferReport:
 
 
 @dataclass
-class _Job:
+class ImageJob:
     path: Path
+    name: str  # what its output files are named after (:func:`~fe2e_deploy.files.outputs.output_names`)
     paths: dict[str, Path]
     completing: bool  # some outputs existed: this image completes them
 
@@ -96,7 +97,7 @@ def check_infer_paths(input_dir: str | Path, output_dir: str | Path) -> list[Pat
 
 def plan_outputs(
     images: list[Path], input_dir: Path, output_dir: Path, kinds: tuple[str, ...], overwrite: bool, report: InferReport
-) -> list[_Job]:
+) -> list[ImageJob]:
     """The images to predict, in order; skipped (all outputs exist) and clashing images go to ``report``.
 
     An image whose outputs (of ``kinds``) all exist is skipped unless ``overwrite``; one with only some
@@ -118,7 +119,7 @@ def plan_outputs(
         if len(existing) == len(paths) and not overwrite:
             report.skipped.append((path, f"all its outputs exist, e.g. {existing[0]} (pass --overwrite to replace)"))
         else:
-            jobs.append(_Job(path, paths, bool(existing) and not overwrite))
+            jobs.append(ImageJob(path, names[rel], paths, bool(existing) and not overwrite))
     return jobs
 
 
@@ -189,16 +190,20 @@ def run_infer(
         tqdm.write(f"warning: skipping {path}: {reason}")
     lock = threading.Lock()  # report lists and timers are shared with the writer threads
 
-    def read(job: _Job) -> Prepared:
+    def read(job: ImageJob) -> Prepared:
         """Decode and pre-process one image (a size the engine lacks, or too large, fails it alone)."""
         t0 = time.perf_counter()
         try:
-            return engine.prepare(open_image(job.path))  # UnreadableInput is a ValueError naming the file
+            try:
+                image = read_image(job.path)
+            except READ_ERRORS as exc:  # the report names the file: the reason does not repeat it
+                raise ValueError(f"unreadable image ({reason_without_path(exc, job.path)})") from None
+            return engine.prepare(image)
         finally:
             with lock:
                 report.read_seconds += time.perf_counter() - t0
 
-    def write(job: _Job, finish: Finish) -> None:
+    def write(job: ImageJob, finish: Finish) -> None:
         """Post-process (on a CPU engine: upsampling, normalising) and write one image's files."""
         t0 = time.perf_counter()
         prediction = finish()
@@ -211,7 +216,7 @@ def run_infer(
             (report.completed if job.completing else report.written).append(job.path)
             bar.update()
 
-    def fail(job: _Job, reason: str) -> None:
+    def fail(job: ImageJob, reason: str) -> None:
         with lock:
             report.failed.append((job.path, reason))
             bar.update()
@@ -221,7 +226,7 @@ def run_infer(
         ThreadPoolExecutor(readers, thread_name_prefix="infer-read") as read_pool,
         ThreadPoolExecutor(max(writers, 1), thread_name_prefix="infer-write") as write_pool,
     ):
-        reads: deque[tuple[_Job, Future]] = deque()
+        reads: deque[tuple[ImageJob, Future]] = deque()
         writes: deque[Future] = deque()
         upcoming = iter(jobs)
 
@@ -238,7 +243,7 @@ def run_infer(
                 writes.popleft().result()
 
         refill()
-        batch: list[tuple[_Job, Prepared]] = []
+        batch: list[tuple[ImageJob, Prepared]] = []
         while reads or batch:
             if reads:
                 job, future = reads.popleft()

@@ -35,7 +35,7 @@ def package_imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("layer", ["engines", "artifacts"])
+@pytest.mark.parametrize("layer", ["engines", "artifacts", "cluster"])
 def test_runtime_layers_never_import_producers(layer):
     for path in sorted((PACKAGE / layer).glob("*.py")):
         bad = sorted(m for m in package_imports(path) if any(m.startswith(f"fe2e_deploy.{p}") for p in PRODUCERS))

@@ -41,8 +41,11 @@ def test_tiny_device_benchmark_script_runs_every_stage(tmp_path):
     write_wheel(tmp_path / "wheels")
     env = {**os.environ, "TINY": "1", "OUT": str(out), "WHEELS": str(tmp_path / "wheels"), "PYTHON": sys.executable}
     env["SITE"] = str(tmp_path / "site")
+    # A budget no loaded CI machine reaches: this test checks that every stage runs, not how fast (the script's
+    # default budget of 240 s skipped the last engines on a machine busy with other jobs).
+    env["BUDGET"], env["LIMIT"] = "1500", "1700"
     proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "device_benchmark.sh")], env=env, capture_output=True, text=True, timeout=600
+        ["bash", str(ROOT / "scripts" / "device_benchmark.sh")], env=env, capture_output=True, text=True, timeout=1800
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

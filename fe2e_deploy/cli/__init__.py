@@ -10,6 +10,7 @@ from .app import app
 
 # Each module registers its commands on ``app``.
 from . import (  # noqa: E402,F401  isort: skip
+    batch_cmd,
     benchmark_cmd,
     build_cmd,
     build_trt_cmd,
@@ -20,6 +21,7 @@ from . import (  # noqa: E402,F401  isort: skip
     init_tiny_cmd,
     merge_lora_cmd,
     quickstart_cmd,
+    serve_cmd,
     strip_cmd,
     train_lora_cmd,
 )

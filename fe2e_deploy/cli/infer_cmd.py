@@ -17,7 +17,11 @@ from .options import (
     LoraOption,
     MaxProcessingPixels,
     ModelConfigOption,
+    NpyDtype,
+    OutputResOption,
+    OutputsOption,
     Overwrite,
+    PngCompression,
     ProcessingRes,
     Progress,
     PromptOption,
@@ -43,18 +47,10 @@ def infer(
         False, "--cfg-batch", help="Run the official batch of 2 (cond + uncond, both empty prompts) instead of 1."
     ),
     batch_size: int = typer.Option(1, help="Images per engine call (engines run them as one batch where they can)."),
-    outputs: str = typer.Option(
-        "all",
-        help="What to write, comma-separated: depth_npy, depth_png16, depth_colored, normals_npy, normals_png "
-        "(default all; skipping the ones you do not need saves most of the host time).",
-    ),
-    output_res: str = typer.Option(
-        "input", help="Resolution of the maps: input (each image's size) or processing (the size the model ran at)."
-    ),
-    png_compression: int = typer.Option(
-        1, help="zlib level 0-9 of the PNGs: smaller files or faster writing, the same pixels (old default: 6)."
-    ),
-    npy_dtype: str = typer.Option("float32", help="Dtype of the .npy maps: float32 (exact) or float16 (half size)."),
+    outputs: OutputsOption = "all",
+    output_res: OutputResOption = "input",
+    png_compression: PngCompression = 1,
+    npy_dtype: NpyDtype = "float32",
     writers: int = typer.Option(
         None, help="Threads encoding and writing outputs beside the engine (default: cores - 1, at most 4)."
     ),
@@ -72,13 +68,11 @@ def infer(
     with user_errors():
         from ..engines import load_engine  # noqa: PLC0415  (heavy imports only when the command runs)
         from ..engines.eager import EagerEngine  # noqa: PLC0415
-        from ..files.outputs import OUTPUT_KINDS, OutputOptions  # noqa: PLC0415
         from ..infer import check_infer_paths, run_infer  # noqa: PLC0415
         from ..model_files import ModelFiles  # noqa: PLC0415
 
         res = options.processing_res(processing_res, max_processing_pixels)  # before anything is loaded
-        kinds = tuple(OUTPUT_KINDS) if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
-        written = OutputOptions(kinds, output_res, png_compression, npy_dtype)
+        written = options.output_options(outputs, output_res, png_compression, npy_dtype)
         device = options.device(device)
         images = check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
         if engine is not None:

@@ -50,6 +50,22 @@ PromptOption = Annotated[
     Path | None, typer.Option(help="Empty-prompt embedding (.npz with 'embeds' [L, C] and 'masks' [L]).")
 ]
 LoraOption = Annotated[Path | None, typer.Option(help="FE2E LoRA (kohya .safetensors).")]
+OutputsOption = Annotated[
+    str,
+    typer.Option(
+        help="What to write, comma-separated: depth_npy, depth_png16, depth_colored, normals_npy, normals_png "
+        "(default all; skipping the ones you do not need saves most of the host time).",
+    ),
+]
+OutputResOption = Annotated[
+    str,
+    typer.Option(help="Resolution of the maps: input (each image's size) or processing (the size the model ran at)."),
+]
+PngCompression = Annotated[
+    int,
+    typer.Option(help="zlib level 0-9 of the PNGs: smaller files or faster writing, the same pixels (old default: 6)."),
+]
+NpyDtype = Annotated[str, typer.Option(help="Dtype of the .npy maps: float32 (exact) or float16 (half size).")]
 
 
 def processing_res(text: str | None, max_pixels: int = MAX_PROCESSING_PIXELS) -> tuple[int, int] | None:
@@ -57,6 +73,14 @@ def processing_res(text: str | None, max_pixels: int = MAX_PROCESSING_PIXELS) ->
     size = parse_resolution(text) if text else None
     check_processing_pixels(size, max_pixels, "--processing-res")
     return size
+
+
+def output_options(outputs: str, output_res: str, png_compression: int, npy_dtype: str):
+    """``--outputs/--output-res/--png-compression/--npy-dtype`` as an ``OutputOptions`` (checked)."""
+    from ..files.outputs import OUTPUT_KINDS, OutputOptions  # noqa: PLC0415  (numpy: not at start-up)
+
+    kinds = tuple(OUTPUT_KINDS) if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
+    return OutputOptions(kinds, output_res, png_compression, npy_dtype)
 
 
 def device(name: str) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -20,8 +22,8 @@ MAX_IMAGE_PIXELS = 100_000_000
 _UINT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def read_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open and fully decode an image (so truncated files fail here), as 8-bit RGB (:func:`to_rgb`).
+def read_image(path: Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and fully decode an image (a path or binary file; truncated files fail here), as RGB (:func:`to_rgb`).
 
     Raises ValueError for an image over ``max_pixels`` (before decoding it) or with no pixels.
     """
@@ -98,9 +100,13 @@ def check_image(path: str | Path) -> None:
         raise UnreadableInput(f"{path}: unreadable image ({reason_without_path(exc, Path(path))})") from None
 
 
-def reason_without_path(exc: BaseException, path: Path) -> str:
-    """The library's message without the path it repeats (PIL: "cannot identify image file '<path>'")."""
-    text = str(exc).replace(f" '{path}'", "").replace(f" {path}", "").strip()
+def reason_without_path(exc: BaseException, path: Path | None) -> str:
+    """The library's message without the path it repeats (PIL: "cannot identify image file '<path>'"), or
+    without the in-memory file it names (``<_io.BytesIO object at 0x...>``) when ``path`` is None."""
+    text = str(exc)
+    if path is not None and str(path):
+        text = text.replace(f" '{path}'", "").replace(f" {path}", "")
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", text).strip()
     return text or type(exc).__name__
 
 

@@ -96,20 +96,24 @@ def write_prediction(paths: dict[str, Path], pred: Prediction, options: OutputOp
         tmp = {kind: stack.enter_context(atomic_path(path)) for kind, path in paths.items()}
         if "depth_npy" in tmp:
             np.save(tmp["depth_npy"], depth.astype(npy, copy=False))
-        if "depth_png16" in tmp:
-            # diffusers' export_depth_to_16bit_png passes mode= to Image.fromarray, which Pillow 13 rejects
-            png16 = _banded(depth, (), np.uint16, lambda band: np.round(band.clip(0, 1) * 65535))
-            write_png(tmp["depth_png16"], png16, level)
-            del png16
-        if "depth_colored" in tmp:
-            colored = _banded(depth, (3,), np.uint8, depth_preview)
-            write_png(tmp["depth_colored"], colored, level)
-            del colored
         if "normals_npy" in tmp:
             np.save(tmp["normals_npy"], normals.astype(npy, copy=False))
-        if "normals_png" in tmp:
-            normals_rgb = _banded(normals, (3,), np.uint8, normals_preview)
-            write_png(tmp["normals_png"], normals_rgb, level)
+        for kind in ("depth_png16", "depth_colored", "normals_png"):
+            if kind in tmp:
+                write_png(tmp[kind], png_pixels(kind, depth, normals), level)
+
+
+def png_pixels(kind: str, depth: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """The pixels of a PNG output: ``depth_png16`` (uint16, depth * 65535), ``depth_colored`` (the Spectral
+    preview) or ``normals_png`` (uint8 RGB, (n + 1) / 2 * 255); converted a band of rows at a time."""
+    if kind == "depth_png16":
+        # diffusers' export_depth_to_16bit_png passes mode= to Image.fromarray, which Pillow 13 rejects
+        return _banded(depth, (), np.uint16, lambda band: np.round(band.clip(0, 1) * 65535))
+    if kind == "depth_colored":
+        return _banded(depth, (3,), np.uint8, depth_preview)
+    if kind == "normals_png":
+        return _banded(normals, (3,), np.uint8, normals_preview)
+    raise ValueError(f"{kind!r} is not a PNG output (depth_png16, depth_colored, normals_png)")
 
 
 def _banded(values: np.ndarray, channels: tuple[int, ...], dtype: type, convert: Callable) -> np.ndarray:

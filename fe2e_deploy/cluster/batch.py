@@ -1,0 +1,320 @@
+"""``batch``: ``infer`` over a Ray cluster, as a Ray Data job (files in, the same output files out).
+
+Follow an image: the driver lists the images (:func:`list_images`: a local folder or any pyarrow
+filesystem URI) and plans their outputs with ``infer``'s own :func:`~fe2e_deploy.infer.plan_outputs`
+(the same names; images whose outputs all exist are skipped: the job resumes). Ray tasks read and
+decode the files (:func:`decode_images`); an actor pool of :class:`PredictWorker` (one engine per
+worker, opened once) pre-processes, predicts and writes each image's files with ``infer``'s
+:func:`~fe2e_deploy.files.outputs.write_prediction` (atomically), and returns one status row per
+image to the driver, which shows progress and sums up like ``infer``.
+
+Faults: Ray Data restarts a worker whose process dies and runs its batch again on a live worker
+(actor pools default to ``max_restarts=-1, max_task_retries=-1``); files are replaced atomically, so a
+batch that ran twice still leaves one complete set of files per image, and only the run that finished
+reports it. An image that cannot be read or processed is reported failed, not fatal. A write error
+(disk full) stops the job, as in ``infer``.
+
+The maps are written by the workers, where they are computed (shipping full-size maps to the driver
+would cost ~16 bytes per pixel through the object store): OUT must be a folder every worker can
+write, e.g. a shared file system on a multi-node cluster.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, UnreadableInput, read_image, reason_without_path
+from ..files.outputs import OutputOptions, output_paths, write_prediction
+from .ray_setup import connect, import_ray
+
+#: CPUs of one decoding task: decoding is short; a small share keeps it from starving the workers.
+DECODE_CPUS = 0.25
+
+
+@dataclass
+class BatchReport:
+    """What the job did with each image (an image is in exactly one list), as ``infer``'s report."""
+
+    written: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)  # some outputs existed: all rewritten
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    workers: int = 0
+    total_seconds: float = 0.0
+
+    @property
+    def predicted(self) -> int:
+        return len(self.written) + len(self.completed)
+
+    def summary(self) -> str:
+        completed = f"{len(self.completed)} completed (some outputs were missing), " if self.completed else ""
+        rate = self.predicted / self.total_seconds if self.total_seconds > 0 else 0.0
+        return (
+            f"{len(self.written)} image(s) written, {completed}{len(self.skipped)} skipped (all outputs exist), "
+            f"{len(self.failed)} failed; {self.total_seconds:.1f} s with {self.workers} worker(s), "
+            f"{rate:.2f} images/s"
+        )
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where the images are: a local folder, or a folder behind a pyarrow filesystem URI (``s3://...``)."""
+
+    root: str  # the folder (a local path, or the filesystem's path for a URI)
+    uri: str | None = None  # the URI given, when not local
+
+    def filesystem(self):
+        """The pyarrow filesystem that reads ``root`` (None: a local folder, read with plain file calls)."""
+        if self.uri is None:
+            return None
+        from pyarrow import fs  # noqa: PLC0415
+
+        return fs.FileSystem.from_uri(self.uri)[0]
+
+
+def is_uri(text: str) -> bool:
+    return "://" in text
+
+
+def list_images(images: str | Path, output_dir: Path) -> tuple[ImageSource, list[Path]]:
+    """The .jpg/.jpeg/.png files under ``images`` (a folder or a pyarrow URI), sorted, outside ``output_dir``."""
+    text = str(images)
+    if not is_uri(text):
+        from ..infer import check_infer_paths  # noqa: PLC0415
+
+        return ImageSource(text), check_infer_paths(Path(text), output_dir)
+    from pyarrow import fs  # noqa: PLC0415
+
+    try:
+        filesystem, root = fs.FileSystem.from_uri(text)
+        infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid is a ValueError, missing paths OSError
+        raise FileNotFoundError(f"{text}: cannot list images ({exc})") from None
+    found = sorted(
+        PurePosixPath(info.path)
+        for info in infos
+        if info.type == fs.FileType.File and PurePosixPath(info.path).suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not found:
+        raise FileNotFoundError(f"{text}: no .jpg/.jpeg/.png images found")
+    return ImageSource(root, text), [Path(p) for p in found]
+
+
+def decode_images(batch: dict[str, np.ndarray], source: ImageSource) -> dict[str, np.ndarray]:
+    """A Ray task: read and decode a batch of images (``source`` column) into 8-bit RGB arrays.
+
+    An unreadable file gets an ``error`` (and a 1x1 placeholder image, never predicted) instead of
+    failing the task, so the job reports it and goes on.
+    """
+    filesystem = source.filesystem()
+    images, errors = [], []
+    for path in batch["source"]:
+        try:
+            if filesystem is None:
+                image = read_image(Path(path))
+            else:
+                with filesystem.open_input_file(str(path)) as f:
+                    image = read_image(io.BytesIO(f.readall()))
+            images.append(np.asarray(image))
+            errors.append("")
+        except READ_ERRORS as exc:
+            images.append(np.zeros((1, 1, 3), np.uint8))
+            errors.append(f"unreadable image ({reason_without_path(exc, None if filesystem else Path(path))})")
+    out = dict(batch)
+    out["image"] = _object_array(images)  # images of different sizes: one object per row
+    out["error"] = np.array(errors, dtype=object)
+    return out
+
+
+def _object_array(items: list) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+class PredictWorker:
+    """One Ray actor: opens the engine once, then predicts and writes batches of decoded images."""
+
+    def __init__(
+        self,
+        engine: str,
+        output_dir: str,
+        outputs: OutputOptions,
+        device: str = "cpu",
+        dtype: str | None = None,
+        processing_res: tuple[int, int] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import torch  # noqa: PLC0415
+
+        from ..engines import load_engine  # noqa: PLC0415
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.engine = load_engine(engine, device=device, dtype=dtype, processing_res=processing_res)
+        self.output_dir, self.outputs = Path(output_dir), outputs
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from PIL import Image  # noqa: PLC0415
+
+        count = len(batch["source"])
+        status, reasons = ["failed"] * count, list(batch["error"])
+        ready, prepared = [], []
+        for i in range(count):
+            if reasons[i]:
+                continue
+            try:
+                prepared.append(self.engine.prepare(Image.fromarray(batch["image"][i])))
+                ready.append(i)
+            except (ValueError, UnreadableInput) as exc:  # a size the engine lacks, too many pixels
+                reasons[i] = str(exc)
+        finishes = self.engine.predict_prepared(prepared, output_res=self.outputs.resolution) if prepared else []
+        for i, finish in zip(ready, finishes, strict=True):
+            prediction = finish()
+            if not prediction.is_finite():
+                reasons[i] = f"{self.engine.name} returned NaN or Inf in its maps (nothing written)"
+                continue
+            paths = output_paths(self.output_dir, Path(batch["rel"][i]), str(batch["name"][i]), self.outputs.kinds)
+            write_prediction(paths, prediction, self.outputs)  # atomically, folders made as needed
+            status[i] = "completed" if batch["completing"][i] else "written"
+        return {
+            "source": batch["source"],
+            "status": np.array(status, dtype=object),
+            "reason": np.array(reasons, dtype=object),
+            "pid": np.full(count, os.getpid()),
+        }
+
+
+def default_worker_cpus(total_cpus: float, workers: int, gpus_per_worker: float) -> float:
+    """CPUs each worker asks for: 1 beside a GPU; on CPUs, three quarters of the cluster shared by the workers
+    (the rest decodes). Never all of them: a pool that takes every CPU starves the decoding tasks (a deadlock)."""
+    if gpus_per_worker > 0:
+        return 1.0
+    return max(0.25, round(0.75 * total_cpus / workers * 4) / 4)
+
+
+def run_batch(
+    engine: str | Path,
+    images: str | Path,
+    output_dir: str | Path,
+    *,
+    address: str | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float | None = None,
+    batch_size: int = 1,
+    outputs: OutputOptions | None = None,
+    overwrite: bool = False,
+    dtype: str | None = None,
+    processing_res: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> BatchReport:
+    """Predict every image under ``images`` on a Ray cluster and write ``infer``'s files to ``output_dir``.
+
+    ``address``: an existing cluster ("auto" or ``HOST:PORT``); None starts a local one for the job.
+    ``workers`` actors each open ``engine`` once, on ``gpus_per_worker`` GPUs (0: CPU) and
+    ``cpus_per_worker`` CPUs (default :func:`default_worker_cpus`); ``batch_size`` images per engine
+    call. Images whose outputs all exist are skipped unless ``overwrite``.
+    """
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from ..infer import InferReport, plan_outputs  # noqa: PLC0415
+
+    if workers < 1 or batch_size < 1:
+        raise ValueError(f"--workers and --batch-size must be >= 1 (got {workers}, {batch_size})")
+    if gpus_per_worker < 0 or (cpus_per_worker is not None and cpus_per_worker <= 0):
+        raise ValueError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+    outputs = outputs or OutputOptions()
+    output_dir = Path(output_dir).absolute()
+    start = time.perf_counter()
+    source, found = list_images(images, output_dir)
+    planned = InferReport()
+    jobs = plan_outputs(found, Path(source.root), output_dir, outputs.kinds, overwrite, planned)
+    report = BatchReport(skipped=[(str(p), r) for p, r in planned.skipped], workers=workers)
+    report.failed = [(str(p), r) for p, r in planned.failed]
+    if jobs:
+        ray = import_ray()
+        started = connect(address)
+        try:
+            _run_jobs(
+                ray,
+                jobs,
+                source,
+                report,
+                engine,
+                output_dir,
+                outputs,
+                workers,
+                gpus_per_worker,
+                cpus_per_worker,
+                batch_size,
+                dtype,
+                processing_res,
+                tqdm(total=len(jobs), disable=not progress, desc="batch", unit="img"),
+            )
+        finally:
+            if started:
+                ray.shutdown()
+    order = {str(path): i for i, path in enumerate(found)}
+    for items in (report.written, report.completed):
+        items.sort(key=order.__getitem__)
+    report.failed.sort(key=lambda item: order.get(item[0], -1))
+    report.total_seconds = time.perf_counter() - start
+    return report
+
+
+def _run_jobs(
+    ray, jobs, source, report, engine, output_dir, outputs, workers, gpus, cpus, batch_size, dtype, processing_res, bar
+) -> None:
+    from ray.data import ActorPoolStrategy, DataContext  # noqa: PLC0415
+
+    DataContext.get_current().enable_progress_bars = False  # ours counts images, theirs blocks
+    root = Path(source.root)
+    rows = [
+        {
+            "source": str(job.path),
+            "rel": str(job.path.relative_to(root)),
+            "name": job.name,
+            "completing": job.completing,
+        }
+        for job in jobs
+    ]
+    cpus = cpus or default_worker_cpus(ray.cluster_resources().get("CPU", 1.0), workers, gpus)
+    device = "cuda" if gpus > 0 else "cpu"
+    dataset = (
+        ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
+        .map_batches(decode_images, fn_kwargs={"source": source}, batch_size=batch_size, num_cpus=DECODE_CPUS)
+        .map_batches(
+            PredictWorker,
+            fn_constructor_kwargs={
+                "engine": str(Path(engine).absolute()),
+                "output_dir": str(output_dir),
+                "outputs": outputs,
+                "device": device,
+                "dtype": dtype,
+                "processing_res": processing_res,
+                "threads": max(1, round(cpus)) if device == "cpu" else None,
+            },
+            compute=ActorPoolStrategy(size=workers),
+            batch_size=batch_size,
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+    )
+    for row in dataset.iter_rows():
+        status = row["status"]
+        if status == "written":
+            report.written.append(row["source"])
+        elif status == "completed":
+            report.completed.append(row["source"])
+        else:
+            report.failed.append((row["source"], row["reason"]))
+            bar.write(f"warning: skipping {row['source']}: {row['reason']}")
+        bar.update()
+    bar.close()
