@@ -284,3 +284,22 @@ def test_load_test_counts_requests_and_batches(server, images):
     assert 1 <= result["engine_calls"] <= 12 and result["mean_batch"] == round(12 / result["engine_calls"], 2)
     latency = result["latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+
+
+def test_the_local_cluster_stays_on_the_loopback_interface(cluster):
+    assert cluster.startswith("127.0.0.1:")
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_batch_stops_in_one_line_when_a_worker_cannot_open_the_engine(cluster, tiny_dir, images, tmp_path):
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    for path in tiny_dir.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "vae.safetensors").write_bytes(b"\x00" * 100)  # truncated
+    args = ["batch", str(images), "-o", str(tmp_path / "out"), "--engine", str(broken), "--cpus-per-worker", "0.5"]
+    result = CliRunner().invoke(app, [*args, "--processing-res", "64x48", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "error: a worker could not open the engine: " in result.output
+    assert "vae.safetensors: not a readable safetensors file" in result.output
+    assert not list((tmp_path / "out").rglob("*.npy"))

@@ -33,6 +33,9 @@ from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, UnreadableInput, read_im
 from ..files.outputs import OutputOptions, output_paths, write_prediction
 from .ray_setup import connect, import_ray
 
+#: The status of the rows of a worker whose engine could not be opened: the job stops with its reason.
+ENGINE_ERROR = "engine-error"
+
 #: CPUs of one decoding task: decoding is short; a small share keeps it from starving the workers.
 DECODE_CPUS = 0.25
 
@@ -157,13 +160,19 @@ class PredictWorker:
 
         if threads:
             torch.set_num_threads(threads)
-        self.engine = load_engine(engine, device=device, dtype=dtype, processing_res=processing_res)
         self.output_dir, self.outputs = Path(output_dir), outputs
+        self.engine_error = ""  # a missing or corrupt engine: every batch answers it, the driver stops the job
+        try:
+            self.engine = load_engine(engine, device=device, dtype=dtype, processing_res=processing_res)
+        except (OSError, ValueError) as exc:  # not raised: Ray would show the worker's traceback, not the reason
+            self.engine_error = str(exc) or type(exc).__name__
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image  # noqa: PLC0415
 
         count = len(batch["source"])
+        if self.engine_error:
+            return self._rows(batch, [ENGINE_ERROR] * count, [self.engine_error] * count)
         status, reasons = ["failed"] * count, list(batch["error"])
         ready, prepared = [], []
         for i in range(count):
@@ -183,11 +192,16 @@ class PredictWorker:
             paths = output_paths(self.output_dir, Path(batch["rel"][i]), str(batch["name"][i]), self.outputs.kinds)
             write_prediction(paths, prediction, self.outputs)  # atomically, folders made as needed
             status[i] = "completed" if batch["completing"][i] else "written"
+        return self._rows(batch, status, reasons)
+
+    @staticmethod
+    def _rows(batch: dict[str, np.ndarray], status: list[str], reasons: list[str]) -> dict[str, np.ndarray]:
+        """One row per image for the driver: its source, status (written/completed/failed) and reason."""
         return {
             "source": batch["source"],
             "status": np.array(status, dtype=object),
             "reason": np.array(reasons, dtype=object),
-            "pid": np.full(count, os.getpid()),
+            "pid": np.full(len(status), os.getpid()),
         }
 
 
@@ -224,6 +238,7 @@ def run_batch(
     """
     from tqdm import tqdm  # noqa: PLC0415
 
+    from ..engines import engine_kind  # noqa: PLC0415
     from ..infer import InferReport, plan_outputs  # noqa: PLC0415
 
     if workers < 1 or batch_size < 1:
@@ -231,6 +246,7 @@ def run_batch(
     if gpus_per_worker < 0 or (cpus_per_worker is not None and cpus_per_worker <= 0):
         raise ValueError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     outputs = outputs or OutputOptions()
+    engine_kind(engine)  # a missing or unsupported engine fails before Ray starts (a corrupt one in the workers)
     output_dir = Path(output_dir).absolute()
     start = time.perf_counter()
     source, found = list_images(images, output_dir)
@@ -309,6 +325,8 @@ def _run_jobs(
     )
     for row in dataset.iter_rows():
         status = row["status"]
+        if status == ENGINE_ERROR:
+            raise ValueError(f"a worker could not open the engine: {row['reason']}")
         if status == "written":
             report.written.append(row["source"])
         elif status == "completed":
