@@ -28,7 +28,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fe2e_deploy.cli import app
-from fe2e_deploy.cluster.batch import run_batch
+from fe2e_deploy.cluster.batch import default_worker_cpus, input_blocks, run_batch
 from fe2e_deploy.cluster.load_test import load_test
 from fe2e_deploy.cluster.ray_setup import connect
 from fe2e_deploy.engines import load_engine
@@ -303,3 +303,9 @@ def test_batch_stops_in_one_line_when_a_worker_cannot_open_the_engine(cluster, t
     assert "error: a worker could not open the engine: " in result.output
     assert "vae.safetensors: not a readable safetensors file" in result.output
     assert not list((tmp_path / "out").rglob("*.npy"))
+
+
+def test_input_blocks_and_worker_cpus():
+    assert [input_blocks(n, w) for n, w in ((9, 2), (1, 4), (100, 1), (1_000_000, 16))] == [8, 1, 4, 15625]
+    assert default_worker_cpus(2, 2, 0) == 0.75 and default_worker_cpus(2, 1, 0) == 1.5  # the rest decodes
+    assert default_worker_cpus(64, 8, 1) == 1.0 and default_worker_cpus(1, 8, 0) == 0.25

@@ -22,6 +22,7 @@ write, e.g. a shared file system on a multi-node cluster.
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from .ray_setup import connect, import_ray
 
 #: The status of the rows of a worker whose engine could not be opened: the job stops with its reason.
 ENGINE_ERROR = "engine-error"
+
+#: The most images in one block of the input list (see :func:`input_blocks`).
+IMAGES_PER_BLOCK = 64
 
 #: CPUs of one decoding task: decoding is short; a small share keeps it from starving the workers.
 DECODE_CPUS = 0.25
@@ -50,6 +54,7 @@ class BatchReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     workers: int = 0
     total_seconds: float = 0.0
+    ray_start_seconds: float = 0.0  # starting a local Ray (0 when joining a running cluster)
 
     @property
     def predicted(self) -> int:
@@ -57,11 +62,13 @@ class BatchReport:
 
     def summary(self) -> str:
         completed = f"{len(self.completed)} completed (some outputs were missing), " if self.completed else ""
-        rate = self.predicted / self.total_seconds if self.total_seconds > 0 else 0.0
+        job = self.total_seconds - self.ray_start_seconds
+        rate = self.predicted / job if job > 0 else 0.0
+        start = f", {self.ray_start_seconds:.1f} s of it starting Ray" if self.ray_start_seconds else ""
         return (
             f"{len(self.written)} image(s) written, {completed}{len(self.skipped)} skipped (all outputs exist), "
-            f"{len(self.failed)} failed; {self.total_seconds:.1f} s with {self.workers} worker(s), "
-            f"{rate:.2f} images/s"
+            f"{len(self.failed)} failed; {self.total_seconds:.1f} s with {self.workers} worker(s){start}; "
+            f"{rate:.2f} images/s after the start"
         )
 
 
@@ -205,6 +212,12 @@ class PredictWorker:
         }
 
 
+def input_blocks(images: int, workers: int) -> int:
+    """Blocks the image list is cut into: at most ``IMAGES_PER_BLOCK`` images each (a decoding task, and what a
+    failure reruns, stays short), and at least 4 per worker (so decoding runs in parallel), at most one per image."""
+    return max(1, min(images, max(4 * workers, math.ceil(images / IMAGES_PER_BLOCK))))
+
+
 def default_worker_cpus(total_cpus: float, workers: int, gpus_per_worker: float) -> float:
     """CPUs each worker asks for: 1 beside a GPU; on CPUs, three quarters of the cluster shared by the workers
     (the rest decodes). Never all of them: a pool that takes every CPU starves the decoding tasks (a deadlock)."""
@@ -256,7 +269,9 @@ def run_batch(
     report.failed = [(str(p), r) for p, r in planned.failed]
     if jobs:
         ray = import_ray()
+        t0 = time.perf_counter()
         started = connect(address)
+        report.ray_start_seconds = time.perf_counter() - t0 if started else 0.0
         try:
             _run_jobs(
                 ray,
@@ -304,7 +319,7 @@ def _run_jobs(
     cpus = cpus or default_worker_cpus(ray.cluster_resources().get("CPU", 1.0), workers, gpus)
     device = "cuda" if gpus > 0 else "cpu"
     dataset = (
-        ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
+        ray.data.from_items(rows, override_num_blocks=input_blocks(len(rows), workers))
         .map_batches(decode_images, fn_kwargs={"source": source}, batch_size=batch_size, num_cpus=DECODE_CPUS)
         .map_batches(
             PredictWorker,
