@@ -63,3 +63,15 @@ def writing(path: str | Path) -> Iterator[None]:
         if exc.filename is None and exc.errno is not None:
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+
+
+def report_images(report) -> None:
+    """Print a run over images (``infer``, ``batch``): skipped and failed images, the summary; exit code 1 if any
+    image failed. ``report`` has ``skipped`` and ``failed`` lists of (path, reason) and ``summary()``."""
+    for path, reason in report.skipped:
+        typer.echo(f"skipped {path}: {reason}")
+    for path, reason in report.failed:
+        typer.secho(f"failed {path}: {reason}", err=True, fg=typer.colors.RED)
+    typer.echo(report.summary())
+    if report.failed:
+        raise fail(f"{len(report.failed)} image(s) failed (see above)", code=1)

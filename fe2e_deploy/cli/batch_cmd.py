@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import options
-from .app import app, fail, user_errors
+from .app import app, report_images, user_errors
 from .options import (
     ENGINE_HELP,
     Dtype,
@@ -73,10 +73,4 @@ def batch(
             processing_res=options.processing_res(processing_res),
             progress=progress,
         )
-    for path, reason in report.skipped:
-        typer.echo(f"skipped {path}: {reason}")
-    for path, reason in report.failed:
-        typer.secho(f"failed {path}: {reason}", err=True, fg=typer.colors.RED)
-    typer.echo(report.summary())
-    if report.failed:
-        raise fail(f"{len(report.failed)} image(s) failed (see above)", code=1)
+    report_images(report)

@@ -8,7 +8,7 @@ import typer
 
 from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
-from .app import app, fail, user_errors
+from .app import app, report_images, user_errors
 from .options import (
     ENGINE_HELP,
     Device,
@@ -96,10 +96,4 @@ def infer(
             writers=writers,
             images=images,
         )
-    for path, reason in report.skipped:
-        typer.echo(f"skipped {path}: {reason}")
-    for path, reason in report.failed:
-        typer.secho(f"failed {path}: {reason}", err=True, fg=typer.colors.RED)
-    typer.echo(report.summary())
-    if report.failed:
-        raise fail(f"{len(report.failed)} image(s) failed (see above)", code=1)
+    report_images(report)
