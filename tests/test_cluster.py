@@ -164,7 +164,8 @@ def test_batch_survives_a_worker_killed_mid_run(cluster, tiny_dir, tmp_path):
 
 def test_batch_command_line(cluster, tiny_dir, images, infer_out, tmp_path):
     out = tmp_path / "out"
-    args = ["batch", str(images), "-o", str(out), "--engine", str(tiny_dir), "--workers", "1"]
+    # a filesystem URI: listed and read through pyarrow (as s3:// or gs:// would be), written as infer writes
+    args = ["batch", f"file://{images}", "-o", str(out), "--engine", str(tiny_dir), "--workers", "1"]
     args += ["--cpus-per-worker", "0.5", "--processing-res", "64x48", "--outputs", "depth_npy", "--no-progress"]
     result = CliRunner().invoke(app, [*args, "--batch-size", "4"])
     assert result.exit_code == 0, result.output
@@ -173,6 +174,8 @@ def test_batch_command_line(cluster, tiny_dir, images, infer_out, tmp_path):
         np.testing.assert_allclose(np.load(out / path.relative_to(infer_out)), np.load(path), rtol=0, atol=1e-5)
     missing = CliRunner().invoke(app, [*args[:1], str(tmp_path / "nowhere"), *args[2:]])
     assert missing.exit_code == 2 and "nowhere: input folder not found" in missing.output
+    missing = CliRunner().invoke(app, [*args[:1], f"file://{tmp_path}/nowhere", *args[2:]])
+    assert missing.exit_code == 2 and f"file://{tmp_path}/nowhere: cannot list images" in missing.output
 
 
 def free_port() -> int:

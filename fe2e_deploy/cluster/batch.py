@@ -111,6 +111,8 @@ def list_images(images: str | Path, output_dir: Path) -> tuple[ImageSource, list
         for info in infos
         if info.type == fs.FileType.File and PurePosixPath(info.path).suffix.lower() in IMAGE_SUFFIXES
     )
+    if isinstance(filesystem, fs.LocalFileSystem):  # file://: outputs written inside the input are not inputs
+        found = [p for p in found if not Path(p).resolve().is_relative_to(output_dir.resolve())]
     if not found:
         raise FileNotFoundError(f"{text}: no .jpg/.jpeg/.png images found")
     return ImageSource(root, text), [Path(p) for p in found]
