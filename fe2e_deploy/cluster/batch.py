@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, UnreadableInput, read_image, reason_without_path
+from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, read_image, reason_without_path
 from ..files.outputs import OutputOptions, output_paths, write_prediction
 from .ray_setup import connect, import_ray
 
@@ -190,7 +189,7 @@ class PredictWorker:
             try:
                 prepared.append(self.engine.prepare(Image.fromarray(batch["image"][i])))
                 ready.append(i)
-            except (ValueError, UnreadableInput) as exc:  # a size the engine lacks, too many pixels
+            except ValueError as exc:  # a size the engine lacks, too many pixels
                 reasons[i] = str(exc)
         finishes = self.engine.predict_prepared(prepared, output_res=self.outputs.resolution) if prepared else []
         for i, finish in zip(ready, finishes, strict=True):
@@ -210,7 +209,6 @@ class PredictWorker:
             "source": batch["source"],
             "status": np.array(status, dtype=object),
             "reason": np.array(reasons, dtype=object),
-            "pid": np.full(len(status), os.getpid()),
         }
 
 
