@@ -113,7 +113,7 @@ def test_dataset_kinds_set_range_scale_and_crops(tmp_path):
     data = open_dataset(root, "depth", "nyu")
     assert (data.kind.min_depth, data.kind.max_depth) == (0.5, 2.0) and not next(iter(data)).valid.any()
     with pytest.raises(ValueError, match="depth ground truth only"):
-        open_dataset(root, "normals", "nyu")
+        open_dataset(root, "normals", "kitti")
     (root / "dataset.json").write_text(json.dumps({"max_depht": 2.0}))
     with pytest.raises(ValueError, match="dataset.json"):
         open_dataset(root, "depth")
