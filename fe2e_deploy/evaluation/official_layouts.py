@@ -115,13 +115,13 @@ def read_exr_rgb(path: Path) -> np.ndarray:
         import OpenEXR  # noqa: PLC0415  optional: only iBims-1 and Sintel need it
     except ImportError:
         raise ValueError(f"{path}: reading .exr needs the OpenEXR package: pip install 'fe2e-deploy[eval]'") from None
-    with OpenEXR.File(str(path)) as exr:
-        channels = exr.channels()
+    with OpenEXR.File(str(path)) as exr:  # the pixels are read while the file is open
+        channels = {name: np.asarray(channel.pixels, dtype=np.float32) for name, channel in exr.channels().items()}
     if "RGB" in channels:
-        return np.asarray(channels["RGB"].pixels, dtype=np.float32)
+        return channels["RGB"]
     if not {"R", "G", "B"} <= set(channels):
-        raise ValueError(f"{path}: expected R, G and B channels, found {', '.join(sorted(channels))}")
-    return np.stack([np.asarray(channels[c].pixels, dtype=np.float32) for c in "RGB"], axis=-1)
+        raise ValueError(f"{path}: expected R, G and B channels, found {', '.join(sorted(channels)) or 'none'}")
+    return np.stack([channels[c] for c in "RGB"], axis=-1)
 
 
 class _ArrayUnpickler(pickle.Unpickler):

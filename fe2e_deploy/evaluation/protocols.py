@@ -47,7 +47,7 @@ def check_protocol(protocol: str, task: str) -> str:
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
     """An RGB image as ``[1, 3, H, W]`` float32 in [0, 1]: ``uint8 / 255`` (``to_tensor``, ``cv2.imread / 255``)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    array = np.array(image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array).permute(2, 0, 1)[None].float().div(255.0)
 
 

@@ -16,7 +16,8 @@ from tqdm import tqdm
 from ..engines import Engine
 from ..files.atomic import write_json
 from ..files.images import UnreadableInput, find_images, open_image
-from .datasets import EvalDataset, open_dataset
+from .datasets import EvalDataset, Sample, open_dataset
+from .kinds import DatasetKind
 from .metrics import (
     DEPTH_METRICS,
     NORMAL_METRICS,
@@ -29,6 +30,15 @@ from .metrics import (
     normal_metrics,
     normalize,
     relative_l2,
+)
+from .protocols import (
+    check_protocol,
+    fe2e_input,
+    image_tensor,
+    marigold_input,
+    marigold_output,
+    normal_errors,
+    score_depth,
 )
 
 COMPARE_METRICS = ("depth_abs_rel", "depth_rel_l2", "normals_mean_deg")
@@ -50,22 +60,26 @@ def evaluate_engine(
     task: str,
     alignment: str = "log",
     progress: bool = True,
+    protocol: str = "infer",
 ) -> dict:
     """Predict every image of ``dataset`` and score ``task`` against its ground truth.
 
-    Depth: per image, align (:func:`~.metrics.align_depth`), clip to the dataset's range, metrics on
-    the valid pixels; ``metrics`` is the mean over images. Normals: predictions resized to the GT,
-    angular errors of the valid pixels pooled over the dataset. Images without valid GT pixels are
-    listed under ``skipped``; samples whose image or ground truth cannot be read under ``unreadable``
-    (``{"name", "reason"}``), and the others are scored. A path opens a generic-layout dataset.
+    ``protocol`` (:mod:`.protocols`): ``fe2e`` (FE2E's official evaluation path, resize for resize),
+    ``marigold`` (Marigold's, depth only) or ``infer`` (what ``infer`` writes, scored in float64; the
+    default here, so that engines implementing only ``predict`` keep working; the CLI defaults to fe2e).
+    Depth: per image, align, clip to the dataset's range, metrics on the valid pixels; ``metrics`` is the
+    mean over images. Normals: angular errors of the valid pixels pooled over the dataset. Images
+    without valid GT pixels are listed under ``skipped``; samples whose image or ground truth cannot be
+    read under ``unreadable`` (``{"name", "reason"}``), and the others are scored. A path opens a
+    generic-layout dataset.
     """
     if not isinstance(dataset, EvalDataset):
         dataset = open_dataset(dataset, task)
     if dataset.task != task:
         raise ValueError(f"dataset was opened for {dataset.task}, not {task}")
+    check_protocol(protocol, task)
     if task == "depth":
         check_alignment(alignment)
-    kind = dataset.kind
     per_image: list[dict] = []
     skipped: list[str] = []
     unreadable: list[dict] = []
@@ -82,15 +96,10 @@ def evaluate_engine(
         if n_valid == 0:
             skipped.append(sample.name)
             continue
-        pred = engine.predict(sample.image)
-        if task == "depth":
-            depth = resize_map(pred.depth, sample.gt.shape)
-            m = evaluate_depth(depth, sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth)
+        if protocol == "infer":
+            m = _score_infer(engine, sample, task, alignment, dataset.kind, pooled)
         else:
-            normals = normalize(resize_map(pred.normals, sample.gt.shape[:2]))
-            errors = angular_error(normals[sample.valid], sample.gt[sample.valid])
-            pooled.add(errors)
-            m = normal_metrics(errors)
+            m = _score_official(engine, sample, task, alignment, dataset.kind, pooled, protocol)
         per_image.append({"name": sample.name, "valid_pixels": n_valid, **m})
     if not per_image:
         if unreadable:
@@ -105,6 +114,7 @@ def evaluate_engine(
         "task": task,
         "engine": engine.name,
         "dataset": dataset.describe(),
+        "protocol": protocol,
         "alignment": alignment if task == "depth" else None,
         "aggregation": "mean over images" if task == "depth" else "pooled over all valid pixels",
         "num_images": len(per_image),
@@ -114,6 +124,46 @@ def evaluate_engine(
         "metrics": metrics,
         "per_image": per_image,
     }
+
+
+def _score_infer(
+    engine: Engine, sample: Sample, task: str, alignment: str, kind: DatasetKind, pooled: PooledAngularErrors
+) -> dict[str, float]:
+    """``infer``'s prediction (at the image's size), resized bilinearly to the GT, scored in float64."""
+    pred = engine.predict(sample.image)
+    if task == "depth":
+        depth = resize_map(pred.depth, sample.gt.shape)
+        return evaluate_depth(depth, sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth)
+    normals = normalize(resize_map(pred.normals, sample.gt.shape[:2]))
+    errors = angular_error(normals[sample.valid], sample.gt[sample.valid])
+    pooled.add(errors)
+    return normal_metrics(errors)
+
+
+def _score_official(
+    engine: Engine,
+    sample: Sample,
+    task: str,
+    alignment: str,
+    kind: DatasetKind,
+    pooled: PooledAngularErrors,
+    protocol: str,
+) -> dict[str, float]:
+    """The official path (:mod:`.protocols`): the engine's raw maps at the processing size, resized once."""
+    size = engine.processing_size(sample.image)
+    image = image_tensor(sample.image)
+    x = fe2e_input(image, size) if protocol == "fe2e" else marigold_input(image, size)
+    depth, normals = engine.run_maps(x, size)
+    if task == "depth":
+        if protocol == "marigold":
+            pred = marigold_output(depth, sample.image.size)
+            return score_depth(
+                pred, sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth, kind.align_max_res
+            )
+        return score_depth(depth[0, 0].numpy(), sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth)
+    errors = normal_errors(normals, sample.gt, sample.valid)
+    pooled.add(errors)
+    return normal_metrics(errors)
 
 
 def compare_predictions(pred_a, pred_b) -> dict[str, float]:
