@@ -18,7 +18,7 @@ from fe2e_deploy.evaluation.datasets import open_dataset
 from fe2e_deploy.evaluation.metrics import DEPTH_METRICS, NORMAL_METRICS
 from fe2e_deploy.evaluation.protocols import check_protocol
 from fe2e_deploy.evaluation.resize import cv2_resize_linear
-from fe2e_deploy.evaluation.run import evaluate_engine
+from fe2e_deploy.evaluation.run import evaluate_engine, shard_mean
 
 DATA = Path(__file__).parent / "data"
 
@@ -270,3 +270,17 @@ def test_protocols_differ_from_infer_by_their_resizes(tmp_path):
         evaluate_engine(ImageEngine(), data, "depth", progress=False, protocol="official")
     with pytest.raises(ValueError, match="depth only"):
         check_protocol("marigold", "normals")
+
+
+def test_shard_mean_is_the_official_multi_gpu_average():
+    """evaluation.py: rank r scores images [r * (N // G), (r + 1) * (N // G)) (the last rank: to N); the
+    result is np.mean over ranks of each rank's MetricTracker average."""
+    rng = np.random.default_rng(7)
+    values = [{"abs_rel": float(v)} for v in rng.random(11)]
+    chunk = 11 // 3
+    ranks = [values[0:chunk], values[chunk : 2 * chunk], values[2 * chunk :]]
+    expected = np.mean([np.mean([v["abs_rel"] for v in rank]) for rank in ranks])
+    assert shard_mean(values, list(range(11)), 11, 3)["abs_rel"] == pytest.approx(expected, rel=1e-12)
+    overall = np.mean([v["abs_rel"] for v in values])
+    assert shard_mean(values, list(range(11)), 11, 1)["abs_rel"] == pytest.approx(overall, rel=1e-12)
+    assert abs(expected - overall) > 1e-4  # unequal shards weigh images unequally

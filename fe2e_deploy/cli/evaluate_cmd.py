@@ -31,6 +31,11 @@ def evaluate(
         help="How predictions are made and scored: fe2e (FE2E's official evaluation, resize for resize), "
         "marigold (Marigold's, depth only) or infer (what `infer` writes). See docs/evaluation.md.",
     ),
+    gpus: int = typer.Option(
+        1,
+        help="Average depth metrics as the official evaluation does on this many GPUs (the mean of per-GPU means "
+        "over contiguous shards; FE2E's published runs use 8). Normals are pooled either way.",
+    ),
     split_file: Path = typer.Option(
         None,
         help="Read the benchmark's own layout from this split list (Marigold's data_split list for depth; "
@@ -71,12 +76,14 @@ def evaluate(
             check_alignment(alignment)
         if task in ("depth", "normals"):
             check_protocol(protocol, task)
+        if gpus < 1:
+            raise ValueError(f"--gpus must be at least 1, got {gpus}")
         options.output_file(json_out, overwrite)
         data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images, split_file)
         engine_kind(engine)
         runner = load_engine(engine, device=device, dtype=dtype, processing_res=res, progress=progress)
         runner.max_processing_pixels = max_processing_pixels
-        report = evaluate_engine(runner, data, task, alignment, progress=progress, protocol=protocol)
+        report = evaluate_engine(runner, data, task, alignment, progress=progress, protocol=protocol, gpus=gpus)
         if json_out is not None:
             with writing(json_out):
                 write_report(json_out, report, overwrite)

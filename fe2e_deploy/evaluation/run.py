@@ -61,6 +61,7 @@ def evaluate_engine(
     alignment: str = "log",
     progress: bool = True,
     protocol: str = "infer",
+    gpus: int = 1,
 ) -> dict:
     """Predict every image of ``dataset`` and score ``task`` against its ground truth.
 
@@ -71,13 +72,16 @@ def evaluate_engine(
     mean over images. Normals: angular errors of the valid pixels pooled over the dataset. Images
     without valid GT pixels are listed under ``skipped``; samples whose image or ground truth cannot be
     read under ``unreadable`` (``{"name", "reason"}``), and the others are scored. A path opens a
-    generic-layout dataset.
+    generic-layout dataset. ``gpus`` > 1: the depth metrics are averaged as the official ``gpus``-GPU run
+    averages them (:func:`shard_mean`); normals are pooled either way.
     """
     if not isinstance(dataset, EvalDataset):
         dataset = open_dataset(dataset, task)
     if dataset.task != task:
         raise ValueError(f"dataset was opened for {dataset.task}, not {task}")
     check_protocol(protocol, task)
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
     if task == "depth":
         check_alignment(alignment)
     per_image: list[dict] = []
@@ -86,7 +90,8 @@ def evaluate_engine(
     pooled = PooledAngularErrors()
     start = time.perf_counter()
     bar = tqdm(dataset.items, desc=f"evaluate {task} ({engine.name})", unit="img", disable=not progress)
-    for item in bar:
+    indices: list[int] = []  # each scored image's position in the dataset (the official shards are by position)
+    for index, item in enumerate(bar):
         try:
             sample = dataset.load(item)
         except UnreadableInput as exc:
@@ -101,13 +106,15 @@ def evaluate_engine(
         else:
             m = _score_official(engine, sample, task, alignment, dataset.kind, pooled, protocol)
         per_image.append({"name": sample.name, "valid_pixels": n_valid, **m})
+        indices.append(index)
     if not per_image:
         if unreadable:
             first = unreadable[0]["reason"]
             raise ValueError(f"{dataset.root}: no sample could be scored ({len(unreadable)} unreadable, e.g. {first})")
         raise ValueError(f"{dataset.root}: no image has valid ground-truth pixels")
     if task == "depth":
-        metrics = mean_metrics([{k: m[k] for k in DEPTH_METRICS} for m in per_image])
+        values = [{k: m[k] for k in DEPTH_METRICS} for m in per_image]
+        metrics = mean_metrics(values) if gpus == 1 else shard_mean(values, indices, len(dataset), gpus)
     else:
         metrics = pooled.result()
     return {
@@ -116,7 +123,7 @@ def evaluate_engine(
         "dataset": dataset.describe(),
         "protocol": protocol,
         "alignment": alignment if task == "depth" else None,
-        "aggregation": "mean over images" if task == "depth" else "pooled over all valid pixels",
+        "aggregation": _aggregation(task, gpus),
         "num_images": len(per_image),
         "skipped": skipped,
         "unreadable": unreadable,
@@ -124,6 +131,28 @@ def evaluate_engine(
         "metrics": metrics,
         "per_image": per_image,
     }
+
+
+def shard_mean(values: list[dict[str, float]], indices: list[int], total: int, gpus: int) -> dict[str, float]:
+    """The official multi-GPU depth result: the dataset cut into ``gpus`` contiguous shards of
+    ``total // gpus`` images (the last takes the rest), each shard's mean over its images, then the mean
+    of the shard means (``evaluation.py``: ``np.mean`` of the gathered ``MetricTracker`` averages).
+    A shard without a scored image (fewer images than GPUs) is left out; the official code would average
+    in its empty tracker's zeros."""
+    size = total // gpus
+    shards: dict[int, list[dict[str, float]]] = {}
+    for index, value in zip(indices, values, strict=True):
+        shard = min(index // size, gpus - 1) if size else gpus - 1
+        shards.setdefault(shard, []).append(value)
+    return mean_metrics([mean_metrics(shard) for _, shard in sorted(shards.items())])
+
+
+def _aggregation(task: str, gpus: int) -> str:
+    if task != "depth":
+        return "pooled over all valid pixels"
+    return (
+        "mean over images" if gpus == 1 else f"mean of the means of {gpus} contiguous shards (official {gpus}-GPU run)"
+    )
 
 
 def _score_infer(
