@@ -284,3 +284,23 @@ def test_shard_mean_is_the_official_multi_gpu_average():
     overall = np.mean([v["abs_rel"] for v in values])
     assert shard_mean(values, list(range(11)), 11, 1)["abs_rel"] == pytest.approx(overall, rel=1e-12)
     assert abs(expected - overall) > 1e-4  # unequal shards weigh images unequally
+
+
+def test_marigold_tar_is_read_in_place(tmp_path):
+    """The evaluation tars as downloaded (members ./<path>) give the same samples as the extracted folder."""
+    import tarfile  # noqa: PLC0415
+
+    root = tmp_path / "diode"
+    split = write_depth_set(root, "diode")
+    archive = tmp_path / "diode_val.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname=".")
+    folder = open_dataset(root, "depth", "diode", split_file=split)
+    packed = open_dataset(archive, "depth", "diode", split_file=split)
+    for a, b in zip(folder, packed, strict=True):
+        assert a.name == b.name and np.array_equal(a.gt, b.gt) and np.array_equal(a.valid, b.valid)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    bad = split.read_text().replace("_000_010_depth.npy", "_000_010_dpth.npy")
+    (tmp_path / "bad.txt").write_text(bad)
+    with pytest.raises(FileNotFoundError, match=r"dpth\.npy: depth ground truth not found"):
+        open_dataset(archive, "depth", "diode", split_file=tmp_path / "bad.txt")

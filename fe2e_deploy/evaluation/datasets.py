@@ -17,19 +17,30 @@ The masks, crops and depth ranges are the benchmark's (``kinds.py``) in every la
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, UnreadableInput, find_images, open_image, reason_without_path
+from ..files.images import (
+    IMAGE_SUFFIXES,
+    READ_ERRORS,
+    UnreadableInput,
+    find_images,
+    open_image,
+    read_image,
+    reason_without_path,
+)
 from .kinds import DATASET_KINDS, KB_CROP_HW, KITTI_EIGEN_CROP, NYU_EIGEN_CROP, TASKS, DatasetKind
 from .metrics import normal_valid_mask
 from .official_layouts import (
+    TarFolder,
     bundled_split,
     depth_split_rows,
     normal_ground_truth,
@@ -78,6 +89,7 @@ class EvalDataset:
     items: list[Item] = field(default_factory=list)
     depth_scale: float = 1000.0
     layout: str = "generic"  # one of LAYOUTS
+    archive: TarFolder | None = None  # a Marigold evaluation tar read in place (marigold-split layout)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -97,7 +109,8 @@ class EvalDataset:
 
     def load(self, item: Item) -> Sample:
         """One sample; a file that cannot be read (or does not fit the others) is :class:`UnreadableInput`."""
-        image = open_image(item.image)
+        read = open_image if self.archive is None else partial(read_input, "image", read=self._archive_image)
+        image = read(item.image)
         if self.layout == "dsine-split":
             gt, valid = read_input("normal ground truth", item.gt, read_official_normals, image.size)
             if gt.shape[:2] != (image.height, image.width):
@@ -110,7 +123,7 @@ class EvalDataset:
             valid = normal_valid_mask(gt, mask)
             return Sample(item.name, image, gt, valid if raw_valid is None else valid & raw_valid)
         if self.layout == "marigold-split":
-            gt = read_input("depth ground truth", item.gt, read_marigold_depth, self.kind.name, image.size)
+            gt = read_input("depth ground truth", item.gt, self._marigold_depth, image.size)
         else:
             gt = read_input("depth ground truth", item.gt, read_depth, self.depth_scale)
         mask = self._mask(item, gt.shape)
@@ -119,8 +132,22 @@ class EvalDataset:
             mask = None if mask is None else kitti_benchmark_crop(mask)
         return Sample(item.name, image, gt, self.depth_valid(gt, mask))
 
+    def _source(self, path: Path) -> Path | io.BytesIO:
+        """The file itself, or its bytes when the dataset is a tar archive read in place."""
+        return path if self.archive is None else self.archive.open(path.relative_to(self.root).as_posix())
+
+    def _archive_image(self, path: Path) -> Image.Image:
+        return read_image(self._source(path))
+
+    def _marigold_depth(self, path: Path, image_size: tuple[int, int]) -> np.ndarray:
+        return read_marigold_depth(self._source(path), self.kind.name, image_size)
+
+    def _marigold_mask(self, path: Path) -> np.ndarray:
+        return np.load(self._source(path)).squeeze() != 0  # DIODE's .npy masks (``.astype(bool)``)
+
     def _mask(self, item: Item, shape: tuple[int, ...]) -> np.ndarray | None:
-        mask = None if item.mask is None else read_input("mask", item.mask, read_mask)
+        read = self._marigold_mask if self.layout == "marigold-split" else read_mask
+        mask = None if item.mask is None else read_input("mask", item.mask, read)
         if mask is not None and mask.shape != shape:
             raise UnreadableInput(f"{item.mask}: mask is {mask.shape}, ground truth {item.gt} is {shape}")
         return mask
@@ -266,15 +293,18 @@ def _dsine_items(root: Path, limit: int | None) -> list[Item]:
     return items
 
 
-def _split_file_items(root: Path, task: str, kind: DatasetKind, split: Path, limit: int | None) -> list[Item]:
+def _split_file_items(
+    root: Path, task: str, kind: DatasetKind, split: Path, limit: int | None, archive: TarFolder | None = None
+) -> list[Item]:
     """Items of a benchmark's own layout: Marigold's split list (depth) or DSINE's (normals)."""
     items = []
     if task == "depth":
         for image, depth, mask in depth_split_rows(split, kind.name)[:limit]:
             item = Item(image, root / image, root / depth, None if mask is None else root / mask)
-            for path, what in ((item.image, "image"), (item.gt, "depth ground truth"), (item.mask, "mask")):
-                if path is not None and not path.is_file():
-                    raise FileNotFoundError(f"{path}: {what} not found (listed in {split})")
+            for rel, what in ((image, "image"), (depth, "depth ground truth"), (mask, "mask")):
+                found = rel is None or (archive.has(rel) if archive else (root / rel).is_file())
+                if not found:
+                    raise FileNotFoundError(f"{root / rel}: {what} not found (listed in {split})")
             items.append(item)
         return items
     for row in read_split(split)[:limit]:
@@ -325,7 +355,10 @@ def open_dataset(
     spec = DATASET_KINDS[kind]
     if task not in spec.tasks:
         raise ValueError(f"dataset kind {kind!r} has {' and '.join(spec.tasks)} ground truth only, not {task}")
-    if not root.is_dir():
+    archive = None
+    if root.is_file() and task == "depth" and split_file is not None and kind != "generic":
+        archive = TarFolder(root)  # a Marigold evaluation tar, as downloaded
+    elif not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found")
     if depth_scale is not None and not depth_scale > 0:
         raise ValueError(f"depth scale must be positive, got {depth_scale}")
@@ -335,7 +368,7 @@ def open_dataset(
     if split is not None and not split.is_file():
         raise FileNotFoundError(f"{split}: split list not found")
     layout = choose_layout(root, task, spec, split)
-    if (root / "dataset.json").is_file():
+    if archive is None and (root / "dataset.json").is_file():
         spec = read_range_file(root / "dataset.json", spec)
     if layout == "dsine":
         items = _dsine_items(root, max_images)
@@ -343,8 +376,8 @@ def open_dataset(
         items = _generic_items(root, task, max_images)
     else:
         split = split or bundled_split(spec.normal_split)
-        items = _split_file_items(root, task, spec, split, max_images)
+        items = _split_file_items(root, task, spec, split, max_images, archive)
     if not items:
         where = {"dsine": "**/*_img", "generic": "rgb/"}.get(layout, f"listed ({split})")
         raise FileNotFoundError(f"{root}: no {where} images ({', '.join(IMAGE_SUFFIXES)}) found")
-    return EvalDataset(root, task, spec, items, depth_scale or spec.png_depth_scale, layout)
+    return EvalDataset(root, task, spec, items, depth_scale or spec.png_depth_scale, layout, archive)

@@ -6,6 +6,9 @@ ScanNet: 16-bit PNG / 1000), ``rgb depth [focal]`` (KITTI: 16-bit PNG / 256; lin
 ``None`` are dropped), ``rgb depth`` (ETH3D: raw float32, ``inf`` = no depth), ``rgb depth.npy
 mask.npy`` (DIODE).
 
+The folder may also be the tar archive itself, as downloaded (the official loaders read members
+``./<path>``): :class:`TarFolder`.
+
 Normals (``infer/dataset_normal/<set>/__init__.py``, DSINE's loaders): DSINE's ``dsine_eval/<set>``
 folder and a split list of ``<scene>/<stem>_img.png`` lines (bundled: ``splits/``). Beside each
 image: ``<stem>_normal.png`` (NYUv2, ScanNet; ``(n + 1) / 2 * 255``, valid where any channel is
@@ -16,7 +19,9 @@ negated, valid where non-zero). Everything is decoded in float32, as there.
 
 from __future__ import annotations
 
+import io
 import pickle
+import tarfile
 from importlib import resources
 from pathlib import Path
 
@@ -68,20 +73,43 @@ def normal_ground_truth(image: Path, dataset: str) -> Path:
     return found
 
 
-def read_marigold_depth(path: Path, kind: str, image_size: tuple[int, int]) -> np.ndarray:
-    """Depth in metres, float32, decoded as the official loader for ``kind`` does."""
+class TarFolder:
+    """A Marigold evaluation tar read in place: members by their path relative to the archive's root."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.tar = tarfile.open(path)  # noqa: SIM115  kept open while the dataset is read
+        except (OSError, tarfile.TarError) as exc:
+            raise ValueError(f"{path}: not a readable tar archive ({exc})") from None
+        self.members = {m.name.removeprefix("./"): m for m in self.tar.getmembers() if m.isfile()}
+
+    def has(self, rel: str) -> bool:
+        return rel in self.members
+
+    def open(self, rel: str) -> io.BytesIO:
+        """The member's bytes; FileNotFoundError names the archive and the member."""
+        if rel not in self.members:
+            raise FileNotFoundError(f"{self.path}: no member {rel!r}")
+        return io.BytesIO(self.tar.extractfile(self.members[rel]).read())
+
+
+def read_marigold_depth(source: Path | io.BytesIO, kind: str, image_size: tuple[int, int]) -> np.ndarray:
+    """Depth in metres, float32, decoded as the official loader for ``kind`` does (``source``: a file or bytes)."""
+    name = source if isinstance(source, Path) else "depth"
     if kind == "eth3d":  # raw float32; the official loader reshapes to 4032 x 6048, the images' size
         width, height = image_size
-        depth = np.fromfile(path, dtype=np.float32)
-        if depth.size != width * height:
-            raise ValueError(f"{path}: {depth.size} float32 values, expected {height} x {width} (the image's size)")
+        raw = source.read_bytes() if isinstance(source, Path) else source.getvalue()
+        if len(raw) != 4 * width * height:
+            raise ValueError(f"{name}: {len(raw)} bytes, expected {height} x {width} float32 (the image's size)")
+        depth = np.frombuffer(raw, dtype=np.float32).copy()
         depth[depth == np.inf] = 0.0
         return depth.reshape(height, width)
     if kind == "diode":
-        return np.load(path).squeeze().astype(np.float32)
-    with Image.open(path) as im:
+        return np.load(source).squeeze().astype(np.float32)
+    with Image.open(source) as im:
         if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(f"{path}: depth PNG must be 16-bit grayscale, got mode {im.mode}")
+            raise ValueError(f"{name}: depth PNG must be 16-bit grayscale, got mode {im.mode}")
         raw = np.asarray(im)
     return (raw / (256.0 if kind == "kitti" else 1000.0)).astype(np.float32)
 
