@@ -113,7 +113,7 @@ def test_dataset_kinds_set_range_scale_and_crops(tmp_path):
     data = open_dataset(root, "depth", "nyu")
     assert (data.kind.min_depth, data.kind.max_depth) == (0.5, 2.0) and not next(iter(data)).valid.any()
     with pytest.raises(ValueError, match="depth ground truth only"):
-        open_dataset(root, "normals", "nyu")
+        open_dataset(root, "normals", "kitti")
     (root / "dataset.json").write_text(json.dumps({"max_depht": 2.0}))
     with pytest.raises(ValueError, match="dataset.json"):
         open_dataset(root, "depth")
@@ -251,3 +251,39 @@ def test_compare_needs_two_engines(tiny_dir, dataset):
         ["compare", str(dataset / "nothing"), "--engine", str(tiny_dir), "--engine", str(tiny_dir), "--no-progress"],
     )
     assert result.exit_code == 2 and "nothing" in result.output
+
+
+def test_evaluate_protocols_and_split_files(tiny_dir, tmp_path):
+    """The benchmark's own layout (a Marigold split list) and --protocol: fe2e by default, infer differs."""
+    root = tmp_path / "nyu"
+    depth, _ = plane()
+    lines = []
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        (root / "test").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(root / "test" / f"rgb_{i}.png")
+        depth_png(depth + i, 1000).save(root / "test" / f"depth_{i}.png")
+        lines.append(f"test/rgb_{i}.png test/depth_{i}.png test/filled_{i}.png")
+    split = tmp_path / "filename_list_test.txt"
+    split.write_text("\n".join(lines) + "\n")
+    reports, outputs = {}, {}
+    for protocol in (None, "infer"):
+        out = tmp_path / f"{protocol}.json"
+        extra = ["--dataset-kind", "nyu", "--split-file", str(split), "--json", str(out)]
+        extra += ["--protocol", protocol] if protocol else []
+        result = runner.invoke(app, evaluate_args(tiny_dir, root, "depth", *extra))
+        assert result.exit_code == 0, result.output
+        reports[protocol], outputs[protocol] = json.loads(out.read_text()), result.output
+    assert reports[None]["protocol"] == "fe2e" and reports[None]["dataset"]["layout"] == "marigold-split"
+    assert "protocol fe2e" in outputs[None] and "protocol infer" in outputs["infer"]
+    assert reports[None]["metrics"]["abs_rel"] != reports["infer"]["metrics"]["abs_rel"]
+    bad = runner.invoke(
+        app, evaluate_args(tiny_dir, root, "normals", "--dataset-kind", "nyu", "--protocol", "marigold")
+    )
+    assert bad.exit_code == 2 and "depth only" in bad.output
+    missing = runner.invoke(
+        app, evaluate_args(tiny_dir, root, "depth", "--dataset-kind", "nyu", "--split-file", str(tmp_path / "no.txt"))
+    )
+    assert missing.exit_code == 2 and "no.txt" in missing.output
+    no_layout = runner.invoke(app, evaluate_args(tiny_dir, root, "depth", "--dataset-kind", "nyu"))
+    assert no_layout.exit_code == 2 and "--split-file" in no_layout.output

@@ -180,8 +180,8 @@ def test_normals_rotated_by_10_degrees():
         pooled = PooledAngularErrors()
         pooled.add(errors)
         p = pooled.result()
-        assert p["median"] == pytest.approx(10.0, abs=1e-3)
-        assert all(p[k] == pytest.approx(m[k], abs=1e-9) for k in NORMAL_METRICS if k != "median")
+        assert p["median"] == m["median"]
+        assert all(p[k] == pytest.approx(m[k], abs=1e-9) for k in NORMAL_METRICS)
 
 
 def test_normals_are_normalised_and_zero_gt_is_invalid():
@@ -196,13 +196,22 @@ def test_normals_are_normalised_and_zero_gt_is_invalid():
     assert errors.max() < 1e-4
 
 
-def test_pooled_median_matches_numpy():
-    errors = np.random.default_rng(0).gamma(2.0, 8.0, size=10001).clip(0, 180)
+@pytest.mark.parametrize("count", [10001, 7778, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pooled_median_equals_numpy_for_odd_and_even_counts(count, dtype):
+    """The pooled median is np.median of every pooled error (an even count averages the two middle values)."""
+    errors = np.random.default_rng(count).gamma(2.0, 8.0, size=count).clip(0, 180).astype(dtype)
     pooled = PooledAngularErrors()
-    for chunk in np.array_split(errors, 7):
+    for chunk in np.array_split(errors, min(7, count)):
         pooled.add(chunk)
-    assert pooled.result()["median"] == pytest.approx(np.median(errors), abs=1e-3)
-    assert pooled.result()["mean"] == pytest.approx(errors.mean())
+    result = pooled.result()
+    expected = float(np.median(errors.astype(np.float64)))
+    assert result["median"] == expected
+    if count % 2 == 0:  # the lower middle value alone (the old histogram median) would be off
+        assert result["median"] != float(np.sort(errors)[count // 2 - 1])
+    assert result["median"] == pytest.approx(float(np.median(errors)), rel=1e-7)  # numpy's own float32 median
+    assert result["mean"] == pytest.approx(errors.astype(np.float64).mean(), rel=1e-12)
+    assert pooled.result()["median"] == expected  # asking twice gives the same value
 
 
 def write_generic(root, scenes, normals_fmt="npy"):

@@ -26,6 +26,21 @@ def evaluate(
         "generic", help=f"Depth range, PNG depth scale and crops of: {', '.join(DATASET_KINDS)}."
     ),
     depth_scale: float = typer.Option(None, help="Divisor of 16-bit depth PNGs to metres (default 1000; kitti 256)."),
+    protocol: str = typer.Option(
+        "fe2e",
+        help="How predictions are made and scored: fe2e (FE2E's official evaluation, resize for resize), "
+        "marigold (Marigold's, depth only) or infer (what `infer` writes). See docs/evaluation.md.",
+    ),
+    gpus: int = typer.Option(
+        1,
+        help="Average depth metrics as the official evaluation does on this many GPUs (the mean of per-GPU means "
+        "over contiguous shards; FE2E's published runs use 8). Normals are pooled either way.",
+    ),
+    split_file: Path = typer.Option(
+        None,
+        help="Read the benchmark's own layout from this split list (Marigold's data_split list for depth; "
+        "normals default to FE2E's lists, bundled).",
+    ),
     processing_res: ProcessingRes = None,
     max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,
     device: Device = "auto",
@@ -41,6 +56,8 @@ def evaluate(
 
     Normals: angular error in degrees (mean, median, RMSE, % under 5/7.5/11.25/22.5/30), all pixels pooled.
 
+    --protocol fe2e (default) runs FE2E's official evaluation path, resize for resize and mask for mask.
+
     Samples whose image or ground truth cannot be read are skipped and reported; the metrics (and
     the JSON report, which lists them under "unreadable") cover the others, and the exit code is 1.
     """
@@ -48,6 +65,7 @@ def evaluate(
         from ..engines import engine_kind, load_engine  # noqa: PLC0415
         from ..evaluation.datasets import open_dataset  # noqa: PLC0415
         from ..evaluation.metrics import check_alignment  # noqa: PLC0415
+        from ..evaluation.protocols import check_protocol  # noqa: PLC0415
         from ..evaluation.run import evaluate_engine, metrics_table, write_report  # noqa: PLC0415
 
         device = options.device(device)
@@ -56,16 +74,20 @@ def evaluate(
             finite_number(depth_scale, "--depth-scale", positive=True)
         if task == "depth":
             check_alignment(alignment)
+        if task in ("depth", "normals"):
+            check_protocol(protocol, task)
+        if gpus < 1:
+            raise ValueError(f"--gpus must be at least 1, got {gpus}")
         options.output_file(json_out, overwrite)
-        data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images)
+        data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images, split_file)
         engine_kind(engine)
         runner = load_engine(engine, device=device, dtype=dtype, processing_res=res, progress=progress)
         runner.max_processing_pixels = max_processing_pixels
-        report = evaluate_engine(runner, data, task, alignment, progress=progress)
+        report = evaluate_engine(runner, data, task, alignment, progress=progress, protocol=protocol, gpus=gpus)
         if json_out is not None:
             with writing(json_out):
                 write_report(json_out, report, overwrite)
-    title = f"{task} on {dataset} ({report['num_images']} images"
+    title = f"{task} on {dataset} ({report['num_images']} images, protocol {protocol}"
     title += f", alignment {alignment})" if task == "depth" else ")"
     typer.echo(title)
     typer.echo(metrics_table(report))

@@ -71,6 +71,18 @@ class Engine:
         """Pre-processed images ``[B, 3, h, w]`` on the device -> depth ``[B, 1, h, w]``, normals ``[B, 3, h, w]``."""
         raise NotImplementedError
 
+    @torch.inference_mode()
+    def run_maps(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image pre-processed elsewhere (``[1, 3, h, w]`` in [-1, 1] at ``size``) -> its raw maps on the CPU,
+        float32 and not resized: depth ``[1, 1, h, w]`` in [0, 1], decoded normals ``[1, 3, h, w]`` (not unit).
+
+        For evaluation protocols that resize and normalise the maps their own way (``evaluate --protocol``).
+        """
+        if self.fixed_batch and self.max_batch and self.max_batch > 1:
+            x = x.expand(self.max_batch, -1, -1, -1)
+        depth, normals = self.run(x.to(self.device).contiguous(), size)
+        return depth[:1].float().cpu(), normals[:1].float().cpu()
+
     def predict(self, image: Image.Image) -> Prediction:
         return self.predict_batch([image])[0]
 

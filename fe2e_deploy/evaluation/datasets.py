@@ -1,4 +1,5 @@
-"""Evaluation datasets on disk: the generic folder layout, Marigold's depth sets, DSINE's normal sets.
+"""Evaluation datasets on disk: the generic folder layout, DSINE's folder layout, and the benchmarks' own
+layouts (Marigold's depth sets and DSINE's normal sets with their split lists: ``official_layouts.py``).
 
 Generic layout (also used for Marigold's sets, once arranged in it; see docs/evaluation.md)::
 
@@ -10,22 +11,46 @@ Generic layout (also used for Marigold's sets, once arranged in it; see docs/eva
 
 DSINE layout (``kind="dsine"``, normals only): ``DIR/**/<stem>_img.png|jpg`` with ``<stem>_normal.png``
 beside it (8-bit, (n + 1) / 2 * 255, all-zero pixels invalid).
+
+The masks, crops and depth ranges are the benchmark's (``kinds.py``) in every layout.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, UnreadableInput, find_images, open_image, reason_without_path
+from ..files.images import (
+    IMAGE_SUFFIXES,
+    READ_ERRORS,
+    UnreadableInput,
+    find_images,
+    open_image,
+    read_image,
+    reason_without_path,
+)
 from .kinds import DATASET_KINDS, KB_CROP_HW, KITTI_EIGEN_CROP, NYU_EIGEN_CROP, TASKS, DatasetKind
-from .metrics import depth_valid_mask, normal_valid_mask
+from .metrics import normal_valid_mask
+from .official_layouts import (
+    TarFolder,
+    bundled_split,
+    depth_split_rows,
+    normal_ground_truth,
+    read_marigold_depth,
+    read_official_normals,
+    read_split,
+)
+
+#: How the files of a dataset are laid out: see docs/evaluation.md.
+LAYOUTS = ("generic", "dsine", "marigold-split", "dsine-split")
 
 
 def read_input(kind: str, path: Path, read, *args):
@@ -52,7 +77,7 @@ class Item:
 class Sample:
     name: str
     image: Image.Image  # RGB
-    gt: np.ndarray  # depth [H, W] float64 metres, or normals [H, W, 3] float64
+    gt: np.ndarray  # depth [H, W] metres, or normals [H, W, 3] (float32 in the official layouts, else float64)
     valid: np.ndarray  # [H, W] bool: GT valid (in range / non-zero), inside the mask and the evaluation crop
 
 
@@ -63,6 +88,8 @@ class EvalDataset:
     kind: DatasetKind
     items: list[Item] = field(default_factory=list)
     depth_scale: float = 1000.0
+    layout: str = "generic"  # one of LAYOUTS
+    archive: TarFolder | None = None  # a Marigold evaluation tar read in place (marigold-split layout)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -73,6 +100,7 @@ class EvalDataset:
     def describe(self) -> dict:
         """What the report records about the dataset (``None`` for an unbounded range)."""
         out = {"path": str(self.root), "kind": self.kind.name, "task": self.task, "num_images": len(self)}
+        out["layout"] = self.layout
         if self.task == "depth":
             out["min_depth"] = self.kind.min_depth
             out["max_depth"] = None if math.isinf(self.kind.max_depth) else self.kind.max_depth
@@ -81,26 +109,59 @@ class EvalDataset:
 
     def load(self, item: Item) -> Sample:
         """One sample; a file that cannot be read (or does not fit the others) is :class:`UnreadableInput`."""
-        image = open_image(item.image)
-        if self.task == "depth":
-            gt = read_input("depth ground truth", item.gt, read_depth, self.depth_scale)
-            raw_valid = None
-        else:
+        read = open_image if self.archive is None else partial(read_input, "image", read=self._archive_image)
+        image = read(item.image)
+        if self.layout == "dsine-split":
+            gt, valid = read_input("normal ground truth", item.gt, read_official_normals, image.size)
+            if gt.shape[:2] != (image.height, image.width):
+                size = (image.height, image.width)
+                raise UnreadableInput(f"{item.gt}: normals are {gt.shape[:2]}, image {item.image} is {size}")
+            return Sample(item.name, image, gt, valid)
+        if self.task == "normals":
             gt, raw_valid = read_input("normal ground truth", item.gt, read_normals)
-        mask = None if item.mask is None else read_input("mask", item.mask, read_mask)
-        if mask is not None and mask.shape != gt.shape[:2]:
-            raise UnreadableInput(f"{item.mask}: mask is {mask.shape}, ground truth {item.gt} is {gt.shape[:2]}")
-        if self.task == "depth" and self.kind.kitti_benchmark_crop:
+            mask = self._mask(item, gt.shape[:2])
+            valid = normal_valid_mask(gt, mask)
+            return Sample(item.name, image, gt, valid if raw_valid is None else valid & raw_valid)
+        if self.layout == "marigold-split":
+            gt = read_input("depth ground truth", item.gt, self._marigold_depth, image.size)
+        else:
+            gt = read_input("depth ground truth", item.gt, read_depth, self.depth_scale)
+        mask = self._mask(item, gt.shape)
+        if self.kind.kitti_benchmark_crop:
             image, gt = kitti_benchmark_crop_image(image), kitti_benchmark_crop(gt)
             mask = None if mask is None else kitti_benchmark_crop(mask)
-        if self.task == "depth":
-            valid = depth_valid_mask(gt, self.kind.min_depth, self.kind.max_depth, mask)
-            valid &= eval_crop_mask(gt.shape, self.kind.eval_crop)
+        return Sample(item.name, image, gt, self.depth_valid(gt, mask))
+
+    def _source(self, path: Path) -> Path | io.BytesIO:
+        """The file itself, or its bytes when the dataset is a tar archive read in place."""
+        return path if self.archive is None else self.archive.open(path.relative_to(self.root).as_posix())
+
+    def _archive_image(self, path: Path) -> Image.Image:
+        return read_image(self._source(path))
+
+    def _marigold_depth(self, path: Path, image_size: tuple[int, int]) -> np.ndarray:
+        return read_marigold_depth(self._source(path), self.kind.name, image_size)
+
+    def _marigold_mask(self, path: Path) -> np.ndarray:
+        return np.load(self._source(path)).squeeze() != 0  # DIODE's .npy masks (``.astype(bool)``)
+
+    def _mask(self, item: Item, shape: tuple[int, ...]) -> np.ndarray | None:
+        read = self._marigold_mask if self.layout == "marigold-split" else read_mask
+        mask = None if item.mask is None else read_input("mask", item.mask, read)
+        if mask is not None and mask.shape != shape:
+            raise UnreadableInput(f"{item.mask}: mask is {mask.shape}, ground truth {item.gt} is {shape}")
+        return mask
+
+    def depth_valid(self, gt: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """The official loaders' valid region: ``min < gt < max`` (compared in float32, as there) and the mask
+        (DIODE: the mask alone), inside the evaluation crop."""
+        if self.kind.mask_is_valid_region and mask is not None:
+            valid = mask.copy()
         else:
-            valid = normal_valid_mask(gt, mask)
-            if raw_valid is not None:
-                valid &= raw_valid
-        return Sample(item.name, image, gt, valid)
+            gt32 = np.asarray(gt, dtype=np.float32)
+            valid = (gt32 > np.float32(self.kind.min_depth)) & (gt32 < np.float32(self.kind.max_depth))
+            valid = valid if mask is None else valid & mask
+        return valid & eval_crop_mask(gt.shape, self.kind.eval_crop)
 
 
 def read_depth(path: Path, png_scale: float) -> np.ndarray:
@@ -133,7 +194,7 @@ def read_normals(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Nonzero = valid; ``.png`` (first channel) or ``.npy``."""
+    """Nonzero = valid; ``.png`` (first channel) or ``.npy`` (DIODE's: ``.astype(bool)``)."""
     if path.suffix.lower() == ".npy":
         mask = np.squeeze(np.load(path))
     else:
@@ -166,9 +227,10 @@ def kitti_benchmark_crop_image(image: Image.Image) -> Image.Image:
 
 
 def eval_crop_mask(shape: tuple[int, ...], crop: str | None) -> np.ndarray:
-    """The evaluation region of Marigold's NYU (Eigen, 480 x 640 frames only) and KITTI (Eigen) sets."""
+    """The evaluation region of NYUv2 (Eigen: rows 45:471, columns 41:601 of any GT, as the official loader)
+    and KITTI (Eigen, fractions of the size)."""
     h, w = shape[:2]
-    if crop is None or (crop == "nyu_eigen" and (h, w) != (480, 640)):
+    if crop is None:
         return np.ones((h, w), dtype=bool)
     mask = np.zeros((h, w), dtype=bool)
     if crop == "nyu_eigen":
@@ -231,14 +293,60 @@ def _dsine_items(root: Path, limit: int | None) -> list[Item]:
     return items
 
 
+def _split_file_items(
+    root: Path, task: str, kind: DatasetKind, split: Path, limit: int | None, archive: TarFolder | None = None
+) -> list[Item]:
+    """Items of a benchmark's own layout: Marigold's split list (depth) or DSINE's (normals)."""
+    items = []
+    if task == "depth":
+        for image, depth, mask in depth_split_rows(split, kind.name)[:limit]:
+            item = Item(image, root / image, root / depth, None if mask is None else root / mask)
+            for rel, what in ((image, "image"), (depth, "depth ground truth"), (mask, "mask")):
+                found = rel is None or (archive.has(rel) if archive else (root / rel).is_file())
+                if not found:
+                    raise FileNotFoundError(f"{root / rel}: {what} not found (listed in {split})")
+            items.append(item)
+        return items
+    for row in read_split(split)[:limit]:
+        image = root / row[0]
+        if not image.is_file() or "_img" not in image.name:
+            raise FileNotFoundError(f"{image}: image not found (listed in {split}; expected <stem>_img.<ext>)")
+        items.append(Item(row[0], image, normal_ground_truth(image, kind.normal_set)))
+    return items
+
+
+def choose_layout(root: Path, task: str, kind: DatasetKind, split_file: Path | None) -> str:
+    """``dsine`` for the dsine kind; a benchmark's own layout with a split list; else the generic layout."""
+    if kind.name == "dsine":
+        if split_file is not None:
+            raise ValueError("--split-file is for the benchmark kinds; the dsine kind finds every *_img file")
+        return "dsine"
+    official = kind.normal_set if task == "normals" else kind.name in ("nyu", "kitti", "eth3d", "scannet", "diode")
+    if split_file is not None and not official:
+        raise ValueError(f"--split-file needs a benchmark kind with an official {task} layout, not {kind.name!r}")
+    if split_file is not None or (task == "normals" and official and not (root / "rgb").is_dir()):
+        return "dsine-split" if task == "normals" else "marigold-split"
+    if kind.name != "generic" and not (root / "rgb").is_dir() and task == "depth":
+        raise FileNotFoundError(
+            f"{root}: no rgb/ folder (the generic layout); for {kind.name}'s own layout give --split-file "
+            "(Marigold's split list, see docs/evaluation.md)"
+        )
+    return "generic"
+
+
 def open_dataset(
     root: str | Path,
     task: str,
     kind: str = "generic",
     depth_scale: float | None = None,
     max_images: int | None = None,
+    split_file: str | Path | None = None,
 ) -> EvalDataset:
-    """Index a dataset folder and check that every image (of the first ``max_images``) has its GT."""
+    """Index a dataset folder and check that every image (of the first ``max_images``) has its GT.
+
+    ``split_file``: read the benchmark's own layout from this list (normals of nyu, scannet, ibims,
+    sintel and oasis use FE2E's bundled lists when the folder has no ``rgb/``).
+    """
     root = Path(root)
     if task not in TASKS:
         raise ValueError(f"task {task!r} not supported; choose one of {', '.join(TASKS)}")
@@ -247,16 +355,29 @@ def open_dataset(
     spec = DATASET_KINDS[kind]
     if task not in spec.tasks:
         raise ValueError(f"dataset kind {kind!r} has {' and '.join(spec.tasks)} ground truth only, not {task}")
-    if not root.is_dir():
+    archive = None
+    if root.is_file() and task == "depth" and split_file is not None and kind != "generic":
+        archive = TarFolder(root)  # a Marigold evaluation tar, as downloaded
+    elif not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder not found")
     if depth_scale is not None and not depth_scale > 0:
         raise ValueError(f"depth scale must be positive, got {depth_scale}")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max images must be at least 1, got {max_images}")
-    if (root / "dataset.json").is_file():
+    split = None if split_file is None else Path(split_file)
+    if split is not None and not split.is_file():
+        raise FileNotFoundError(f"{split}: split list not found")
+    layout = choose_layout(root, task, spec, split)
+    if archive is None and (root / "dataset.json").is_file():
         spec = read_range_file(root / "dataset.json", spec)
-    items = _dsine_items(root, max_images) if kind == "dsine" else _generic_items(root, task, max_images)
+    if layout == "dsine":
+        items = _dsine_items(root, max_images)
+    elif layout == "generic":
+        items = _generic_items(root, task, max_images)
+    else:
+        split = split or bundled_split(spec.normal_split)
+        items = _split_file_items(root, task, spec, split, max_images, archive)
     if not items:
-        where = "**/*_img" if kind == "dsine" else "rgb/"
+        where = {"dsine": "**/*_img", "generic": "rgb/"}.get(layout, f"listed ({split})")
         raise FileNotFoundError(f"{root}: no {where} images ({', '.join(IMAGE_SUFFIXES)}) found")
-    return EvalDataset(root, task, spec, items, depth_scale or spec.png_depth_scale)
+    return EvalDataset(root, task, spec, items, depth_scale or spec.png_depth_scale, layout, archive)

@@ -161,35 +161,41 @@ def normal_metrics(errors: np.ndarray) -> dict[str, float]:
 
 
 class PooledAngularErrors:
-    """Pools angular errors over a dataset in bounded memory.
+    """Pools angular errors over a dataset, as DSINE / FE2E do (``torch.cat`` of every image's errors).
 
-    Mean, RMSE and the threshold percentages are exact; the median comes from a histogram with
-    ``resolution``-degree bins (linear within the bin), so it is exact to about ``resolution``.
+    The errors are kept in their own dtype (4 bytes a pixel for the float32 errors of the official
+    protocols, 8 for float64), so every metric is exact: the median is ``np.median`` of the pool (the
+    mean of the two middle values for an even count). Mean, RMSE and percentages are accumulated as
+    they come, in float64.
     """
 
-    def __init__(self, resolution: float = 1e-4):
-        self.resolution = resolution
-        self.bins = np.zeros(int(math.ceil(180.0 / resolution)) + 1, dtype=np.int64)
+    def __init__(self):
+        self.chunks: list[np.ndarray] = []
         self.count = 0
         self.total = 0.0
         self.total_sq = 0.0
         self.under = np.zeros(len(NORMAL_THRESHOLDS), dtype=np.int64)
 
     def add(self, errors: np.ndarray) -> None:
-        e = np.asarray(errors, dtype=np.float64).ravel()
-        idx = np.clip((e / self.resolution).astype(np.int64), 0, self.bins.size - 1)
-        self.bins += np.bincount(idx, minlength=self.bins.size)
+        e = np.asarray(errors).ravel()
+        if not np.issubdtype(e.dtype, np.floating):
+            e = e.astype(np.float64)
+        self.chunks.append(e.copy())
+        e64 = e.astype(np.float64)
         self.count += e.size
-        self.total += float(e.sum())
-        self.total_sq += float(np.sum(e**2))
+        self.total += float(e64.sum())
+        self.total_sq += float(np.sum(e64**2))
         self.under += np.array([np.count_nonzero(e < t) for t in NORMAL_THRESHOLDS])
 
     def median(self) -> float:
-        cum = np.cumsum(self.bins)
-        half = self.count / 2.0
-        i = int(np.searchsorted(cum, half))  # first bin whose cumulative count reaches half
-        before = cum[i - 1] if i > 0 else 0
-        return (i + (half - before) / self.bins[i]) * self.resolution
+        """``np.median`` of all pooled errors (computed in float64, so two float32 middles average exactly)."""
+        pool = np.concatenate(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks = [pool]  # concatenated once
+        k = (pool.size - 1) // 2
+        if pool.size % 2:
+            return float(np.partition(pool, k)[k])
+        part = np.partition(pool, (k, k + 1))
+        return (float(part[k]) + float(part[k + 1])) / 2.0
 
     def result(self) -> dict[str, float]:
         if self.count == 0:

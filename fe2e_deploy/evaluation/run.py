@@ -16,7 +16,8 @@ from tqdm import tqdm
 from ..engines import Engine
 from ..files.atomic import write_json
 from ..files.images import UnreadableInput, find_images, open_image
-from .datasets import EvalDataset, open_dataset
+from .datasets import EvalDataset, Sample, open_dataset
+from .kinds import DatasetKind
 from .metrics import (
     DEPTH_METRICS,
     NORMAL_METRICS,
@@ -29,6 +30,15 @@ from .metrics import (
     normal_metrics,
     normalize,
     relative_l2,
+)
+from .protocols import (
+    check_protocol,
+    fe2e_input,
+    image_tensor,
+    marigold_input,
+    marigold_output,
+    normal_errors,
+    score_depth,
 )
 
 COMPARE_METRICS = ("depth_abs_rel", "depth_rel_l2", "normals_mean_deg")
@@ -50,29 +60,38 @@ def evaluate_engine(
     task: str,
     alignment: str = "log",
     progress: bool = True,
+    protocol: str = "infer",
+    gpus: int = 1,
 ) -> dict:
     """Predict every image of ``dataset`` and score ``task`` against its ground truth.
 
-    Depth: per image, align (:func:`~.metrics.align_depth`), clip to the dataset's range, metrics on
-    the valid pixels; ``metrics`` is the mean over images. Normals: predictions resized to the GT,
-    angular errors of the valid pixels pooled over the dataset. Images without valid GT pixels are
-    listed under ``skipped``; samples whose image or ground truth cannot be read under ``unreadable``
-    (``{"name", "reason"}``), and the others are scored. A path opens a generic-layout dataset.
+    ``protocol`` (:mod:`.protocols`): ``fe2e`` (FE2E's official evaluation path, resize for resize),
+    ``marigold`` (Marigold's, depth only) or ``infer`` (what ``infer`` writes, scored in float64; the
+    default here, so that engines implementing only ``predict`` keep working; the CLI defaults to fe2e).
+    Depth: per image, align, clip to the dataset's range, metrics on the valid pixels; ``metrics`` is the
+    mean over images. Normals: angular errors of the valid pixels pooled over the dataset. Images
+    without valid GT pixels are listed under ``skipped``; samples whose image or ground truth cannot be
+    read under ``unreadable`` (``{"name", "reason"}``), and the others are scored. A path opens a
+    generic-layout dataset. ``gpus`` > 1: the depth metrics are averaged as the official ``gpus``-GPU run
+    averages them (:func:`shard_mean`); normals are pooled either way.
     """
     if not isinstance(dataset, EvalDataset):
         dataset = open_dataset(dataset, task)
     if dataset.task != task:
         raise ValueError(f"dataset was opened for {dataset.task}, not {task}")
+    check_protocol(protocol, task)
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
     if task == "depth":
         check_alignment(alignment)
-    kind = dataset.kind
     per_image: list[dict] = []
     skipped: list[str] = []
     unreadable: list[dict] = []
     pooled = PooledAngularErrors()
     start = time.perf_counter()
     bar = tqdm(dataset.items, desc=f"evaluate {task} ({engine.name})", unit="img", disable=not progress)
-    for item in bar:
+    indices: list[int] = []  # each scored image's position in the dataset (the official shards are by position)
+    for index, item in enumerate(bar):
         try:
             sample = dataset.load(item)
         except UnreadableInput as exc:
@@ -82,31 +101,29 @@ def evaluate_engine(
         if n_valid == 0:
             skipped.append(sample.name)
             continue
-        pred = engine.predict(sample.image)
-        if task == "depth":
-            depth = resize_map(pred.depth, sample.gt.shape)
-            m = evaluate_depth(depth, sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth)
+        if protocol == "infer":
+            m = _score_infer(engine, sample, task, alignment, dataset.kind, pooled)
         else:
-            normals = normalize(resize_map(pred.normals, sample.gt.shape[:2]))
-            errors = angular_error(normals[sample.valid], sample.gt[sample.valid])
-            pooled.add(errors)
-            m = normal_metrics(errors)
+            m = _score_official(engine, sample, task, alignment, dataset.kind, pooled, protocol)
         per_image.append({"name": sample.name, "valid_pixels": n_valid, **m})
+        indices.append(index)
     if not per_image:
         if unreadable:
             first = unreadable[0]["reason"]
             raise ValueError(f"{dataset.root}: no sample could be scored ({len(unreadable)} unreadable, e.g. {first})")
         raise ValueError(f"{dataset.root}: no image has valid ground-truth pixels")
     if task == "depth":
-        metrics = mean_metrics([{k: m[k] for k in DEPTH_METRICS} for m in per_image])
+        values = [{k: m[k] for k in DEPTH_METRICS} for m in per_image]
+        metrics = mean_metrics(values) if gpus == 1 else shard_mean(values, indices, len(dataset), gpus)
     else:
         metrics = pooled.result()
     return {
         "task": task,
         "engine": engine.name,
         "dataset": dataset.describe(),
+        "protocol": protocol,
         "alignment": alignment if task == "depth" else None,
-        "aggregation": "mean over images" if task == "depth" else "pooled over all valid pixels",
+        "aggregation": _aggregation(task, gpus),
         "num_images": len(per_image),
         "skipped": skipped,
         "unreadable": unreadable,
@@ -114,6 +131,68 @@ def evaluate_engine(
         "metrics": metrics,
         "per_image": per_image,
     }
+
+
+def shard_mean(values: list[dict[str, float]], indices: list[int], total: int, gpus: int) -> dict[str, float]:
+    """The official multi-GPU depth result: the dataset cut into ``gpus`` contiguous shards of
+    ``total // gpus`` images (the last takes the rest), each shard's mean over its images, then the mean
+    of the shard means (``evaluation.py``: ``np.mean`` of the gathered ``MetricTracker`` averages).
+    A shard without a scored image (fewer images than GPUs) is left out; the official code would average
+    in its empty tracker's zeros."""
+    size = total // gpus
+    shards: dict[int, list[dict[str, float]]] = {}
+    for index, value in zip(indices, values, strict=True):
+        shard = min(index // size, gpus - 1) if size else gpus - 1
+        shards.setdefault(shard, []).append(value)
+    return mean_metrics([mean_metrics(shard) for _, shard in sorted(shards.items())])
+
+
+def _aggregation(task: str, gpus: int) -> str:
+    if task != "depth":
+        return "pooled over all valid pixels"
+    return (
+        "mean over images" if gpus == 1 else f"mean of the means of {gpus} contiguous shards (official {gpus}-GPU run)"
+    )
+
+
+def _score_infer(
+    engine: Engine, sample: Sample, task: str, alignment: str, kind: DatasetKind, pooled: PooledAngularErrors
+) -> dict[str, float]:
+    """``infer``'s prediction (at the image's size), resized bilinearly to the GT, scored in float64."""
+    pred = engine.predict(sample.image)
+    if task == "depth":
+        depth = resize_map(pred.depth, sample.gt.shape)
+        return evaluate_depth(depth, sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth)
+    normals = normalize(resize_map(pred.normals, sample.gt.shape[:2]))
+    errors = angular_error(normals[sample.valid], sample.gt[sample.valid])
+    pooled.add(errors)
+    return normal_metrics(errors)
+
+
+def _score_official(
+    engine: Engine,
+    sample: Sample,
+    task: str,
+    alignment: str,
+    kind: DatasetKind,
+    pooled: PooledAngularErrors,
+    protocol: str,
+) -> dict[str, float]:
+    """The official path (:mod:`.protocols`): the engine's raw maps at the processing size, resized once."""
+    size = engine.processing_size(sample.image)
+    image = image_tensor(sample.image)
+    x = fe2e_input(image, size) if protocol == "fe2e" else marigold_input(image, size)
+    depth, normals = engine.run_maps(x, size)
+    if task == "depth":
+        if protocol == "marigold":
+            pred = marigold_output(depth, sample.image.size)
+            return score_depth(
+                pred, sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth, kind.align_max_res
+            )
+        return score_depth(depth[0, 0].numpy(), sample.gt, sample.valid, alignment, kind.min_depth, kind.max_depth)
+    errors = normal_errors(normals, sample.gt, sample.valid)
+    pooled.add(errors)
+    return normal_metrics(errors)
 
 
 def compare_predictions(pred_a, pred_b) -> dict[str, float]:
