@@ -38,5 +38,5 @@ PY
     echo "concurrency $c: $(python -m fe2e_deploy.cluster.load_test "http://127.0.0.1:$PORT" "$OUT/images/scene000.png" \
       --requests "$REQUESTS" --concurrency "$c")"
   done
-  kill -INT "$pid"; wait "$pid" || true
+  kill -TERM "$pid"; wait "$pid" || true
 } 2>&1 | tee "$LOG"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -60,7 +61,10 @@ def serve(
             cpus_per_replica=cpus_per_replica,
             gpus_per_replica=gpus_per_replica,
         )
-    typer.echo(f"serving {engine} on {url}: POST {url}/predict, GET {url}/healthz (Ctrl-C stops)")
+    typer.echo(f"serving {engine} on {url}: POST {url}/predict, GET {url}/healthz (Ctrl-C or SIGTERM stops)")
+    # A shell starts background jobs with SIGINT ignored, and service managers stop with SIGTERM: both stop here.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -68,3 +72,7 @@ def serve(
         typer.echo("stopping")
     finally:
         stop_serve()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

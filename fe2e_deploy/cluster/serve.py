@@ -159,4 +159,8 @@ def start_serve(
 
 
 def stop_serve() -> None:
-    serve.shutdown()
+    """Delete the app (other apps on a shared cluster keep running); a local Ray this process started stops."""
+    serve.delete(APP_NAME)
+    import ray  # noqa: PLC0415
+
+    ray.shutdown()
