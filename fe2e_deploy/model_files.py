@@ -10,6 +10,8 @@ from .config import ModelConfig, load_model_config
 from .tiny import FILES, write_tiny_model
 
 DEMO_SEED = 0
+#: The demo model's processing size (width, height): the resolution it was trained at.
+DEMO_RESOLUTION = (128, 96)
 
 
 @dataclass(frozen=True)
