@@ -180,6 +180,7 @@ class SceneSample:
     rgb: Image.Image
     depth: np.ndarray  # [H, W] float32, metres (z of the hit point); 0 where a ray hits nothing (sky)
     normals: np.ndarray  # [H, W, 3] float32 unit vectors, camera space, facing the camera; 0 on sky
+    focal: float = 0.0  # pixels; the principal point is the image centre
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ def _render(
     hit = np.isfinite(t)
     depth = np.where(hit, t, 0.0).reshape(height, width)  # camera rays have z = 1, so z of the hit = t
     normals_cam = np.where(hit[:, None], normals @ rotation, 0.0).reshape(height, width, 3)
-    return SceneSample(image, depth.astype(np.float32), normals_cam.astype(np.float32))
+    return SceneSample(image, depth.astype(np.float32), normals_cam.astype(np.float32), focal_ratio * width)
 
 
 def render_scene(index: int, width: int = WIDTH, height: int = HEIGHT) -> Image.Image:
@@ -350,7 +351,7 @@ def synthetic_sample(width: int, height: int, seed: int = 0) -> SceneSample:
     floor = points[hit == 1]
     color[hit == 1] *= 0.85 + 0.15 * np.sign(np.sin(floor[:, [0]] * 4) * np.sin(floor[:, [2]] * 4))  # checkerboard
     rgb = Image.fromarray((np.clip(color, 0, 1) * 255).astype(np.uint8))
-    return SceneSample(rgb, points[..., 2].astype(np.float32), normals.astype(np.float32))
+    return SceneSample(rgb, points[..., 2].astype(np.float32), normals.astype(np.float32), focal)
 
 
 def synthetic_scene(width: int, height: int, seed: int = 0) -> Image.Image:
