@@ -8,4 +8,4 @@ set -euo pipefail
 OUT=${1:-fe2e_deploy/demo_model}
 WORK=${2:-build/demo_train}
 shift $(( $# > 2 ? 2 : $# ))
-python -m fe2e_deploy.train.demo_model train --out "$OUT" --work "$WORK" "$@"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m fe2e_deploy.train.demo_model train --out "$OUT" --work "$WORK" "$@"

@@ -69,7 +69,7 @@ class Recipe:
     resolution: tuple[int, int] = DEMO_RESOLUTION
     scenes: int = 1600
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # shared cores: one thread (OpenMP barriers stall when another job holds a core)
     vae_steps: int = 3000
     vae_batch: int = 12  # scenes per step; each gives 3 images (RGB, depth, normals)
     vae_crop: int = 32  # square crops, pixels (a multiple of 8)
@@ -209,10 +209,10 @@ def _stage_dit(recipe: Recipe, data: dict[str, torch.Tensor], stage1: Path, out:
     }
 
 
-def _stage_lora(recipe: Recipe, samples: list[SceneSample], stage2: Path, work: Path, report: dict) -> Path:
+def _stage_lora(recipe: Recipe, stage2: Path, work: Path, report: dict) -> Path:
     data_dir, lora_dir = work / "lora_data", work / "lora"
     if not (data_dir / "rgb").is_dir():
-        for i, s in enumerate(samples[: recipe.lora_scenes]):
+        for i, s in enumerate(render_set(0, recipe.lora_scenes, recipe.resolution)):
             write_sample(data_dir, f"scene_{i:05d}", s.rgb, s.depth, s.normals)
     opts = TrainOptions(
         rank=recipe.lora_rank,
@@ -248,10 +248,14 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     report["recipe"] = asdict(recipe)
     start = time.perf_counter()
-    samples = render_set(0, recipe.scenes, recipe.resolution)
-    data = scene_tensors(samples, recipe.resolution)
-    report["scenes_seconds"] = round(time.perf_counter() - start, 1)
-    log({"stage": "scenes", "count": len(samples), "seconds": report["scenes_seconds"]})
+    cache = work / "scenes.pt"
+    if cache.is_file():
+        data = torch.load(cache, weights_only=True)
+    else:
+        data = scene_tensors(render_set(0, recipe.scenes, recipe.resolution), recipe.resolution)
+        torch.save(data, cache)
+        report["scenes_seconds"] = round(time.perf_counter() - start, 1)
+    log({"stage": "scenes", "count": len(data["rgb"]), "seconds": round(time.perf_counter() - start, 1)})
     init, stage1, stage2 = work / "init", work / "stage1_vae", work / "stage2_dit"
     if not (init / FILES["lora"]).is_file():
         write_tiny_model(init, seed=recipe.seed, config=DEMO_CONFIG, overwrite=True)
@@ -261,7 +265,7 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     if not stage2.is_dir():
         _stage_dit(recipe, data, stage1, stage2, report)
         write_json(report_path, report, overwrite=True)
-    lora = _stage_lora(recipe, samples, stage2, work, report)
+    lora = _stage_lora(recipe, stage2, work, report)
     files = ModelFiles.from_dir(stage2, lora=False)
     config = files.config
     pipe = FE2EPipeline.from_files(config, files.dit, files.vae, files.prompt)
