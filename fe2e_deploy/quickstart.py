@@ -81,6 +81,8 @@ def run_quickstart(
     report = QuickstartReport()
     if seed is None and processing_res is None:
         processing_res = DEMO_RESOLUTION
+    if processing_res and not find_images(images_dir):  # fail before any stage runs
+        raise FileNotFoundError(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
     sizes = (processing_res,) if processing_res else processing_sizes(images_dir)
     model = DEMO_MODEL_DIR if seed is None else work_dir / "model"
     stripped, export_dir = work_dir / "stripped", work_dir / "export"

@@ -1,6 +1,6 @@
 """Compose the README picture: input | depth | normals per image, from a `quickstart`/`infer` output folder.
 
-    python scripts/demo_picture.py examples/images outputs/demo docs/demo_quickstart.png
+python scripts/demo_picture.py examples/images outputs/demo docs/demo_quickstart.png
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def train_autoencoder(
         done = step + 1
         elapsed = time.perf_counter() - start
         if done % 25 == 0 or done == steps:
-            log({"stage": "vae", "step": done, "loss": float(loss), "seconds": round(elapsed, 1)})
+            log({"stage": "vae", "step": done, "loss": float(loss.detach()), "seconds": round(elapsed, 1)})
         if time_budget is not None and elapsed > time_budget:
             log({"stage": "vae", "stopped_at": done, "reason": f"time budget {time_budget:.0f} s"})
             break

@@ -188,7 +188,7 @@ def _stage_dit(recipe: Recipe, data: dict[str, torch.Tensor], stage1: Path, out:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         elapsed = time.perf_counter() - start
         done = step + 1
         if done % 50 == 0:
