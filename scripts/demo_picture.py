@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-HEIGHT = 180  # pixels per row
+HEIGHT = 144  # pixels per row
 
 
 def main(images_dir: Path, output_dir: Path, target: Path) -> None:

@@ -74,11 +74,11 @@ class Recipe:
     vae_batch: int = 12  # scenes per step; each gives 3 images (RGB, depth, normals)
     vae_crop: int = 32  # square crops, pixels (a multiple of 8)
     vae_lr: float = 1e-3
-    vae_budget_s: float = 780.0
+    vae_budget_s: float = 660.0
     dit_steps: int = 3000
     dit_batch: int = 16
     dit_lr: float = 7e-4
-    dit_budget_s: float = 840.0
+    dit_budget_s: float = 720.0
     lora_steps: int = 60
     lora_scenes: int = 64
     lora_rank: int = 8
