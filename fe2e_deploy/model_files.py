@@ -1,15 +1,17 @@
-"""Where a model's official files are: explicit paths, a model folder, or the embedded tiny demo."""
+"""Where a model's official files are: explicit paths, a model folder, or the embedded demo model."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ModelConfig, load_model_config
-from .tiny import FILES, write_tiny_model
+from .tiny import FILES
 
-DEMO_SEED = 0
+#: The embedded demo model: a small FE2E trained on the project's ray-cast scenes (package data; see its MODEL_CARD.md).
+DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"
+#: The demo model's processing size (width, height): the resolution it was trained at.
+DEMO_RESOLUTION = (128, 96)
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class ModelFiles:
     vae: Path
     prompt: Path
     lora: Path | None = None
+    processing_res: tuple[int, int] | None = None  # the size the model was trained for, when it has one
 
     @classmethod
     def from_dir(cls, folder: str | Path, lora: bool = True) -> ModelFiles:
@@ -42,21 +45,19 @@ class ModelFiles:
         prompt: Path | None,
         lora: Path | None,
     ) -> ModelFiles:
-        """Explicit files (all of config, DiT, VAE and prompt embedding), or the tiny demo if none is given."""
+        """Explicit files (all of config, DiT, VAE and prompt embedding), or the embedded demo model if none given."""
         given = {"--model-config": model_config, "--dit": dit, "--vae": vae, "--prompt-embedding": prompt}
         if not any(given.values()) and lora is None:
             return demo_model_files()
         missing = [flag for flag, value in given.items() if not value]
         if missing:
             raise ValueError(
-                f"model files incomplete: also pass {', '.join(missing)} (or none of them for the tiny demo)"
+                f"model files incomplete: also pass {', '.join(missing)} (or none of them for the embedded demo model)"
             )
         return cls(load_model_config(model_config), Path(dit), Path(vae), Path(prompt), Path(lora) if lora else None)
 
 
-def demo_model_files(seed: int = DEMO_SEED) -> ModelFiles:
-    """The embedded default: the ``tiny`` config with seeded random weights (and its LoRA)."""
-    folder = Path(tempfile.gettempdir()) / f"fe2e-deploy-tiny-seed{seed}"
-    if not (folder / FILES["lora"]).is_file():
-        write_tiny_model(folder, seed=seed, overwrite=True)
-    return ModelFiles.from_dir(folder)
+def demo_model_files() -> ModelFiles:
+    """The embedded default: the demo model shipped in the package, with its LoRA and its processing size."""
+    files = ModelFiles.from_dir(DEMO_MODEL_DIR)
+    return ModelFiles(files.config, files.dit, files.vae, files.prompt, files.lora, DEMO_RESOLUTION)

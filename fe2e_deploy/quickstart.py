@@ -1,8 +1,10 @@
-"""``quickstart``: the whole deployment chain on the embedded tiny model, one stage after another.
+"""``quickstart``: the whole deployment chain on the embedded demo model, one stage after another.
 
-init-tiny -> merge-lora -> strip (constants folded) -> export (ONNX, checked in ONNX Runtime)
--> the best engine this machine can build -> infer. Each stage is the same library call its
-command makes, so the printed command lines reproduce the run step by step.
+merge-lora -> strip (constants folded) -> export (ONNX, checked in ONNX Runtime) -> the best engine
+this machine can build -> infer. The model is the embedded demo model (trained on synthetic scenes,
+run at its training size unless ``processing_res``), or with ``seed`` a random one (init-tiny first).
+Each stage is the same library call its command makes, so the printed command lines reproduce the
+run step by step.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .engines import Engine, load_engine
 from .files.images import find_images, read_image
 from .infer import InferReport, run_infer
 from .merge import merge_lora
+from .model_files import DEMO_MODEL_DIR, DEMO_RESOLUTION
 from .resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, fe2e_processing_size, resolution_name
 from .strip import strip_model
 from .tiny import FILES, write_tiny_model
@@ -64,17 +67,25 @@ def run_quickstart(
     output_dir: str | Path,
     *,
     work_dir: str | Path = "build/quickstart",
-    seed: int = 0,
+    seed: int | None = None,
     processing_res: tuple[int, int] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], object] = print,
 ) -> QuickstartReport:
-    """Run the chain; ``processing_res`` replaces FE2E's resize rule (one exported resolution)."""
+    """Run the chain; ``processing_res`` replaces the model's size (the demo's 128x96, or FE2E's resize rule).
+
+    ``seed``: start from ``init-tiny --seed`` random weights instead of the embedded demo model.
+    """
     images_dir, output_dir, work_dir = Path(images_dir), Path(output_dir), Path(work_dir)
     report = QuickstartReport()
+    if seed is None and processing_res is None:
+        processing_res = DEMO_RESOLUTION
+    if processing_res and not find_images(images_dir):  # fail before any stage runs
+        raise FileNotFoundError(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
     sizes = (processing_res,) if processing_res else processing_sizes(images_dir)
-    model, stripped, export_dir = work_dir / "model", work_dir / "stripped", work_dir / "export"
+    model = DEMO_MODEL_DIR if seed is None else work_dir / "model"
+    stripped, export_dir = work_dir / "stripped", work_dir / "export"
 
     def stage(command: str, fn: Callable[[], object], done: Path | None = None) -> object:
         """Run one stage; a stage whose output exists is reused unless ``overwrite``."""
@@ -87,11 +98,12 @@ def run_quickstart(
         report.stages.append((command, time.perf_counter() - start))
         return result
 
-    stage(
-        f"fe2e-deploy init-tiny {model} --seed {seed}",
-        lambda: write_tiny_model(model, seed=seed, overwrite=overwrite),
-        model / FILES["lora"],
-    )
+    if seed is not None:
+        stage(
+            f"fe2e-deploy init-tiny {model} --seed {seed}",
+            lambda: write_tiny_model(model, seed=seed, overwrite=overwrite),
+            model / FILES["lora"],
+        )
     files = {role: model / name for role, name in FILES.items()}
     config = load_model_config(files["config"])
     merged = work_dir / "merged_dit.safetensors"

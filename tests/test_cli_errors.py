@@ -71,7 +71,6 @@ def no_model(monkeypatch):
     monkeypatch.setattr("fe2e_deploy.synthetic.SyntheticModel.create", loaded)
     monkeypatch.setattr("fe2e_deploy.tiny.write_tiny_model", loaded)
     monkeypatch.setattr("fe2e_deploy.quickstart.write_tiny_model", loaded)
-    monkeypatch.setattr("fe2e_deploy.model_files.write_tiny_model", loaded)
 
 
 def one_line_error(result, *needles: str) -> str:

@@ -9,6 +9,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fe2e_deploy.cli import app
+from fe2e_deploy.model_files import DEMO_RESOLUTION, demo_model_files
+from fe2e_deploy.reference import FE2EPipeline
 
 runner = CliRunner()
 OUT_FILES = (
@@ -70,13 +72,18 @@ def test_infer_writes_all_outputs_and_reports_bad_images(images, tmp_path, tiny_
     assert "2 image(s) written" in forced.output
 
 
-def test_infer_default_is_the_tiny_demo(tmp_path):
+def test_infer_default_is_the_demo_model_at_its_training_size(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    scene_image(40, 30).save(folder / "x.jpg")
-    result = runner.invoke(app, ["infer", str(folder), "-o", str(tmp_path / "o"), "--processing-res", "32x32"])
+    scene_image(40, 30).save(folder / "x.png")
+    result = runner.invoke(app, ["infer", str(folder), "-o", str(tmp_path / "o"), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "o/depth_npy/x_depth.npy").is_file()
+    files = demo_model_files()
+    assert files.processing_res == DEMO_RESOLUTION and files.lora is not None
+    want = FE2EPipeline.from_files(files.config, files.dit, files.vae, files.prompt, files.lora)(
+        scene_image(40, 30), DEMO_RESOLUTION
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "o/depth_npy/x_depth.npy"), want.depth, atol=1e-5, rtol=0)
 
 
 def test_infer_engine_folder_matches_explicit_files(tmp_path, tiny_dir):

@@ -28,8 +28,7 @@ from fe2e_deploy.models.fp8 import FP8Linear, quantize_dit, quantize_fp8
 from fe2e_deploy.models.fused import DiTStep, FE2EGraph
 from fe2e_deploy.processing import preprocess
 from fe2e_deploy.quantize.calibrate import calibration_images
-from fe2e_deploy.quantize.synthetic_scenes import COUNT, render_scene, scene_name, write_scenes
-from fe2e_deploy.scenes import synthetic_scene
+from fe2e_deploy.scenes import COUNT, render_scene, scene_name, synthetic_scene, write_scenes
 
 runner = CliRunner()
 SHIPPED = Path(__file__).parents[1] / "calibration" / "images"

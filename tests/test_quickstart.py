@@ -1,4 +1,4 @@
-"""quickstart: the whole chain on the tiny model, reproducing the reference pipeline's maps."""
+"""quickstart: the whole chain on the embedded demo model, reproducing the reference pipeline's maps."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import load_model_config
+from fe2e_deploy.model_files import DEMO_MODEL_DIR
 from fe2e_deploy.reference import FE2EPipeline
 
 runner = CliRunner()
@@ -23,12 +24,13 @@ def test_quickstart_chain_matches_the_reference_and_reuses_stages(tmp_path):
     args = ["quickstart", str(images), "-o", str(out), "--work-dir", str(work), "--processing-res", "64x48"]
     result = runner.invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
-    for command in ("init-tiny", "merge-lora", "strip", "export", "--check", "infer"):
+    for command in ("merge-lora", "strip", "export", "--check", "infer"):
         assert f"{command}" in result.output
+    assert "init-tiny" not in result.output  # the trained demo model, not random weights
     assert "engine: onnxruntime-fp32-cpu" in result.output and "1 image(s) written" in result.output
     assert json.loads((work / "export" / "check.json").read_text())["passed"]
 
-    model = work / "model"
+    model = DEMO_MODEL_DIR
     reference = FE2EPipeline.from_files(
         load_model_config(model / "model_config.json"),
         model / "dit.safetensors",
@@ -44,7 +46,17 @@ def test_quickstart_chain_matches_the_reference_and_reuses_stages(tmp_path):
 
     again = runner.invoke(app, [*args, "--no-progress"])
     assert again.exit_code == 0, again.output
-    assert again.output.count("reusing") == 4 and "1 skipped" in again.output
+    assert again.output.count("reusing") == 3 and "1 skipped" in again.output
+
+
+def test_quickstart_with_a_seed_starts_from_random_weights(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    scene_image(64, 48, seed=1).save(images / "a.png")
+    args = ["quickstart", str(images), "-o", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+    result = runner.invoke(app, [*args, "--seed", "3", "--processing-res", "32x32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "fe2e-deploy init-tiny" in result.output and (tmp_path / "work" / "model" / "lora.safetensors").is_file()
 
 
 def test_quickstart_without_images_is_a_clear_error(tmp_path):

@@ -59,7 +59,7 @@ def infer(
 ) -> None:
     """Predict depth and surface normals for every image in IMAGES_DIR.
 
-    With no model options, runs the embedded demo: the tiny config with seeded random weights.
+    With no model options, runs the embedded demo model (trained on synthetic scenes) at its training size, 128x96.
     Writes depth_npy/, depth_png16/ (16-bit), depth_colored/, normals_npy/ and normals_png/ at
     each input's resolution (--outputs, --output-res choose). Images are decoded and outputs
     written by threads beside the engine. Images that cannot be read or processed are reported and
@@ -83,6 +83,7 @@ def infer(
             runner = load_engine(engine, device=device, dtype=dtype, processing_res=res, progress=progress)
         else:
             files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, lora)
+            res = res or files.processing_res  # the demo model runs at the size it was trained at
             runner = EagerEngine.from_model_files(files, dtype, device, res, cfg_batch, progress=progress)
         runner.max_processing_pixels = max_processing_pixels
         report = run_infer(

@@ -18,12 +18,17 @@ def quickstart(
     work_dir: Path = typer.Option(
         Path("build/quickstart"), help="Folder for the intermediate artifacts (model, stripped, export)."
     ),
-    seed: int = typer.Option(0, help="Seed of the tiny model's random weights."),
+    seed: int | None = typer.Option(
+        None, help="Use the tiny config with these seeded random weights (init-tiny) instead of the demo model."
+    ),
     processing_res: ProcessingRes = None,
     overwrite: Overwrite = False,
     progress: Progress = True,
 ) -> None:
-    """Run the whole chain on the embedded tiny model: init-tiny, merge-lora, strip, export (+ check), engine, infer.
+    """Run the whole chain on the embedded demo model: merge-lora, strip, export (+ check), engine, infer.
+
+    The demo model is a small FE2E trained on synthetic scenes; it runs at its training size (128x96)
+    unless --processing-res. With --seed, the chain starts with init-tiny (random weights) instead.
 
     Prints each stage as the equivalent command line with its time. Existing stage outputs in
     --work-dir are reused unless --overwrite (which rebuilds every stage and replaces outputs).

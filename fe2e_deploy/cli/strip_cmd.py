@@ -36,7 +36,7 @@ def strip(
     The connector, time/vector/text embedders, every modulation linear and the final adaLN are
     evaluated once and stored as constants; the CFG duplicate is gone. Writes
     stripped_dit.safetensors, vae.safetensors and stripped.json into --out (the folder appears
-    complete or not at all). With no model options, strips the embedded tiny demo (with its LoRA).
+    complete or not at all). With no model options, strips the embedded demo model (with its LoRA).
     """
     with user_errors():  # the output folder is checked before any weight is read
         from ..model_files import ModelFiles  # noqa: PLC0415

@@ -54,7 +54,7 @@ def train_lora_command(
 
     The left half of the velocity learns -(depth latent), the right half +(normal latent); base
     weights stay frozen. The adapter folder loads into merge-lora. With no model options, trains on
-    the embedded tiny demo model.
+    the embedded demo model.
     """
     with user_errors():
         from ..model_files import ModelFiles  # noqa: PLC0415

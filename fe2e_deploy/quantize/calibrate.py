@@ -41,7 +41,7 @@ from ..models.fp8 import E4M3_MAX
 from ..models.fused import FE2EGraph
 from ..processing import preprocess
 from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, fe2e_processing_size, resolution_name
-from .synthetic_scenes import COUNT, render_scene, scene_name
+from ..scenes import COUNT, render_scene, scene_name
 
 NOT_QUANTISED = "attention BMMs (QK^T, PV), RoPE, norms, modulation and residual stream stay in the compute dtype"
 
@@ -69,7 +69,7 @@ def calibration_images(
 ) -> list[tuple[str, Image.Image]]:
     """(name, RGB image) pairs: a folder's images (sorted), or the built-in synthetic scenes when ``images`` is None.
 
-    The built-in scenes are the ones shipped in ``calibration/images/`` (see ``synthetic_scenes``).
+    The built-in scenes are the ones shipped in ``calibration/images/`` (see ``fe2e_deploy.scenes``).
     An image that cannot be read is an error, or, given an ``unreadable`` list, skipped and recorded
     there as (path, reason); ``max_images`` counts the images read.
     """

@@ -1,0 +1,353 @@
+"""Train the embedded demo model: a small FE2E on the project's ray-cast scenes, on a CPU.
+
+Three stages, FE2E's recipe at a small scale, each leaving a model folder in the official formats
+(``model_config.json``, ``dit.safetensors``, ``vae.safetensors``, ``empty_prompt.npz``, ``lora.safetensors``)
+that the same loaders as the 12 B model read:
+
+0. ``init-tiny`` weights for :data:`DEMO_CONFIG` (seeded random, official formats; the empty-prompt
+   embedding stays the random one: there is no text encoder here);
+1. the VAE as an autoencoder of images, log-normalised depth maps and normal maps
+   (``autoencoder.py``); its latent mean and spread become the config's ``shift_factor`` / ``scale_factor``;
+2. the whole DiT (connector included) with FE2E's consistent-velocity objective (``objective.py``) on
+   the frozen VAE's latents;
+3. a LoRA on the frozen stage-2 DiT with ``train-lora`` (the same objective), as FE2E adapts Step1X-Edit.
+
+Training scenes are :func:`fe2e_deploy.scenes.random_sample` with seeds ``0 .. scenes-1``; the held-out
+evaluation set starts at :data:`EVAL_FIRST_SEED`. Every stage has a step count and a time budget
+(the steps actually run are recorded in ``training.json``). A stage whose folder exists in the work
+folder is reused, so a run that was cut off continues from its last finished stage.
+
+    python -m fe2e_deploy.train.demo_model train --out fe2e_deploy/demo_model --work build/demo_train
+    python -m fe2e_deploy.train.demo_model scenes --out build/demo_eval --first-seed 1000000 --count 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..config import ConnectorConfig, DiTConfig, ModelConfig, VAEConfig, load_model_config
+from ..evaluation.datasets import open_dataset
+from ..evaluation.metrics import angular_error, evaluate_depth, normalize
+from ..files.atomic import write_json
+from ..loading import load_dit, load_vae
+from ..loading.dit_layout import dit_layout
+from ..loading.layout import CheckpointLayout
+from ..loading.vae_layout import vae_layout
+from ..model_files import DEMO_RESOLUTION, ModelFiles
+from ..processing import preprocess
+from ..reference import FE2EPipeline
+from ..resolution import parse_resolution
+from ..scenes import SceneSample, random_sample
+from ..tiny import FILES, write_tiny_model
+from .autoencoder import cosine_lr, latent_statistics, train_autoencoder
+from .data import log_normalise_depth, write_sample
+from .loop import TrainOptions, train_lora
+from .objective import velocity_loss, velocity_targets
+
+DEMO_CONFIG = ModelConfig(
+    dit=DiTConfig(
+        context_in_dim=64, hidden_size=128, num_heads=4, depth=3, depth_single_blocks=3, axes_dim=(8, 12, 12)
+    ),
+    connector=ConnectorConfig(in_channels=48, hidden_size=64, heads_num=2, depth=2),
+    vae=VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1),
+)
+EVAL_FIRST_SEED = 1_000_000
+
+
+@dataclass
+class Recipe:
+    resolution: tuple[int, int] = DEMO_RESOLUTION
+    scenes: int = 1600
+    seed: int = 0
+    threads: int = 1  # shared cores: one thread (OpenMP barriers stall when another job holds a core)
+    vae_steps: int = 3000
+    vae_batch: int = 12  # scenes per step; each gives 3 images (RGB, depth, normals)
+    vae_crop: int = 32  # square crops, pixels (a multiple of 8)
+    vae_lr: float = 1e-3
+    vae_budget_s: float = 660.0
+    dit_steps: int = 3000
+    dit_batch: int = 16
+    dit_lr: float = 7e-4
+    dit_budget_s: float = 720.0
+    lora_steps: int = 60
+    lora_scenes: int = 64
+    lora_rank: int = 8
+    lora_lr: float = 2e-4
+    checkpoint_every: int = 500
+
+
+def log(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def render_set(first_seed: int, count: int, resolution: tuple[int, int]) -> list[SceneSample]:
+    return [random_sample(first_seed + i, *resolution) for i in range(count)]
+
+
+def scene_tensors(samples: list[SceneSample], resolution: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """FE2E's training inputs: RGB in [-1, 1], log-normalised depth (3 channels), normals, valid pixels."""
+    rgb, depth, normals, valid = [], [], [], []
+    for s in samples:
+        ok = s.depth > 0
+        rgb.append(preprocess(s.rgb, resolution)[0])
+        y = log_normalise_depth(s.depth, ok)
+        depth.append(torch.from_numpy(y).float()[None].expand(3, -1, -1))
+        normals.append(torch.from_numpy(np.where(ok[..., None], s.normals, 0.0).astype(np.float32)).permute(2, 0, 1))
+        valid.append(torch.from_numpy(ok))
+    return {k: torch.stack(v) for k, v in (("rgb", rgb), ("depth", depth), ("normals", normals), ("valid", valid))}
+
+
+def official_state(layout: CheckpointLayout, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's weights under the official checkpoint names (the inverse of the loader's rules)."""
+    state = module.state_dict()
+    return {
+        name: rule.join([state[t] for t in rule.targets]).detach().float().contiguous()
+        for name, rule in layout.rules.items()
+    }
+
+
+def save_model_folder(folder: Path, config: ModelConfig, dit, vae, prompt: Path, lora: Path | None = None) -> None:
+    """A complete model folder, written beside ``folder`` and renamed into place (replacing an older one)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"format": "pt", "fe2e_deploy": "train-demo-model"}
+    write_json(tmp / FILES["config"], config.to_dict())
+    save_file(official_state(dit_layout(config), dit), str(tmp / FILES["dit"]), metadata=meta)
+    save_file(official_state(vae_layout(config.vae), vae), str(tmp / FILES["vae"]), metadata=meta)
+    shutil.copyfile(prompt, tmp / FILES["prompt"])
+    for path in (tmp / FILES["dit"], tmp / FILES["vae"]):
+        path.chmod(0o644)  # safetensors' save_file leaves 0o600
+    if lora is not None:
+        shutil.copyfile(lora, tmp / FILES["lora"])
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _stage_vae(recipe: Recipe, data: dict[str, torch.Tensor], init: Path, out: Path, report: dict) -> None:
+    config = load_model_config(init / FILES["config"])
+    vae = load_vae(config, init / FILES["vae"], progress=False)
+    dit = load_dit(config, init / FILES["dit"], torch.float32, progress=False)
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+
+    width, height = recipe.resolution
+    crop_w, crop_h = min(recipe.vae_crop, width), min(recipe.vae_crop, height)
+
+    def batch(step: int) -> torch.Tensor:
+        """Random crops (the VAE is convolutional: a quarter of the pixels costs a quarter of the time)."""
+        idx = torch.randint(0, len(data["rgb"]), (recipe.vae_batch,), generator=gen)
+        x0 = 8 * int(torch.randint(0, (width - crop_w) // 8 + 1, (1,), generator=gen))
+        y0 = 8 * int(torch.randint(0, (height - crop_h) // 8 + 1, (1,), generator=gen))
+        maps = torch.cat([data["rgb"][idx], data["depth"][idx], data["normals"][idx]])
+        return maps[:, :, y0 : y0 + crop_h, x0 : x0 + crop_w]
+
+    start = time.perf_counter()
+    steps = train_autoencoder(vae, batch, recipe.vae_steps, recipe.vae_lr, recipe.vae_budget_s, log)
+    every = torch.cat([data["rgb"][:256], data["depth"][:256], data["normals"][:256]])
+    shift, scale = latent_statistics(vae, every)
+    config = replace(config, vae=replace(config.vae, shift_factor=shift, scale_factor=scale))
+    save_model_folder(out, config, dit, vae, init / FILES["prompt"])
+    report["vae"] = {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "shift": shift, "scale": scale}
+
+
+def _stage_dit(recipe: Recipe, data: dict[str, torch.Tensor], stage1: Path, out: Path, report: dict) -> None:
+    files = ModelFiles.from_dir(stage1, lora=False)
+    pipe = FE2EPipeline.from_files(files.config, files.dit, files.vae, files.prompt)
+    start = time.perf_counter()
+    parts = [
+        velocity_targets(pipe, *(data[k][i : i + 64] for k in ("rgb", "depth", "normals", "valid")))
+        for i in range(0, len(data["rgb"]), 64)
+    ]
+    ref, target, weight = (torch.cat([p[k] for p in parts]) for k in range(3))
+    log({"stage": "dit", "targets": len(ref), "seconds": round(time.perf_counter() - start, 1)})
+    dit = pipe.dit
+    dit.train().requires_grad_(True)  # the loaders return frozen modules
+    optimizer = torch.optim.AdamW(dit.parameters(), lr=recipe.dit_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(recipe.seed + 2)
+    steps, losses = recipe.dit_steps, []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, recipe.dit_lr, warmup=max(1, steps // 50))
+        idx = torch.randint(0, len(ref), (recipe.dit_batch,), generator=gen)
+        loss = velocity_loss(pipe, ref[idx], target[idx], weight[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        elapsed = time.perf_counter() - start
+        done = step + 1
+        if done % 50 == 0:
+            log({"stage": "dit", "step": done, "loss": float(np.mean(losses[-50:])), "seconds": round(elapsed, 1)})
+        if done % recipe.checkpoint_every == 0:
+            save_model_folder(out.with_name(out.name + "-checkpoint"), files.config, dit, pipe.vae, files.prompt)
+        if elapsed > recipe.dit_budget_s:
+            log({"stage": "dit", "stopped_at": done, "reason": f"time budget {recipe.dit_budget_s:.0f} s"})
+            break
+    dit.eval()
+    save_model_folder(out, files.config, dit, pipe.vae, files.prompt)
+    shutil.rmtree(out.with_name(out.name + "-checkpoint"), ignore_errors=True)
+    report["dit"] = {
+        "steps": done,
+        "seconds": round(time.perf_counter() - start, 1),
+        "loss_first_50": float(np.mean(losses[:50])),
+        "loss_last_50": float(np.mean(losses[-50:])),
+    }
+
+
+def _stage_lora(recipe: Recipe, stage2: Path, work: Path, report: dict) -> Path:
+    data_dir, lora_dir = work / "lora_data", work / "lora"
+    if not (data_dir / "rgb").is_dir():
+        for i, s in enumerate(render_set(0, recipe.lora_scenes, recipe.resolution)):
+            write_sample(data_dir, f"scene_{i:05d}", s.rgb, s.depth, s.normals)
+    opts = TrainOptions(
+        rank=recipe.lora_rank,
+        alpha=float(recipe.lora_rank),
+        lr=recipe.lora_lr,
+        steps=recipe.lora_steps,
+        batch_size=recipe.dit_batch,
+        seed=recipe.seed,
+        resolution=recipe.resolution,
+        kohya=True,
+        cache_latents=True,
+    )
+    start = time.perf_counter()
+    result = train_lora(
+        ModelFiles.from_dir(stage2, lora=False), data_dir, lora_dir, opts, overwrite=True, progress=False
+    )
+    report["lora"] = {
+        "steps": len(result.losses),
+        "seconds": round(time.perf_counter() - start, 1),
+        "loss_first": result.losses[0],
+        "loss_last_10": float(np.mean(result.losses[-10:])),
+        "rank": recipe.lora_rank,
+    }
+    return lora_dir / "lora.safetensors"
+
+
+def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
+    """Run stages 0-3 (reusing finished stages in ``work``) and write the final model folder to ``out``."""
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    report_path = work / "training.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["recipe"] = asdict(recipe)
+    start = time.perf_counter()
+    cache = work / "scenes.pt"
+    if cache.is_file():
+        data = torch.load(cache, weights_only=True)
+    else:
+        data = scene_tensors(render_set(0, recipe.scenes, recipe.resolution), recipe.resolution)
+        torch.save(data, cache)
+        report["scenes_seconds"] = round(time.perf_counter() - start, 1)
+    log({"stage": "scenes", "count": len(data["rgb"]), "seconds": round(time.perf_counter() - start, 1)})
+    init, stage1, stage2 = work / "init", work / "stage1_vae", work / "stage2_dit"
+    if not (init / FILES["lora"]).is_file():
+        write_tiny_model(init, seed=recipe.seed, config=DEMO_CONFIG, overwrite=True)
+    if not stage1.is_dir():
+        _stage_vae(recipe, data, init, stage1, report)
+        write_json(report_path, report, overwrite=True)
+    if not stage2.is_dir():
+        _stage_dit(recipe, data, stage1, stage2, report)
+        write_json(report_path, report, overwrite=True)
+    lora = _stage_lora(recipe, stage2, work, report)
+    files = ModelFiles.from_dir(stage2, lora=False)
+    config = files.config
+    pipe = FE2EPipeline.from_files(config, files.dit, files.vae, files.prompt)
+    save_model_folder(out, config, pipe.dit, pipe.vae, files.prompt, lora)
+    report["total_seconds"] = round(time.perf_counter() - start, 1)
+    write_json(report_path, report, overwrite=True)
+    shutil.copyfile(report_path, out / "training.json")
+    return report
+
+
+def write_scene_set(out: Path, first_seed: int, count: int, resolution: tuple[int, int]) -> None:
+    """Scenes ``first_seed ..`` in the generic dataset layout (rgb/*.png, depth/*.npy, normals/*.npy)."""
+    if (out / "rgb").exists():
+        raise FileExistsError(f"{out}: already holds a scene set")
+    for i in range(count):
+        s = random_sample(first_seed + i, *resolution)
+        write_sample(out, f"scene_{first_seed + i}", s.rgb, s.depth, s.normals)
+    write_json(out / "scenes.json", {"first_seed": first_seed, "count": count, "resolution": list(resolution)})
+
+
+def constant_baselines(dataset_dir: Path) -> dict[str, float]:
+    """What a model that predicts nothing scores on a generic-layout set, with ``evaluate``'s own metrics.
+
+    Depth: a constant map under FE2E's log alignment (it becomes the geometric mean of each image's GT),
+    and, stricter, each image's AbsRel-optimal constant (the 1/g-weighted median of its GT, an oracle).
+    Normals: the one direction that is best over the whole set (the normalised mean GT normal).
+    """
+    depth_set, normal_set = open_dataset(dataset_dir, "depth"), open_dataset(dataset_dir, "normals")
+    aligned, oracle = [], []
+    for item in depth_set.items:
+        sample = depth_set.load(item)
+        kind = depth_set.kind
+        flat = np.full(sample.gt.shape, 0.5)
+        aligned.append(evaluate_depth(flat, sample.gt, sample.valid, "log", kind.min_depth, kind.max_depth)["abs_rel"])
+        g = sample.gt[sample.valid].astype(np.float64)
+        order = np.argsort(g)
+        w = np.cumsum(1.0 / g[order])
+        best = g[order][np.searchsorted(w, w[-1] / 2)]
+        oracle.append(float(np.mean(np.abs(best - g) / g)))
+    normals = [normal_set.load(item) for item in normal_set.items]
+    mean_normal = normalize(np.sum([s.gt[s.valid].sum(0) for s in normals], axis=0))
+    errors = np.concatenate(
+        [angular_error(np.broadcast_to(mean_normal, s.gt[s.valid].shape), s.gt[s.valid]) for s in normals]
+    )
+    return {
+        "depth_abs_rel_constant_log_aligned": float(np.mean(aligned)),
+        "depth_abs_rel_oracle_constant": float(np.mean(oracle)),
+        "normals_mean_angle_best_constant": float(errors.mean()),
+        "normals_median_angle_best_constant": float(np.median(errors)),
+        "images": len(aligned),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train the demo model")
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--work", type=Path, default=Path("build/demo_train"))
+    for field_name, value in asdict(Recipe()).items():
+        if field_name != "resolution":
+            train.add_argument("--" + field_name.replace("_", "-"), type=type(value), default=value)
+    train.add_argument("--resolution", default="x".join(map(str, DEMO_RESOLUTION)))
+    scenes = sub.add_parser("scenes", help="write procedural scenes in the generic evaluation layout")
+    scenes.add_argument("--out", type=Path, required=True)
+    scenes.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED)
+    scenes.add_argument("--count", type=int, default=60)
+    scenes.add_argument("--resolution", default="x".join(map(str, DEMO_RESOLUTION)))
+    baseline = sub.add_parser("baseline", help="constant-prediction scores of a generic-layout set (JSON)")
+    baseline.add_argument("dataset", type=Path)
+    args = vars(parser.parse_args(argv))
+    if args["command"] == "baseline":
+        json.dump(constant_baselines(args["dataset"]), sys.stdout, indent=1)
+        return
+    resolution = parse_resolution(args.pop("resolution"))
+    if args.pop("command") == "scenes":
+        write_scene_set(args["out"], args["first_seed"], args["count"], resolution)
+        return
+    out, work = args.pop("out"), args.pop("work")
+    report = train_demo_model(out, work, Recipe(resolution=resolution, **args))
+    json.dump(report, sys.stdout, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The embedded demo model (trained on the ray-cast scenes), the scene generator's geometry, the training parts."""
+
+from __future__ import annotations
+
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fe2e_deploy.config import load_model_config
+from fe2e_deploy.evaluation.metrics import angular_error, evaluate_depth
+from fe2e_deploy.loading import load_dit, load_vae
+from fe2e_deploy.model_files import DEMO_MODEL_DIR, DEMO_RESOLUTION, demo_model_files
+from fe2e_deploy.models.vae import build_vae
+from fe2e_deploy.reference import FE2EPipeline
+from fe2e_deploy.scenes import random_sample, render_sample
+from fe2e_deploy.tiny import FILES, write_tiny_model
+from fe2e_deploy.train.autoencoder import reconstruction_loss, train_autoencoder
+from fe2e_deploy.train.demo_model import DEMO_CONFIG, EVAL_FIRST_SEED, save_model_folder, scene_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_files_are_package_data_in_the_official_formats_under_20_mb():
+    files = demo_model_files()
+    shipped = [p for p in DEMO_MODEL_DIR.iterdir() if p.is_file()]
+    assert {f.name for f in shipped} >= set(FILES.values()) | {"MODEL_CARD.md"}
+    assert sum(p.stat().st_size for p in shipped) <= 20 * 2**20
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["fe2e_deploy"]
+    for path in shipped:
+        assert any(fnmatch(f"demo_model/{path.name}", p) for p in patterns), path.name
+    # the architecture of DEMO_CONFIG; the VAE's latent shift and scale are the trained ones
+    assert files.config.dit == DEMO_CONFIG.dit and files.config.connector == DEMO_CONFIG.connector
+    assert files.config.vae.ch_mult == DEMO_CONFIG.vae.ch_mult and files.processing_res == DEMO_RESOLUTION
+
+
+def test_demo_model_predicts_depth_and_normals_on_held_out_scenes():
+    """Four held-out scenes (seeds training never used): far better than constant predictions."""
+    files = demo_model_files()
+    pipe = FE2EPipeline.from_files(files.config, files.dit, files.vae, files.prompt, files.lora)
+    ours, flat, angles = [], [], []
+    for seed in range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + 4):
+        scene = random_sample(seed, *DEMO_RESOLUTION, kind="room")
+        valid = scene.depth > 0
+        pred = pipe(scene.rgb, DEMO_RESOLUTION)
+        ours.append(evaluate_depth(pred.depth, scene.depth, valid, "log", 0.0, np.inf)["abs_rel"])
+        flat.append(evaluate_depth(np.full_like(pred.depth, 0.5), scene.depth, valid, "log", 0.0, np.inf)["abs_rel"])
+        angles.append(angular_error(pred.normals[valid], scene.normals[valid]))
+    assert np.mean(ours) < np.mean(flat) / 2, (ours, flat)
+    assert np.concatenate(angles).mean() < 30.0
+
+
+def test_scene_depth_and_normals_are_exact_on_planes():
+    """Back-projected neighbours on one plane are perpendicular to its normal: depth and normals agree exactly."""
+    width, height = 96, 72
+    for sample in (random_sample(7, width, height, kind="room"), render_sample(0, width, height)):
+        hit = sample.depth > 0
+        assert hit.mean() > 0.5
+        np.testing.assert_allclose(np.linalg.norm(sample.normals[hit], axis=-1), 1.0, atol=1e-5)
+        yy, xx = np.mgrid[0:height, 0:width].astype(float)
+        f = sample.focal
+        rays = np.stack([(xx + 0.5 - width / 2) / f, (yy + 0.5 - height / 2) / f, np.ones_like(xx)], -1)
+        points = rays * sample.depth[..., None]
+        same = hit[:, 1:] & hit[:, :-1] & (np.abs(sample.normals[:, 1:] - sample.normals[:, :-1]).max(-1) < 1e-6)
+        same &= np.abs(np.diff(sample.depth, axis=1)) < 0.05 * sample.depth[:, 1:]  # not two parallel surfaces
+        step = points[:, 1:] - points[:, :-1]
+        cosine = np.abs(np.sum(step * sample.normals[:, 1:], -1)) / np.linalg.norm(step, axis=-1).clip(1e-12)
+        assert same.sum() > 1000 and cosine[same].max() < 1e-3
+        assert (np.sum(sample.normals * rays, -1)[hit] < 0).all()  # facing the camera
+
+
+def test_model_folder_round_trips_through_the_official_loaders(tmp_path):
+    init = tmp_path / "init"
+    write_tiny_model(init, seed=5)
+    config = load_model_config(init / FILES["config"])
+    dit = load_dit(config, init / FILES["dit"], torch.float32, progress=False)
+    vae = load_vae(config, init / FILES["vae"], progress=False)
+    save_model_folder(tmp_path / "copy", config, dit, vae, init / FILES["prompt"], init / FILES["lora"])
+    again = load_dit(config, tmp_path / "copy" / FILES["dit"], torch.float32, progress=False)
+    for (name, a), b in zip(dit.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "copy" / FILES["dit"]).stat().st_mode & 0o777 == 0o644
+
+
+def test_autoencoder_training_lowers_the_reconstruction_loss():
+    torch.manual_seed(0)
+    vae = build_vae(DEMO_CONFIG.vae)
+    data = scene_tensors([random_sample(s, 32, 32) for s in range(4)], (32, 32))
+    images = torch.cat([data["rgb"], data["depth"], data["normals"]])
+    with torch.no_grad():
+        before = float(reconstruction_loss(vae, images))
+    train_autoencoder(vae, lambda step: images, steps=12, lr=2e-3, log=lambda record: None)
+    with torch.no_grad():
+        after = float(reconstruction_loss(vae, images))
+    assert after < 0.7 * before, (before, after)
