@@ -143,10 +143,11 @@ def test_batch_survives_a_worker_killed_mid_run(cluster, tiny_dir, tmp_path):
     thread = threading.Thread(target=job)
     thread.start()
     deadline = time.monotonic() + 240
-    while not list(out.glob("depth_npy/*.npy")) and time.monotonic() < deadline:  # the job is under way
-        time.sleep(0.05)
-    pids = ray_worker_pids()
-    written_before = len(list(out.glob("depth_npy/*.npy")))
+    pids, written_before = set(), 0
+    while time.monotonic() < deadline and not (len(pids) == 2 and written_before):  # both workers up, under way
+        time.sleep(0.02)
+        pids = ray_worker_pids()
+        written_before = len(list(out.glob("depth_npy/*.npy")))
     assert len(pids) == 2 and 0 < written_before < 12, (pids, written_before)
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
