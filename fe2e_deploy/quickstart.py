@@ -84,6 +84,8 @@ def run_quickstart(
     if processing_res and not find_images(images_dir):  # fail before any stage runs
         raise FileNotFoundError(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
     sizes = (processing_res,) if processing_res else processing_sizes(images_dir)
+    # one sub-folder per model: stages reused from an earlier run are always of this model
+    work_dir = work_dir / ("demo" if seed is None else f"tiny-seed{seed}")
     model = DEMO_MODEL_DIR if seed is None else work_dir / "model"
     stripped, export_dir = work_dir / "stripped", work_dir / "export"
 

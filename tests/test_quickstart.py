@@ -28,7 +28,7 @@ def test_quickstart_chain_matches_the_reference_and_reuses_stages(tmp_path):
         assert f"{command}" in result.output
     assert "init-tiny" not in result.output  # the trained demo model, not random weights
     assert "engine: onnxruntime-fp32-cpu" in result.output and "1 image(s) written" in result.output
-    assert json.loads((work / "export" / "check.json").read_text())["passed"]
+    assert json.loads((work / "demo" / "export" / "check.json").read_text())["passed"]
 
     model = DEMO_MODEL_DIR
     reference = FE2EPipeline.from_files(
@@ -56,7 +56,14 @@ def test_quickstart_with_a_seed_starts_from_random_weights(tmp_path):
     args = ["quickstart", str(images), "-o", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
     result = runner.invoke(app, [*args, "--seed", "3", "--processing-res", "32x32", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "fe2e-deploy init-tiny" in result.output and (tmp_path / "work" / "model" / "lora.safetensors").is_file()
+    assert "fe2e-deploy init-tiny" in result.output
+    assert (tmp_path / "work" / "tiny-seed3" / "model" / "lora.safetensors").is_file()
+    assert "reusing" not in result.output
+    # the demo model in the same work folder reuses nothing of the random one
+    demo_args = ["quickstart", str(images), "-o", str(tmp_path / "out2"), "--work-dir", str(tmp_path / "work")]
+    demo = runner.invoke(app, [*demo_args, "--processing-res", "32x32", "--no-progress"])
+    assert demo.exit_code == 0, demo.output
+    assert "reusing" not in demo.output and "init-tiny" not in demo.output
 
 
 def test_quickstart_without_images_is_a_clear_error(tmp_path):

@@ -16,7 +16,9 @@ def quickstart(
     images_dir: Path = typer.Argument(..., help="Folder of .jpg/.jpeg/.png images, searched recursively."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Output folder (as `infer` writes it)."),
     work_dir: Path = typer.Option(
-        Path("build/quickstart"), help="Folder for the intermediate artifacts (model, stripped, export)."
+        Path("build/quickstart"),
+        help="Folder for the intermediate artifacts (model, stripped, export), in a sub-folder per model "
+        "(demo, or tiny-seedN).",
     ),
     seed: int | None = typer.Option(
         None, help="Use the tiny config with these seeded random weights (init-tiny) instead of the demo model."
