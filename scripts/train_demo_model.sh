@@ -3,12 +3,14 @@
 # normal maps) -> DiT (consistent velocity) -> LoRA (train-lora), official file formats. Two passes:
 # pass 1 trains everything; pass 2 continues the DiT from pass 1 (at a lower learning rate) with the
 # same VAE and scenes, then trains the LoRA again. This is the run that made fe2e_deploy/demo_model/.
-# Usage: scripts/train_demo_model.sh [OUT] [WORK]
+# Usage: scripts/train_demo_model.sh [OUT] [WORK]   (default OUT: WORK/model)
 # Finished stages in WORK are reused, so a run that was cut off continues. The held-out scenes and
-# the scores: scripts/evaluate_demo_model.sh.
+# the scores: scripts/evaluate_demo_model.sh. To ship a new model, copy OUT's five model files and
+# WORK/pass*/training.json into fe2e_deploy/demo_model/ (OUT is replaced whole: never point it at
+# that folder, whose model card and logs would go).
 set -euo pipefail
-OUT=${1:-fe2e_deploy/demo_model}
 WORK=${2:-build/demo_train}
+OUT=${1:-$WORK/model}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python -m fe2e_deploy.train.demo_model train --out "$WORK/pass1_model" --work "$WORK/pass1"
 mkdir -p "$WORK/pass2"

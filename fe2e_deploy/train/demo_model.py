@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from ..config import ConnectorConfig, DiTConfig, ModelConfig, VAEConfig, load_model_config
 from ..evaluation.datasets import open_dataset
 from ..evaluation.metrics import angular_error, evaluate_depth, normalize
-from ..files.atomic import write_json
+from ..files.atomic import staged_folder, write_json
 from ..loading import load_dit, load_vae
 from ..loading.dit_layout import dit_layout
 from ..loading.layout import CheckpointLayout
@@ -117,25 +117,17 @@ def official_state(layout: CheckpointLayout, module: torch.nn.Module) -> dict[st
 
 
 def save_model_folder(folder: Path, config: ModelConfig, dit, vae, prompt: Path, lora: Path | None = None) -> None:
-    """A complete model folder, written beside ``folder`` and renamed into place (replacing an older one)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """A complete model folder, built in a hidden sibling and swapped in whole (replacing an older one)."""
     meta = {"format": "pt", "fe2e_deploy": "train-demo-model"}
-    write_json(tmp / FILES["config"], config.to_dict())
-    save_file(official_state(dit_layout(config), dit), str(tmp / FILES["dit"]), metadata=meta)
-    save_file(official_state(vae_layout(config.vae), vae), str(tmp / FILES["vae"]), metadata=meta)
-    shutil.copyfile(prompt, tmp / FILES["prompt"])
-    for path in (tmp / FILES["dit"], tmp / FILES["vae"]):
-        path.chmod(0o644)  # safetensors' save_file leaves 0o600
-    if lora is not None:
-        shutil.copyfile(lora, tmp / FILES["lora"])
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with staged_folder(folder, overwrite=True, marker=FILES["config"], what="a model") as tmp:
+        write_json(tmp / FILES["config"], config.to_dict())
+        save_file(official_state(dit_layout(config), dit), str(tmp / FILES["dit"]), metadata=meta)
+        save_file(official_state(vae_layout(config.vae), vae), str(tmp / FILES["vae"]), metadata=meta)
+        shutil.copyfile(prompt, tmp / FILES["prompt"])
+        for path in (tmp / FILES["dit"], tmp / FILES["vae"]):
+            path.chmod(0o644)  # safetensors' save_file leaves 0o600
+        if lora is not None:
+            shutil.copyfile(lora, tmp / FILES["lora"])
 
 
 def _stage_vae(recipe: Recipe, data: dict[str, torch.Tensor], init: Path, out: Path, report: dict) -> None:
