@@ -23,8 +23,9 @@ FORMATS = {
 PNG_KINDS = {"depth": "depth_png16", "normals": "normals_png", "depth_colored": "depth_colored"}
 
 
-class BadRequest(ValueError):
-    """A request the client must change: answered with ``status`` and the message as one line."""
+class RequestFailed(ValueError):
+    """A request answered with an error: ``status`` (400/413/422: the client must change it; 500: the engine
+    failed) and the message as one line of JSON."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -32,15 +33,15 @@ class BadRequest(ValueError):
 
 
 def check_request(fmt: str, what: str | None, output_res: str) -> str:
-    """The map to return (``both`` for npz), or :class:`BadRequest` naming the allowed values."""
+    """The map to return (``both`` for npz), or :class:`RequestFailed` naming the allowed values."""
     if fmt not in FORMATS:
-        raise BadRequest(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise RequestFailed(f"format={fmt!r}: choose one of {', '.join(FORMATS)}")
     maps = FORMATS[fmt][0]
     what = what or maps[0]
     if what not in maps:
-        raise BadRequest(f"map={what!r} with format={fmt}: choose one of {', '.join(maps)}")
+        raise RequestFailed(f"map={what!r} with format={fmt}: choose one of {', '.join(maps)}")
     if output_res not in ("input", "processing"):
-        raise BadRequest(f"output_res={output_res!r}: choose input or processing")
+        raise RequestFailed(f"output_res={output_res!r}: choose input or processing")
     return what
 
 

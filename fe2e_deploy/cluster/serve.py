@@ -26,7 +26,7 @@ from ray import serve
 from ..engines.base import Prepared
 from ..files.images import READ_ERRORS, read_image, reason_without_path
 from .ray_setup import connect
-from .responses import BadRequest, check_request, encode_prediction
+from .responses import RequestFailed, check_request, encode_prediction
 
 #: The app's name in Ray Serve (``serve.get_app_handle(APP_NAME)``).
 APP_NAME = "fe2e"
@@ -85,11 +85,11 @@ class FE2EService:
             prepared = await asyncio.to_thread(self._prepare, body)
             prediction = await self.predict_batch((prepared, output_res))
             if not prediction.is_finite():
-                raise BadRequest(f"{self.engine.name} returned NaN or Inf in its maps", 500)
+                raise RequestFailed(f"{self.engine.name} returned NaN or Inf in its maps", 500)
             content, media_type = await asyncio.to_thread(
                 encode_prediction, prediction, format, what, self.options.png_compression
             )
-        except BadRequest as exc:
+        except RequestFailed as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         return Response(content, media_type=media_type)
 
@@ -98,26 +98,26 @@ class FE2EService:
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BadRequest(f"body of {int(declared)} bytes is over the limit of {limit} bytes", 413)
+            raise RequestFailed(f"body of {int(declared)} bytes is over the limit of {limit} bytes", 413)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise BadRequest(f"body is over the limit of {limit} bytes", 413)
+                raise RequestFailed(f"body is over the limit of {limit} bytes", 413)
             chunks.append(chunk)
         if not size:
-            raise BadRequest("empty body: send the image file as the request body")
+            raise RequestFailed("empty body: send the image file as the request body")
         return b"".join(chunks)
 
     def _prepare(self, body: bytes) -> Prepared:
         try:
             image = read_image(io.BytesIO(body))
         except READ_ERRORS as exc:
-            raise BadRequest(f"unreadable image ({reason_without_path(exc, None)})") from None
+            raise RequestFailed(f"unreadable image ({reason_without_path(exc, None)})") from None
         try:
             return self.engine.prepare(image)
         except ValueError as exc:  # a size the engine was not built for, too many pixels
-            raise BadRequest(str(exc), 422) from None
+            raise RequestFailed(str(exc), 422) from None
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict_batch(self, requests: list[tuple[Prepared, str]]) -> list:
