@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .engines import Engine
 from .engines.base import Finish, Prepared
 from .files.atomic import check_writable_dir
-from .files.images import READ_ERRORS, find_images, read_image, reason_without_path
+from .files.images import READ_ERRORS, find_images, read_image, unreadable_image
 from .files.outputs import OutputOptions, output_names, output_paths, write_prediction
 
 
@@ -197,7 +197,7 @@ def run_infer(
             try:
                 image = read_image(job.path)
             except READ_ERRORS as exc:  # the report names the file: the reason does not repeat it
-                raise ValueError(f"unreadable image ({reason_without_path(exc, job.path)})") from None
+                raise ValueError(unreadable_image(exc, job.path)) from None
             return engine.prepare(image)
         finally:
             with lock:

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, read_image, reason_without_path
+from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, read_image, unreadable_image
 from ..files.outputs import OutputOptions, output_paths, write_prediction
 from .ray_setup import connect, import_ray
 
@@ -136,7 +136,7 @@ def decode_images(batch: dict[str, np.ndarray], source: ImageSource) -> dict[str
             errors.append("")
         except READ_ERRORS as exc:
             images.append(np.zeros((1, 1, 3), np.uint8))
-            errors.append(f"unreadable image ({reason_without_path(exc, None if filesystem else Path(path))})")
+            errors.append(unreadable_image(exc, None if filesystem else Path(path)))
     out = dict(batch)
     out["image"] = _object_array(images)  # images of different sizes: one object per row
     out["error"] = np.array(errors, dtype=object)
@@ -273,22 +273,21 @@ def run_batch(
         started = connect(address)
         report.ray_start_seconds = time.perf_counter() - t0 if started else 0.0
         try:
-            _run_jobs(
-                ray,
-                jobs,
-                source,
-                report,
-                engine,
-                output_dir,
-                outputs,
-                workers,
-                gpus_per_worker,
-                cpus_per_worker,
-                batch_size,
-                dtype,
-                processing_res,
-                tqdm(total=len(jobs), disable=not progress, desc="batch", unit="img"),
+            cpus = cpus_per_worker or default_worker_cpus(
+                ray.cluster_resources().get("CPU", 1.0), workers, gpus_per_worker
             )
+            device = "cuda" if gpus_per_worker > 0 else "cpu"
+            worker = {  # PredictWorker's arguments
+                "engine": str(Path(engine).absolute()),
+                "output_dir": str(output_dir),
+                "outputs": outputs,
+                "device": device,
+                "dtype": dtype,
+                "processing_res": processing_res,
+                "threads": max(1, round(cpus)) if device == "cpu" else None,
+            }
+            dataset = image_dataset(ray, jobs, source, worker, workers, gpus_per_worker, cpus, batch_size)
+            collect(dataset, report, tqdm(total=len(jobs), disable=not progress, desc="batch", unit="img"))
         finally:
             if started:
                 ray.shutdown()
@@ -300,9 +299,11 @@ def run_batch(
     return report
 
 
-def _run_jobs(
-    ray, jobs, source, report, engine, output_dir, outputs, workers, gpus, cpus, batch_size, dtype, processing_res, bar
-) -> None:
+def image_dataset(
+    ray, jobs, source: ImageSource, worker: dict, workers: int, gpus: float, cpus: float, batch_size: int
+):
+    """The Ray Data pipeline: the planned images -> decoding tasks -> a pool of ``workers`` PredictWorkers
+    (built with ``worker``), each on ``gpus`` GPUs and ``cpus`` CPUs; one status row per image comes out."""
     from ray.data import ActorPoolStrategy, DataContext  # noqa: PLC0415
 
     DataContext.get_current().enable_progress_bars = False  # ours counts images, theirs blocks
@@ -316,38 +317,32 @@ def _run_jobs(
         }
         for job in jobs
     ]
-    cpus = cpus or default_worker_cpus(ray.cluster_resources().get("CPU", 1.0), workers, gpus)
-    device = "cuda" if gpus > 0 else "cpu"
-    dataset = (
+    return (
         ray.data.from_items(rows, override_num_blocks=input_blocks(len(rows), workers))
         .map_batches(decode_images, fn_kwargs={"source": source}, batch_size=batch_size, num_cpus=DECODE_CPUS)
         .map_batches(
             PredictWorker,
-            fn_constructor_kwargs={
-                "engine": str(Path(engine).absolute()),
-                "output_dir": str(output_dir),
-                "outputs": outputs,
-                "device": device,
-                "dtype": dtype,
-                "processing_res": processing_res,
-                "threads": max(1, round(cpus)) if device == "cpu" else None,
-            },
+            fn_constructor_kwargs=worker,
             compute=ActorPoolStrategy(size=workers),
             batch_size=batch_size,
             num_cpus=cpus,
             num_gpus=gpus,
         )
     )
-    for row in dataset.iter_rows():
-        status = row["status"]
-        if status == ENGINE_ERROR:
-            raise ValueError(f"a worker could not open the engine: {row['reason']}")
-        if status == "written":
-            report.written.append(row["source"])
-        elif status == "completed":
-            report.completed.append(row["source"])
-        else:
-            report.failed.append((row["source"], row["reason"]))
-            bar.write(f"warning: skipping {row['source']}: {row['reason']}")
-        bar.update()
-    bar.close()
+
+
+def collect(dataset, report: BatchReport, bar) -> None:
+    """Run the pipeline, sorting its rows into ``report`` as they come; an engine a worker cannot open stops it."""
+    with bar:
+        for row in dataset.iter_rows():
+            status = row["status"]
+            if status == ENGINE_ERROR:
+                raise ValueError(f"a worker could not open the engine: {row['reason']}")
+            if status == "written":
+                report.written.append(row["source"])
+            elif status == "completed":
+                report.completed.append(row["source"])
+            else:
+                report.failed.append((row["source"], row["reason"]))
+                bar.write(f"warning: skipping {row['source']}: {row['reason']}")
+            bar.update()

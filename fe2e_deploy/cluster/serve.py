@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from ..engines.base import Prepared
-from ..files.images import READ_ERRORS, read_image, reason_without_path
+from ..files.images import READ_ERRORS, read_image, unreadable_image
 from .ray_setup import connect
 from .responses import RequestFailed, check_request, encode_prediction
 
@@ -113,7 +113,7 @@ class FE2EService:
         try:
             image = read_image(io.BytesIO(body))
         except READ_ERRORS as exc:
-            raise RequestFailed(f"unreadable image ({reason_without_path(exc, None)})") from None
+            raise RequestFailed(unreadable_image(exc, None)) from None
         try:
             return self.engine.prepare(image)
         except ValueError as exc:  # a size the engine was not built for, too many pixels

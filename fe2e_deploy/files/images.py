@@ -88,7 +88,7 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         return read_image(Path(path))
     except READ_ERRORS as exc:
-        raise UnreadableInput(f"{path}: unreadable image ({reason_without_path(exc, Path(path))})") from None
+        raise UnreadableInput(f"{path}: {unreadable_image(exc, Path(path))}") from None
 
 
 def check_image(path: str | Path) -> None:
@@ -97,7 +97,12 @@ def check_image(path: str | Path) -> None:
         with Image.open(path) as image:
             image.verify()
     except READ_ERRORS as exc:
-        raise UnreadableInput(f"{path}: unreadable image ({reason_without_path(exc, Path(path))})") from None
+        raise UnreadableInput(f"{path}: {unreadable_image(exc, Path(path))}") from None
+
+
+def unreadable_image(exc: BaseException, path: Path | None) -> str:
+    """Why an image could not be read, in the one wording every command reports (the caller names the file)."""
+    return f"unreadable image ({reason_without_path(exc, path)})"
 
 
 def reason_without_path(exc: BaseException, path: Path | None) -> str:
