@@ -38,6 +38,7 @@ def serve(
     with user_errors():
         if replicas < 1 or max_batch_size < 1 or max_body_mb <= 0 or batch_wait_ms < 0:
             raise ValueError("--replicas and --max-batch-size must be >= 1, --max-body-mb > 0, --batch-wait-ms >= 0")
+        from ..cluster.ray_setup import torch_threads  # noqa: PLC0415
         from ..cluster.serve import ServeOptions, start_serve, stop_serve  # noqa: PLC0415
         from ..engines import engine_kind  # noqa: PLC0415
 
@@ -50,7 +51,7 @@ def serve(
             max_batch_size=max_batch_size,
             batch_wait_s=batch_wait_ms / 1000,
             max_body_bytes=int(max_body_mb * 2**20),
-            threads=max(1, int(cpus_per_replica)) if gpus_per_replica == 0 else None,
+            threads=torch_threads(cpus_per_replica, gpus_per_replica),
         )
         url = start_serve(
             settings,

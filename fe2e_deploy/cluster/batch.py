@@ -31,7 +31,7 @@ import numpy as np
 
 from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, read_image, unreadable_image
 from ..files.outputs import OutputOptions, output_paths, write_prediction
-from .ray_setup import connect, import_ray
+from .ray_setup import connect, import_ray, torch_threads
 
 #: The status of the rows of a worker whose engine could not be opened: the job stops with its reason.
 ENGINE_ERROR = "engine-error"
@@ -284,7 +284,7 @@ def run_batch(
                 "device": device,
                 "dtype": dtype,
                 "processing_res": processing_res,
-                "threads": max(1, round(cpus)) if device == "cpu" else None,
+                "threads": torch_threads(cpus, gpus_per_worker),
             }
             dataset = image_dataset(ray, jobs, source, worker, workers, gpus_per_worker, cpus, batch_size)
             collect(dataset, report, tqdm(total=len(jobs), disable=not progress, desc="batch", unit="img"))

@@ -54,3 +54,8 @@ def keep_on_loopback(ray) -> None:
     from ray._private import ray_constants  # noqa: PLC0415
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def torch_threads(cpus: float, gpus: float) -> int | None:
+    """Torch threads of a CPU worker or replica with ``cpus`` CPUs (at least 1); None beside a GPU (torch decides)."""
+    return max(1, round(cpus)) if gpus == 0 else None
