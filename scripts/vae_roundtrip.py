@@ -1,17 +1,20 @@
 """How much of the demo model's normal error the VAE alone causes: ground-truth normal maps of held-out
 scenes encoded and decoded by the model's VAE, against the model's own predictions on the same scenes.
 
-    python scripts/vae_roundtrip.py [SCENES]   # default 20 held-out scenes (seeds from EVAL_FIRST_SEED)
+    python scripts/vae_roundtrip.py [SCENES] [MODEL_DIR]
+    # default: 20 held-out scenes (seeds from EVAL_FIRST_SEED), the shipped demo model; MODEL_DIR can be
+    # a training stage's folder (build/demo_train/stage2_dit-checkpoint: a DiT being trained)
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fe2e_deploy.model_files import DEMO_RESOLUTION, demo_model_files
+from fe2e_deploy.model_files import DEMO_RESOLUTION, ModelFiles, demo_model_files
 from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import random_sample
 from fe2e_deploy.train.autoencoder import encode_raw
@@ -24,7 +27,7 @@ def angles(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    files = demo_model_files()
+    files = ModelFiles.from_dir(Path(sys.argv[2])) if len(sys.argv) > 2 else demo_model_files()
     pipe = FE2EPipeline.from_files(files.config, files.dit, files.vae, files.prompt, files.lora)
     samples = [random_sample(EVAL_FIRST_SEED + i, *DEMO_RESOLUTION) for i in range(count)]
     maps = scene_tensors(samples, DEMO_RESOLUTION)

@@ -91,7 +91,21 @@ def test_autoencoder_training_lowers_the_reconstruction_loss():
     images = torch.cat([data["rgb"], data["depth"], data["normals"]])
     with torch.no_grad():
         before = float(reconstruction_loss(vae, images))
-    train_autoencoder(vae, lambda step: images, steps=12, lr=2e-3, log=lambda record: None)
+    train_autoencoder(vae, lambda step: (images, None), steps=12, lr=2e-3, log=lambda record: None)
     with torch.no_grad():
         after = float(reconstruction_loss(vae, images))
     assert after < 0.7 * before, (before, after)
+
+
+def test_reconstruction_loss_weights_each_map():
+    """A map with weight 0 does not count (the demo VAE weights RGB low: the pipeline never decodes it)."""
+    torch.manual_seed(0)
+    vae = build_vae(DEMO_CONFIG.vae)
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        first = float(reconstruction_loss(vae, images[:1]))
+        only_first = float(reconstruction_loss(vae, images, torch.tensor([1.0, 0.0, 0.0])))
+        equal = float(reconstruction_loss(vae, images, torch.ones(3)))
+        default = float(reconstruction_loss(vae, images))
+    assert abs(only_first - first) < 1e-6 and abs(equal - default) < 1e-7
+    assert abs(only_first - default) > 1e-4
