@@ -37,7 +37,8 @@ def test_shipped_files_are_package_data_in_the_official_formats_under_20_mb():
 
 
 def test_demo_model_predicts_depth_and_normals_on_held_out_scenes():
-    """Four held-out scenes (seeds training never used): far better than constant predictions."""
+    """Four held-out rooms (seeds training never used), against the issue's targets (measured: depth 3.7x
+    better than a constant, normals 13.4 deg mean; the 60-scene scores are in the model card)."""
     files = demo_model_files()
     pipe = FE2EPipeline.from_files(files.config, files.dit, files.vae, files.prompt, files.lora)
     ours, flat, angles = [], [], []
@@ -48,8 +49,8 @@ def test_demo_model_predicts_depth_and_normals_on_held_out_scenes():
         ours.append(evaluate_depth(pred.depth, scene.depth, valid, "log", 0.0, np.inf)["abs_rel"])
         flat.append(evaluate_depth(np.full_like(pred.depth, 0.5), scene.depth, valid, "log", 0.0, np.inf)["abs_rel"])
         angles.append(angular_error(pred.normals[valid], scene.normals[valid]))
-    assert np.mean(ours) < np.mean(flat) / 2, (ours, flat)
-    assert np.concatenate(angles).mean() < 30.0
+    assert np.mean(ours) < np.mean(flat) / 3, (ours, flat)
+    assert np.concatenate(angles).mean() < 20.0
 
 
 def test_scene_depth_and_normals_are_exact_on_planes():
