@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from fe2e_deploy.config import load_model_config
 from fe2e_deploy.evaluation.metrics import angular_error, evaluate_depth
 from fe2e_deploy.loading import load_dit, load_vae
-from fe2e_deploy.model_files import DEMO_MODEL_DIR, DEMO_RESOLUTION, demo_model_files
+from fe2e_deploy.model_files import DEMO_MODEL_DIR, DEMO_RESOLUTION, ModelFiles, demo_model_files
 from fe2e_deploy.models.vae import build_vae
 from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import random_sample, render_sample
@@ -110,3 +111,36 @@ def test_reconstruction_loss_weights_each_map():
         default = float(reconstruction_loss(vae, images))
     assert abs(only_first - first) < 1e-6 and abs(equal - default) < 1e-7
     assert abs(only_first - default) > 1e-4
+
+
+def test_training_script_runs_every_stage_and_reuses_finished_ones(tmp_path, capsys):
+    """``python -m fe2e_deploy.train.demo_model train`` at toy size: scenes, VAE (crops, then whole maps),
+    DiT, LoRA; the model folder loads with the official loaders, and a rerun reuses the finished stages."""
+    from fe2e_deploy.train.demo_model import main
+
+    threads = torch.get_num_threads()
+    out, work = tmp_path / "model", tmp_path / "work"
+    args = ["train", "--out", str(out), "--work", str(work), "--resolution", "48x32", "--scenes", "6"]
+    args += ["--threads", "1", "--vae-steps", "2", "--vae-batch", "2", "--vae-crop", "16", "--vae-full-steps", "2"]
+    args += ["--vae-full-batch", "2", "--dit-steps", "3", "--dit-batch", "2", "--lora-steps", "2"]
+    args += ["--lora-scenes", "2", "--checkpoint-every", "2"]
+    try:
+        main(args)
+        first = capsys.readouterr().out
+        report = json.loads((out / "training.json").read_text())
+        assert report["vae"]["crop_steps"] == 2 and report["vae"]["full_steps"] == 2
+        assert report["dit"]["steps"] == 3 and report["lora"]["steps"] == 2
+        assert '"stage": "vae_full"' in first and not (work / "stage2_dit-checkpoint").exists()
+        files = ModelFiles.from_dir(out)
+        assert files.lora is not None and files.config.vae.shift_factor == report["vae"]["shift"]
+        pipe = FE2EPipeline.from_files(files.config, files.dit, files.vae, files.prompt, files.lora)
+        scene = random_sample(EVAL_FIRST_SEED, 48, 32)
+        prediction = pipe(scene.rgb, (48, 32))
+        assert np.isfinite(prediction.depth).all() and np.isfinite(prediction.normals).all()
+        vae_before = (work / "stage1_vae" / FILES["vae"]).read_bytes()
+        main(args)  # finished stages are reused: no VAE or DiT step runs again
+        again = capsys.readouterr().out
+        assert '"stage": "vae"' not in again and '"stage": "dit", "step"' not in again
+        assert (work / "stage1_vae" / FILES["vae"]).read_bytes() == vae_before
+    finally:
+        torch.set_num_threads(threads)
