@@ -7,7 +7,8 @@ that the same loaders as the 12 B model read:
 0. ``init-tiny`` weights for :data:`DEMO_CONFIG` (seeded random, official formats; the empty-prompt
    embedding stays the random one: there is no text encoder here);
 1. the VAE as an autoencoder of images, log-normalised depth maps and normal maps
-   (``autoencoder.py``); its latent mean and spread become the config's ``shift_factor`` / ``scale_factor``;
+   (``autoencoder.py``), on random crops and then on whole maps; its latent mean and spread become
+   the config's ``shift_factor`` / ``scale_factor``;
 2. the whole DiT (connector included) with FE2E's consistent-velocity objective (``objective.py``) on
    the frozen VAE's latents;
 3. a LoRA on the frozen stage-2 DiT with ``train-lora`` (the same objective), as FE2E adapts Step1X-Edit.
@@ -17,7 +18,7 @@ evaluation set starts at :data:`EVAL_FIRST_SEED`. Every stage has a step count a
 (the steps actually run are recorded in ``training.json``). A stage whose folder exists in the work
 folder is reused, so a run that was cut off continues from its last finished stage.
 
-    python -m fe2e_deploy.train.demo_model train --out fe2e_deploy/demo_model --work build/demo_train
+    python -m fe2e_deploy.train.demo_model train --out build/demo_train/model --work build/demo_train
     python -m fe2e_deploy.train.demo_model scenes --out build/demo_eval --first-seed 1000000 --count 60
 """
 
