@@ -13,12 +13,12 @@ zero-mean and unit-variance, written into the model config as the FLUX VAE's are
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 
 import torch
 from diffusers import AutoencoderKL
+
+from .schedule import optimise
 
 LATENT_PENALTY = 1e-4
 
@@ -36,12 +36,6 @@ def reconstruction_loss(vae: AutoencoderKL, x: torch.Tensor, weights: torch.Tens
     return (per_map * w).sum() / w.sum() + LATENT_PENALTY * z.pow(2).mean()
 
 
-def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
-
-
 def train_autoencoder(
     vae: AutoencoderKL,
     batches: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
@@ -52,32 +46,18 @@ def train_autoencoder(
     stage: str = "vae",
 ) -> int:
     """Train ``vae`` in place on ``batches(step)`` = (maps ``[B, 3, H, W]`` in [-1, 1], weights ``[B]`` or None);
-    returns the steps run.
-
-    ``time_budget`` (seconds) stops early, after the step that crosses it (the schedule stays the one
-    of ``steps``, so an early stop ends at a higher learning rate; the caller records the steps run).
-    """
-    vae.train().requires_grad_(True)  # the loaders return frozen modules
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    start = time.perf_counter()
-    done = 0
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
-        loss = reconstruction_loss(vae, *batches(step))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        done = step + 1
-        elapsed = time.perf_counter() - start
-        if done % 25 == 0 or done == steps:
-            log({"stage": stage, "step": done, "loss": float(loss.detach()), "seconds": round(elapsed, 1)})
-        if time_budget is not None and elapsed > time_budget:
-            log({"stage": stage, "stopped_at": done, "reason": f"time budget {time_budget:.0f} s"})
-            break
-    vae.eval()
-    return done
+    returns the steps run (``time_budget``: see :func:`~.schedule.optimise`)."""
+    losses = optimise(
+        vae,
+        lambda step: reconstruction_loss(vae, *batches(step)),
+        steps,
+        lr,
+        warmup=max(1, steps // 20),
+        time_budget=time_budget,
+        log=log,
+        stage=stage,
+    )
+    return len(losses)
 
 
 @torch.no_grad()

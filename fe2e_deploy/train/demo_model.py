@@ -50,10 +50,11 @@ from ..reference import FE2EPipeline
 from ..resolution import parse_resolution
 from ..scenes import SceneSample, random_sample
 from ..tiny import FILES, write_tiny_model
-from .autoencoder import cosine_lr, latent_statistics, train_autoencoder
+from .autoencoder import latent_statistics, train_autoencoder
 from .data import log_normalise_depth, write_sample
 from .loop import TrainOptions, train_lora
 from .objective import velocity_loss, velocity_targets
+from .schedule import optimise
 
 DEMO_CONFIG = ModelConfig(
     dit=DiTConfig(
@@ -192,34 +193,33 @@ def _stage_dit(recipe: Recipe, data: dict[str, torch.Tensor], stage1: Path, out:
     ref, target, weight = (torch.cat([p[k] for p in parts]) for k in range(3))
     log({"stage": "dit", "targets": len(ref), "seconds": round(time.perf_counter() - start, 1)})
     dit = pipe.dit
-    dit.train().requires_grad_(True)  # the loaders return frozen modules
-    optimizer = torch.optim.AdamW(dit.parameters(), lr=recipe.dit_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    steps, losses = recipe.dit_steps, []
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, recipe.dit_lr, warmup=max(1, steps // 50))
+    checkpoint = out.with_name(out.name + "-checkpoint")
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(ref), (recipe.dit_batch,), generator=gen)
-        loss = velocity_loss(pipe, ref[idx], target[idx], weight[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        elapsed = time.perf_counter() - start
-        done = step + 1
-        if done % 50 == 0:
-            log({"stage": "dit", "step": done, "loss": float(np.mean(losses[-50:])), "seconds": round(elapsed, 1)})
+        return velocity_loss(pipe, ref[idx], target[idx], weight[idx])
+
+    def save_checkpoint(done: int) -> None:
         if done % recipe.checkpoint_every == 0:
-            save_model_folder(out.with_name(out.name + "-checkpoint"), files.config, dit, pipe.vae, files.prompt)
-        if elapsed > recipe.dit_budget_s:
-            log({"stage": "dit", "stopped_at": done, "reason": f"time budget {recipe.dit_budget_s:.0f} s"})
-            break
-    dit.eval()
+            save_model_folder(checkpoint, files.config, dit, pipe.vae, files.prompt)
+
+    losses = optimise(
+        dit,
+        loss_at,
+        recipe.dit_steps,
+        recipe.dit_lr,
+        warmup=max(1, recipe.dit_steps // 50),
+        time_budget=recipe.dit_budget_s,
+        log=log,
+        stage="dit",
+        log_every=50,
+        after_step=save_checkpoint,
+    )
     save_model_folder(out, files.config, dit, pipe.vae, files.prompt)
-    shutil.rmtree(out.with_name(out.name + "-checkpoint"), ignore_errors=True)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     report["dit"] = {
-        "steps": done,
+        "steps": len(losses),
         "seconds": round(time.perf_counter() - start, 1),
         "loss_first_50": float(np.mean(losses[:50])),
         "loss_last_50": float(np.mean(losses[-50:])),
@@ -283,10 +283,10 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
         _stage_dit(recipe, data, stage1, stage2, report)
         write_json(report_path, report, overwrite=True)
     lora = _stage_lora(recipe, stage2, work, report)
-    files = ModelFiles.from_dir(stage2, lora=False)
-    config = files.config
-    pipe = FE2EPipeline.from_files(config, files.dit, files.vae, files.prompt)
-    save_model_folder(out, config, pipe.dit, pipe.vae, files.prompt, lora)
+    with staged_folder(out, overwrite=True, marker=FILES["config"], what="a model") as tmp:
+        for role in ("config", "dit", "vae", "prompt"):  # the stage-2 folder's files as they are
+            shutil.copyfile(stage2 / FILES[role], tmp / FILES[role])
+        shutil.copyfile(lora, tmp / FILES["lora"])
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     write_json(report_path, report, overwrite=True)
     shutil.copyfile(report_path, out / "training.json")
