@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import ModelConfig, load_model_config
@@ -59,5 +59,4 @@ class ModelFiles:
 
 def demo_model_files() -> ModelFiles:
     """The embedded default: the demo model shipped in the package, with its LoRA and its processing size."""
-    files = ModelFiles.from_dir(DEMO_MODEL_DIR)
-    return ModelFiles(files.config, files.dit, files.vae, files.prompt, files.lora, DEMO_RESOLUTION)
+    return replace(ModelFiles.from_dir(DEMO_MODEL_DIR), processing_res=DEMO_RESOLUTION)
