@@ -10,11 +10,10 @@ paper's 1.78 s. Accuracy: each engine's maps against the FP32 eager reference on
 
 from __future__ import annotations
 
-import gc
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,16 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .engines import Engine, load_engine
+from .engines import Engine, EngineOptions, load_engine
 from .engines.eager import EagerEngine
+from .errors import InvalidInput
 from .evaluation.metrics import angular_error, relative_l2
 from .files.atomic import atomic_write, write_json
 from .kernels import exact_fp32
 from .memory import PeakMemory
 from .model_files import ModelFiles
 from .processing import Prediction
-from .timing import NO_TIMER, StageTimer
+from .timing import StageTimer
 
 PAPER_SECONDS = 1.78  # FE2E's reported inference time per image
 STAGE_ORDER = ("preprocess", "vae_encode", "dit", "vae_decode", "model", "postprocess")
@@ -78,11 +78,12 @@ def map_errors(pred: Prediction, ref: Prediction) -> dict[str, float]:
 
 
 def time_engine(
-    engine: Engine, image: Image.Image, runs: int, warmup: int, cuda: bool
+    engine: Engine, timer: StageTimer, image: Image.Image, runs: int, warmup: int, cuda: bool
 ) -> tuple[dict, dict, Prediction]:
-    """Warm up, then ``runs`` timed predictions; returns (stage summaries, end-to-end summary, last prediction)."""
-    timer = StageTimer(cuda=cuda)
-    engine.timer = timer
+    """Warm up, then ``runs`` timed predictions; returns (stage summaries, end-to-end summary, last prediction).
+
+    ``timer`` is the one the engine was opened with (it records only while this function says so).
+    """
     prediction = None
     for _ in range(warmup):
         prediction = engine.predict(image)
@@ -95,7 +96,6 @@ def time_engine(
             torch.cuda.synchronize()
         totals.append(time.perf_counter() - start)
     timer.recording = False
-    engine.timer = NO_TIMER
     recorded = timer.seconds()
     stages = {s: summarize(recorded[s]) for s in STAGE_ORDER if s in recorded}
     return stages, summarize(totals), prediction
@@ -105,31 +105,32 @@ def run_benchmark(
     engines: list[str | Path],
     image: Image.Image,
     reference: ModelFiles | None = None,
-    processing_res: tuple[int, int] | None = None,
+    options: EngineOptions | None = None,
     runs: int = 10,
     warmup: int = 2,
-    device: str = "cpu",
-    engine_dtype: str | None = None,
     accuracy: bool = True,
     log=print,
     host_images: str | Path | None = None,
 ) -> dict:
     """Benchmark ``engines`` (paths as ``infer --engine`` takes) and, with ``reference``, the official path.
 
+    ``options``: how every engine is opened (device, processing size, precision of model and stripped
+    folders; the reference always runs BF16 with CFG batch 2, its accuracy reference FP32).
     ``host_images``: also run each engine through ``infer`` over this folder (real-size images, all
     outputs, into a temporary folder) and record end to end per image, the engine's share and the host
     side: what a user of ``infer`` gets, not only the engine on one pre-sized image.
     """
     if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
+        raise InvalidInput(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
+    options = options or EngineOptions()
+    device, processing_res = options.device, options.processing_res
     cuda = device.startswith("cuda")
     fp32_maps = None
     if reference is not None and accuracy:
         log("reference FP32 maps for accuracy ...")
-        ref32 = EagerEngine.from_model_files(reference, "fp32", device, processing_res)
-        with exact_fp32():  # cuDNN would run the FP32 VAE's convolutions in TF32 otherwise
-            fp32_maps = ref32.predict(image)
-        del ref32
+        reference32 = EagerEngine.from_model_files(reference, replace(options, dtype="fp32"))
+        with reference32, exact_fp32():  # cuDNN would run the FP32 VAE's convolutions in TF32 otherwise
+            fp32_maps = reference32.predict(image)
         _free(cuda)
     jobs: list[tuple[str, object]] = []
     if reference is not None:
@@ -140,19 +141,26 @@ def run_benchmark(
         log(f"benchmarking {label} ...")
         # Peak memory as the device (or the OS) sees it, sampled while loading and over one untimed run;
         # torch's own counters miss AOTInductor's and the libraries' allocations.
+        timer = StageTimer(cuda=cuda)
         with (memory := PeakMemory(device)):
             if isinstance(source, ModelFiles):
-                engine = EagerEngine.from_model_files(source, "bf16", device, processing_res, cfg_batch=True)
-                engine.name = "reference-bf16-cfg2"
+                reference_options = replace(options, dtype="bf16")
+                engine = EagerEngine.from_model_files(
+                    source, reference_options, timer=timer, cfg_batch=True, name="reference-bf16-cfg2"
+                )
             else:
-                engine = load_engine(source, device=device, dtype=engine_dtype, processing_res=processing_res)
-            engine.predict(image)
-        stages, total, prediction = time_engine(engine, image, runs, warmup, cuda)
-        peak, kind = memory.peak, memory.kind
-        errors = map_errors(prediction, fp32_maps) if fp32_maps is not None else None
-        host = infer_over_folder(engine, host_images, log) if host_images is not None else None
-        results.append(EngineResult(engine.name, label, stages, total, peak, kind, errors, host=host))
-        del engine
+                engine = load_engine(source, options, timer=timer)
+            try:
+                engine.predict(image)
+            except BaseException:
+                engine.close()
+                raise
+        with engine:  # closed (its memory released) before the next engine loads
+            stages, total, prediction = time_engine(engine, timer, image, runs, warmup, cuda)
+            peak, kind = memory.peak, memory.kind
+            errors = map_errors(prediction, fp32_maps) if fp32_maps is not None else None
+            host = infer_over_folder(engine, host_images, log) if host_images is not None else None
+            results.append(EngineResult(engine.name, label, stages, total, peak, kind, errors, host=host))
         _free(cuda)
     ref_median = results[0].end_to_end["median"] if reference is not None else None
     for r in results:
@@ -191,7 +199,7 @@ def infer_over_folder(engine: Engine, folder: str | Path, log=print) -> dict[str
 
 
 def _free(cuda: bool) -> None:
-    gc.collect()
+    """Return the closed engine's cached blocks to the GPU, so the next engine's peak starts from nothing."""
     if cuda:
         torch.cuda.empty_cache()
 

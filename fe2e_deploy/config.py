@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidInput
+
 #: Width of the connector's pooled projection (``global_proj_out``); fixed in the official module.
 POOLED_DIM = 768
 
@@ -25,7 +27,7 @@ RESOLUTION_MULTIPLE = 16
 FE2E_RESOLUTIONS = ((1024, 768), (1216, 352), (864, 576))
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInput):
     """A model configuration that is malformed or violates a constraint of the official modules."""
 
 
@@ -37,9 +39,9 @@ def finite_number(value: float, name: str, *, positive: bool = False) -> float:
     """
     number = float(value)
     if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {value}")
+        raise InvalidInput(f"{name} must be a finite number, got {value}")
     if positive and number <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+        raise InvalidInput(f"{name} must be > 0, got {value}")
     return number
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .engines import Engine
 from .engines.base import Finish, Prepared
+from .errors import ImageError, InvalidInput, MissingInput, NotAFolder
 from .files.atomic import check_writable_dir
 from .files.images import READ_ERRORS, find_images, read_image, unreadable_image
 from .files.outputs import OutputOptions, output_names, output_paths, write_prediction
@@ -86,11 +87,11 @@ def check_infer_paths(input_dir: str | Path, output_dir: str | Path) -> list[Pat
     image, and an output folder that cannot be written, before any model is loaded."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if input_dir.is_file():
-        raise NotADirectoryError(f"{input_dir}: is a file; give the folder that holds the images")
+        raise NotAFolder(f"{input_dir}: is a file; give the folder that holds the images")
     out_resolved = output_dir.resolve()
     images = [p for p in find_images(input_dir) if not p.resolve().is_relative_to(out_resolved)]
     if not images:
-        raise FileNotFoundError(f"{input_dir}: no .jpg/.jpeg/.png images found")
+        raise MissingInput(f"{input_dir}: no .jpg/.jpeg/.png images found")
     check_writable_dir(output_dir)
     return images
 
@@ -154,7 +155,6 @@ def run_infer(
     output_dir: str | Path,
     overwrite: bool = False,
     progress: bool = True,
-    batch_size: int = 1,
     outputs: OutputOptions | None = None,
     readers: int | None = None,
     writers: int | None = None,
@@ -163,21 +163,20 @@ def run_infer(
 ) -> InferReport:
     """Predict every image under ``input_dir`` and write its maps; an image that fails is reported, not fatal.
 
-    ``batch_size`` images go to the engine together; ``outputs`` chooses what is written (default:
+    ``engine.batch_size`` images go to the engine together (its options); ``outputs`` chooses what is written (default:
     all five maps at each input's resolution); ``readers``/``writers`` threads (default
     :func:`default_threads`; 0 writers = write in the main thread); ``prefetch`` decoded images wait at
     most (default ``2 * batch_size + readers``). ``images``: what :func:`check_infer_paths` returned, when the
     caller already checked the folders (else they are checked here). A write error (disk full...) stops the
     run and is raised.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = engine.batch_size
     outputs = outputs or OutputOptions()
     default_readers, default_writers = default_threads()
     readers = default_readers if readers is None else readers
     writers = default_writers if writers is None else writers
     if readers < 1 or writers < 0:
-        raise ValueError(f"readers must be >= 1 and writers >= 0 (got {readers}, {writers})")
+        raise InvalidInput(f"readers must be >= 1 and writers >= 0 (got {readers}, {writers})")
     prefetch = prefetch or 2 * batch_size + readers
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     images = check_infer_paths(input_dir, output_dir) if images is None else images
@@ -197,7 +196,7 @@ def run_infer(
             try:
                 image = read_image(job.path)
             except READ_ERRORS as exc:  # the report names the file: the reason does not repeat it
-                raise ValueError(unreadable_image(exc, job.path)) from None
+                raise ImageError(unreadable_image(exc, job.path)) from None
             return engine.prepare(image)
         finally:
             with lock:
@@ -206,9 +205,10 @@ def run_infer(
     def write(job: ImageJob, finish: Finish) -> None:
         """Post-process (on a CPU engine: upsampling, normalising) and write one image's files."""
         t0 = time.perf_counter()
-        prediction = finish()
-        if not prediction.is_finite():  # an engine that computes NaN/Inf: nothing written for this image
-            fail(job, f"{engine.name} returned NaN or Inf in its maps (nothing written)")
+        try:
+            prediction = finish()
+        except ImageError as exc:  # an engine that computes NaN/Inf: nothing written for this image
+            fail(job, str(exc))
             return
         write_prediction(job.paths, prediction, outputs)
         with lock:
@@ -250,7 +250,7 @@ def run_infer(
                 refill()
                 try:
                     batch.append((job, future.result()))
-                except ValueError as exc:
+                except ImageError as exc:  # a bug is not "this image failed": it propagates
                     fail(job, str(exc))
             if batch and (len(batch) == batch_size or not reads):
                 t0 = time.perf_counter()

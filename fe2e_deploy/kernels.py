@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .errors import InvalidInput
+
 HOPPER_ATTENTION_ORDER = (
     SDPBackend.CUDNN_ATTENTION,
     SDPBackend.FLASH_ATTENTION,
@@ -32,9 +34,9 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind = device.split(":")[0]
     if kind not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} not supported; use auto, cpu or cuda (cuda:N)")
+        raise InvalidInput(f"device {device!r} not supported; use auto, cpu or cuda (cuda:N)")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA GPU is visible to torch {torch.__version__} (use --device cpu)")
+        raise InvalidInput(f"device {device!r}: no CUDA GPU is visible to torch {torch.__version__} (use --device cpu)")
     return device
 
 

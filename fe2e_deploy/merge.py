@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import ModelConfig
+from .errors import InvalidInput
 from .files.atomic import install_file, refuse_existing, remove_stale_temps, temp_sibling, write_json
 from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors
 from .loading.dit_layout import dit_layout
@@ -186,7 +187,7 @@ def parse_size(text: str) -> int:
     """``"5GB"``, ``"500MB"``, ``"2GiB"`` or bytes -> bytes."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", text, re.IGNORECASE)
     if not match:
-        raise ValueError(f"size {text!r} is not like 5GB, 500MB or 2GiB")
+        raise InvalidInput(f"size {text!r} is not like 5GB, 500MB or 2GiB")
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
     units |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
     return int(float(match.group(1)) * units[(match.group(2) or "").upper()])

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import ModelConfig, load_model_config
+from .errors import InvalidInput, MissingInput
 from .tiny import FILES
 
 #: The embedded demo model: a small FE2E trained on the project's ray-cast scenes (package data; see its MODEL_CARD.md).
@@ -28,11 +29,11 @@ class ModelFiles:
         """A folder laid out as ``init-tiny`` writes it (model_config.json, dit/vae.safetensors, ...)."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: model folder not found")
+            raise MissingInput(f"{folder}: model folder not found")
         paths = {role: folder / name for role, name in FILES.items()}
         missing = [str(p) for role, p in paths.items() if role != "lora" and not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{folder}: not a model folder, missing {', '.join(missing)}")
+            raise MissingInput(f"{folder}: not a model folder, missing {', '.join(missing)}")
         lora_path = paths["lora"] if lora and paths["lora"].is_file() else None
         return cls(load_model_config(paths["config"]), paths["dit"], paths["vae"], paths["prompt"], lora_path)
 
@@ -51,7 +52,7 @@ class ModelFiles:
             return demo_model_files()
         missing = [flag for flag, value in given.items() if not value]
         if missing:
-            raise ValueError(
+            raise InvalidInput(
                 f"model files incomplete: also pass {', '.join(missing)} (or none of them for the embedded demo model)"
             )
         return cls(load_model_config(model_config), Path(dit), Path(vae), Path(prompt), Path(lora) if lora else None)

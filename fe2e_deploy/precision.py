@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .errors import InvalidInput
+
 if TYPE_CHECKING:
     import torch
 
@@ -21,7 +23,7 @@ def parse_precision(name: str, allowed: tuple[str, ...] = PRECISIONS) -> str:
     """A precision name (any spelling) -> its canonical form, checked against ``allowed``."""
     canonical = ALIASES.get(str(name).lower().removeprefix("torch."))
     if canonical is None or canonical not in allowed:
-        raise ValueError(f"precision {name!r} not supported; choose one of {', '.join(allowed)}")
+        raise InvalidInput(f"precision {name!r} not supported; choose one of {', '.join(allowed)}")
     return canonical
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from .artifacts.export import MANIFEST, load_manifest
-from .artifacts.stripped import META_FILE
+from .artifacts.export import ExportManifest, load_manifest
+from .artifacts.stripped import StrippedMeta
 from .compile.onnx_check import CHECK_FILE, check_export, check_passed, write_check_report
 from .compile.onnx_export import export_onnx
 from .config import load_model_config
-from .engines import Engine, load_engine
+from .engines import Engine, EngineOptions, load_engine
+from .errors import MissingInput, OutputExists
 from .files.images import find_images, read_image
 from .infer import InferReport, run_infer
 from .merge import merge_lora
@@ -52,14 +53,14 @@ def processing_sizes(images_dir: Path) -> tuple[tuple[int, int], ...]:
         except (OSError, ValueError):
             continue  # infer reports unreadable and too large images
     if not sizes:
-        raise FileNotFoundError(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
+        raise MissingInput(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
     return tuple(sorted(sizes))
 
 
 def best_engine(export_dir: Path, device: str, processing_res=None) -> tuple[Engine, str]:
     """ONNX Runtime on this machine (CPU or CUDA provider); TensorRT/AOTInductor engines need a build step
     that ``quickstart`` leaves to ``build-trt``/``build`` on a GPU."""
-    return load_engine(export_dir, device=device, processing_res=processing_res), str(export_dir)
+    return load_engine(export_dir, EngineOptions(device=device, processing_res=processing_res)), str(export_dir)
 
 
 def run_quickstart(
@@ -82,7 +83,7 @@ def run_quickstart(
     if seed is None and processing_res is None:
         processing_res = DEMO_RESOLUTION
     if processing_res and not find_images(images_dir):  # fail before any stage runs
-        raise FileNotFoundError(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
+        raise MissingInput(f"{images_dir}: no readable .jpg/.jpeg/.png images found")
     sizes = (processing_res,) if processing_res else processing_sizes(images_dir)
     # one sub-folder per model: stages reused from an earlier run are always of this model
     work_dir = work_dir / ("demo" if seed is None else f"tiny-seed{seed}")
@@ -122,7 +123,7 @@ def run_quickstart(
         lambda: strip_model(
             merged, files["prompt"], files["vae"], stripped, config, dtype=dtype, overwrite=overwrite, progress=progress
         ),
-        stripped / META_FILE,
+        stripped / StrippedMeta.FILE,
     )
     res_args = " ".join(f"--resolution {resolution_name(s)}" for s in sizes)
     stage(
@@ -132,20 +133,22 @@ def run_quickstart(
     )
     engine, engine_path = best_engine(export_dir, "cpu", processing_res)
     report.engine = engine.name
-    report.infer = stage(
-        f"fe2e-deploy infer {images_dir} -o {output_dir} --engine {engine_path}"
-        + (f" --processing-res {resolution_name(processing_res)}" if processing_res else ""),
-        lambda: run_infer(engine, images_dir, output_dir, overwrite=overwrite, progress=progress),
-    )
+    with engine:
+        report.infer = stage(
+            f"fe2e-deploy infer {images_dir} -o {output_dir} --engine {engine_path}"
+            + (f" --processing-res {resolution_name(processing_res)}" if processing_res else ""),
+            lambda: run_infer(engine, images_dir, output_dir, overwrite=overwrite, progress=progress),
+        )
     return report
 
 
 def _has_resolutions(export_dir: Path, sizes) -> bool:
-    if not (export_dir / MANIFEST).is_file():
+    if not (export_dir / ExportManifest.FILE).is_file():
         return False
-    have = set(load_manifest(export_dir)["resolutions"])
-    if not {resolution_name(s) for s in sizes} <= have:
-        raise FileExistsError(f"{export_dir}: exported for {sorted(have)}, these images need more; pass --overwrite")
+    have = set(load_manifest(export_dir).resolutions)
+    if not set(sizes) <= have:
+        exported = ", ".join(resolution_name(s) for s in sorted(have))
+        raise OutputExists(f"{export_dir}: exported for {exported}, these images need more; pass --overwrite")
     return True
 
 

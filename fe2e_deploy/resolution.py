@@ -6,6 +6,7 @@ Pure Python (no torch), so the command line can parse options before any heavy i
 from __future__ import annotations
 
 from .config import RESOLUTION_MULTIPLE
+from .errors import InvalidInput
 
 #: The largest processing size (width x height, in pixels) an engine runs unless the user raises it
 #: (``--max-processing-pixels``): 2048x2048 = 4.2 MP, 5.3x FE2E's largest size (1024x768). The cost grows
@@ -30,16 +31,18 @@ def fe2e_processing_size(width: int, height: int) -> tuple[int, int]:
     )
 
 
-def check_processing_pixels(size: tuple[int, int] | None, max_pixels: int, source: str) -> None:
+def check_processing_pixels(
+    size: tuple[int, int] | None, max_pixels: int, source: str, error: type[InvalidInput] = InvalidInput
+) -> None:
     """Refuse a processing ``size`` over ``max_pixels`` with one line saying how to get past it.
 
     ``source`` says where the size comes from (``"--processing-res"``, ``"image 8000x6000 (FE2E's resize
     rule ...)"``). ``size=None`` (FE2E's rule, decided per image later) only checks ``max_pixels``.
     """
     if max_pixels < 1:
-        raise ValueError(f"--max-processing-pixels must be >= 1, got {max_pixels}")
+        raise InvalidInput(f"--max-processing-pixels must be >= 1, got {max_pixels}")
     if size is not None and size[0] * size[1] > max_pixels:
-        raise ValueError(
+        raise error(
             f"{source}: processing at {resolution_name(size)} is {size[0] * size[1] / 1e6:.1f} MP, over the limit "
             f"of {max_pixels / 1e6:.1f} MP (--max-processing-pixels {max_pixels}); pass a smaller --processing-res "
             "(e.g. 1024x768), or raise --max-processing-pixels if the machine has the memory"
@@ -56,7 +59,7 @@ def parse_resolution(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"resolution {text!r} is not WIDTHxHEIGHT (e.g. 1024x768)") from None
+        raise InvalidInput(f"resolution {text!r} is not WIDTHxHEIGHT (e.g. 1024x768)") from None
     if w <= 0 or h <= 0 or w % RESOLUTION_MULTIPLE or h % RESOLUTION_MULTIPLE:
-        raise ValueError(f"resolution {text!r}: width and height must be positive multiples of {RESOLUTION_MULTIPLE}")
+        raise InvalidInput(f"resolution {text!r}: width and height must be positive multiples of {RESOLUTION_MULTIPLE}")
     return w, h

@@ -28,15 +28,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .artifacts.stripped import FORMAT, FORMAT_VERSION, META_FILE, VAE_FILE, WEIGHTS_FILE, StrippedModel
+from .artifacts.stripped import ParameterCounts, SourceRecord, StrippedMeta, StrippedSources
 from .config import ModelConfig
-from .files.atomic import atomic_write, check_folder_target, staged_folder, write_json
+from .files.atomic import atomic_write, check_folder_target, staged_folder
 from .files.hashing import sha256_file
 from .loading import load_vae
 from .loading.checkpoint import check_names_and_shapes, open_safetensors, set_tensor
 from .loading.dit_layout import dit_layout
 from .loading.layout import parameter_shapes
 from .loading.prompt import PromptEmbedding, load_prompt_embedding
+from .loading.stripped import StrippedModel
 from .loading.vae_layout import vae_layout
 from .loading.writer import SafetensorsWriter
 from .lora import read_kohya_lora
@@ -80,12 +81,12 @@ def parameter_counts(config: ModelConfig, txt_len: int) -> tuple[int, int]:
     return before, after
 
 
-def describe_source(source) -> dict:
+def describe_source(source) -> SourceRecord:
     """How ``stripped.json`` records a source: a file's path and SHA-256, or an in-memory source's own record."""
     if isinstance(source, PromptEmbedding):
         return describe_prompt(source)
     if isinstance(source, str | Path):
-        return {"path": str(source), "sha256": sha256_file(source)}
+        return SourceRecord(path=str(source), sha256=sha256_file(source))
     return source.describe()
 
 
@@ -143,7 +144,7 @@ def strip_model(
     ``prompt_path``: the ``.npz`` file or an in-memory :class:`PromptEmbedding`.
     """
     out_dir = Path(out_dir)
-    folder = {"overwrite": overwrite, "marker": META_FILE, "what": "a stripped model"}
+    folder = {"overwrite": overwrite, "marker": StrippedMeta.FILE, "what": "a stripped model"}
     check_folder_target(out_dir, **folder)  # before the long part; checked again when the folder is swapped in
     prompt = _prompt(prompt_path, config)
     deltas = read_kohya_lora(lora, config) if lora else {}
@@ -156,16 +157,16 @@ def strip_model(
     with staged_folder(out_dir, **folder) as staging, open_safetensors(dit_path) as handle:
         check_names_and_shapes(dit_path, handle, official, "DiT checkpoint")
         specs = stripped_specs(config, prompt.length, dtype)
-        metadata = {"format": "pt", "fe2e_deploy_format": FORMAT}
+        metadata = {"format": "pt", "fe2e_deploy_format": StrippedMeta.FORMAT}
         values = stripped_values(handle, config, prompt, deltas, dtype)
-        with SafetensorsWriter(staging / WEIGHTS_FILE, specs, metadata) as writer:
+        with SafetensorsWriter(staging / StrippedMeta.WEIGHTS, specs, metadata) as writer:
             for name, value in tqdm(values, total=len(specs), desc="strip", disable=not progress, leave=False):
                 writer.write(name, value.cpu())
-        _write_vae(vae_path, vae_shapes, staging / VAE_FILE)
+        _write_vae(vae_path, vae_shapes, staging / StrippedMeta.VAE)
         meta = stripped_meta(config, prompt.length, dtype, _sources(dit_path, prompt_path, vae_path, lora))
-        write_json(staging / META_FILE, meta)
-    counts = meta["parameters"]
-    return StripReport(out_dir, counts["official_dit"], counts["stripped_dit"], counts["folded"])
+        meta.write(staging / StrippedMeta.FILE)
+    counts = meta.parameters
+    return StripReport(out_dir, counts.official_dit, counts.stripped_dit, counts.folded)
 
 
 def _write_vae(vae_path, vae_shapes: dict[str, tuple[int, ...]], path: Path) -> None:
@@ -208,20 +209,18 @@ def strip_in_memory(
     return StrippedModel(dit.eval(), vae, meta, config, None)
 
 
-def stripped_meta(config: ModelConfig, txt_len: int, dtype: torch.dtype, sources: dict) -> dict:
-    """The contents of ``stripped.json`` (also the ``meta`` of a model stripped in memory)."""
+def stripped_meta(config: ModelConfig, txt_len: int, dtype: torch.dtype, sources: StrippedSources) -> StrippedMeta:
+    """``stripped.json`` (also the ``meta`` of a model stripped in memory)."""
     before, after = parameter_counts(config, txt_len)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fe2e_deploy": __version__,
-        "model_config": config.to_dict(),
-        "txt_len": txt_len,
-        "dtype": str(dtype).removeprefix("torch."),
-        "t": T,
-        "sources": sources,
-        "parameters": {"official_dit": before, "stripped_dit": after, "folded": before - after},
-    }
+    return StrippedMeta(
+        fe2e_deploy=__version__,
+        model_config=config.to_dict(),
+        txt_len=txt_len,
+        dtype=str(dtype).removeprefix("torch."),
+        t=T,
+        sources=sources,
+        parameters=ParameterCounts(official_dit=before, stripped_dit=after, folded=before - after),
+    )
 
 
 def _prompt(source: str | Path | PromptEmbedding, config: ModelConfig) -> PromptEmbedding:
@@ -230,13 +229,13 @@ def _prompt(source: str | Path | PromptEmbedding, config: ModelConfig) -> Prompt
     return load_prompt_embedding(source, config.connector.in_channels)
 
 
-def _sources(dit, prompt, vae, lora) -> dict:
-    return {
-        "dit": describe_source(dit),
-        "prompt_embedding": describe_source(prompt),
-        "vae": describe_source(vae),
-        "lora": describe_source(lora) if lora else None,
-    }
+def _sources(dit, prompt, vae, lora) -> StrippedSources:
+    return StrippedSources(
+        dit=describe_source(dit),
+        prompt_embedding=describe_source(prompt),
+        vae=describe_source(vae),
+        lora=describe_source(lora) if lora else None,
+    )
 
 
 @torch.no_grad()

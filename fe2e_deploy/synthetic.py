@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .artifacts.stripped import SourceRecord
 from .config import ModelConfig, load_model_config
 from .loading.dit_layout import dit_layout
 from .loading.prompt import PromptEmbedding
@@ -69,10 +70,10 @@ class SyntheticCheckpoint:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return random_official_tensor(name, self.shapes[name], generator)
 
-    def describe(self) -> dict:
+    def describe(self) -> SourceRecord:
         """What a stripped folder or report records as this source (the digest stands for its contents)."""
         digest = hashlib.sha256(json.dumps([self.label, self.seed, sorted(self.shapes.items())]).encode())
-        return {"path": str(self), "synthetic": self.label, "seed": self.seed, "sha256": digest.hexdigest()}
+        return SourceRecord(path=str(self), synthetic=self.label, seed=self.seed, sha256=digest.hexdigest())
 
     def parameter_count(self) -> int:
         return sum(torch.Size(s).numel() for s in self.shapes.values())
@@ -111,8 +112,8 @@ class SyntheticModel:
         return PromptEmbedding(embeds, mask)
 
 
-def describe_prompt(prompt: PromptEmbedding) -> dict:
+def describe_prompt(prompt: PromptEmbedding) -> SourceRecord:
     """A record of an in-memory prompt embedding (its shape and a hash of its values)."""
     digest = hashlib.sha256(prompt.embeds.detach().float().cpu().numpy().tobytes())
     digest.update(prompt.mask.detach().cpu().numpy().tobytes())
-    return {"path": "in-memory prompt embedding", "shape": list(prompt.embeds.shape), "sha256": digest.hexdigest()}
+    return SourceRecord(path="in-memory prompt embedding", shape=list(prompt.embeds.shape), sha256=digest.hexdigest())

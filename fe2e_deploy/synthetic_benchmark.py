@@ -37,8 +37,10 @@ from . import __version__
 from .artifacts.scales import DEFAULT_EXCLUDE
 from .benchmark import PAPER_SECONDS, map_errors, stage_bar_chart, time_engine
 from .config import finite_number
+from .engines import EngineOptions
 from .engines.eager import EagerEngine
 from .engines.stripped import StrippedEngine
+from .errors import InvalidInput
 from .flops import bf16_peak_tflops, dit_flops
 from .kernels import attention_order
 from .loading import load_dit, load_vae
@@ -51,6 +53,7 @@ from .resolution import resolution_name
 from .scenes import synthetic_scene
 from .strip import strip_in_memory
 from .synthetic import SyntheticModel
+from .timing import NO_TIMER, StageTimer
 
 ENGINES = ("stripped-bf16", "reference", "compiled-bf16", "fp8-tensor", "fp8-row", "fp8-row-fastacc", "attention")
 BASELINE = "stripped-bf16"
@@ -73,13 +76,13 @@ class SyntheticSettings:
     def validate(self) -> None:
         unknown = [e for e in self.engines if e not in ENGINES]
         if unknown:
-            raise ValueError(f"unknown engine(s) {unknown}; choose from {', '.join(ENGINES)}")
+            raise InvalidInput(f"unknown engine(s) {unknown}; choose from {', '.join(ENGINES)}")
         if self.runs < 1 or self.warmup < 0:
-            raise ValueError(f"runs must be >= 1 and warmup >= 0 (got {self.runs}, {self.warmup})")
+            raise InvalidInput(f"runs must be >= 1 and warmup >= 0 (got {self.runs}, {self.warmup})")
         if any(e in COMPILED for e in self.engines) and self.warmup < 1:
-            raise ValueError("compiled engines need --warmup >= 1 (the first run compiles)")
+            raise InvalidInput("compiled engines need --warmup >= 1 (the first run compiles)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r}: no CUDA GPU is visible here")
+            raise InvalidInput(f"device {self.device!r}: no CUDA GPU is visible here")
         if self.time_budget is not None:
             finite_number(self.time_budget, "--time-budget", positive=True)
 
@@ -199,23 +202,26 @@ class _Estimates:
         return build + (settings.warmup + settings.runs + 2) * per_run
 
 
-def build_engine(engine: str, synth: SyntheticModel, image: Image.Image, res: tuple[int, int], device, settings):
-    """One engine, built on ``device`` from the synthetic weights."""
+def build_engine(
+    engine: str, synth: SyntheticModel, image: Image.Image, res: tuple[int, int], device, settings, timer=NO_TIMER
+):
+    """One engine, built on ``device`` from the synthetic weights, marking its stages on ``timer``."""
     if engine == "reference":
         dit = load_dit(synth.config, synth.dit, torch.bfloat16, device, progress=False)
         vae = load_vae(synth.config, synth.vae, torch.float32, device, progress=False)
         pipe = FE2EPipeline(dit, vae, synth.prompt(), device, cfg_batch=True)
-        return EagerEngine(pipe, res, name="reference")
+        return EagerEngine(pipe, EngineOptions(device=str(device), processing_res=res), timer=timer, name="reference")
     model = strip_in_memory(synth.dit, synth.prompt(), synth.vae, synth.config, dtype=torch.bfloat16, device=device)
     if engine == "fp8-tensor":
         linears = quantizable_linears(model.dit, DEFAULT_EXCLUDE)
         layers, _ = measure_scales(model, linears, [image], res)  # max calibration on the benchmark scene
-        quantize_dit(model.dit, {"layers": layers})
+        quantize_dit(model.dit, layers)
     elif engine.startswith("fp8-row"):
         names = list(quantizable_linears(model.dit, DEFAULT_EXCLUDE))
         quantize_dit_rowwise(model.dit, names, fast_accum=engine.endswith("fastacc"))
     compile_mode = (settings.compile_mode or "default") if engine in COMPILED else None
-    return StrippedEngine(model, str(device), res, compile_mode=compile_mode, name=engine)
+    options = EngineOptions(device=str(device), processing_res=res)
+    return StrippedEngine(model, options, timer=timer, compile_mode=compile_mode, name=engine)
 
 
 def measure_engine(engine_name, synth, image, res, device, settings) -> tuple[dict, Prediction]:
@@ -224,16 +230,17 @@ def measure_engine(engine_name, synth, image, res, device, settings) -> tuple[di
     _free(cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    timer = StageTimer(cuda=cuda)
     with PeakMemory(device) as memory:
         started = time.perf_counter()
-        engine = build_engine(engine_name, synth, image, res, device, settings)
+        engine = build_engine(engine_name, synth, image, res, device, settings, timer)
         _sync(cuda)
         build_s = time.perf_counter() - started
         started = time.perf_counter()
         engine.predict(image)  # compiles compiled engines
         _sync(cuda)
         first_run_s = time.perf_counter() - started
-    stages, total, prediction = time_engine(engine, image, settings.runs, max(settings.warmup - 1, 0), cuda)
+    stages, total, prediction = time_engine(engine, timer, image, settings.runs, max(settings.warmup - 1, 0), cuda)
     with memory:  # one more run, sampled (the timed runs are not)
         engine.predict(image)
     record = {
@@ -255,6 +262,7 @@ def measure_engine(engine_name, synth, image, res, device, settings) -> tuple[di
     }
     if settings.profile:
         record["top_kernels"] = top_kernels(engine, image, cuda)
+    engine.close()
     del engine
     _free(cuda)
     return record, prediction
@@ -334,7 +342,7 @@ def write_records_plot(records: list[dict], path: str | Path) -> None:
     """Stacked horizontal bars of the median stage times per engine and resolution (PNG)."""
     rows = [r for r in records if "e2e_median_s" in r]
     if not rows:
-        raise ValueError("no engine was measured: nothing to plot")
+        raise InvalidInput("no engine was measured: nothing to plot")
     labels = [f"{r['engine']} {r['resolution']}" for r in rows]
     title = f"FE2E ({rows[0]['preset']}, synthetic weights) on {rows[0]['device']}"
     stage_bar_chart(labels, [r["stages"] for r in rows], title, path, paper=True)

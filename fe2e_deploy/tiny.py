@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import PRESETS, ModelConfig
+from .errors import InvalidInput, OutputExists
 from .files.atomic import atomic_write, write_json
 from .loading.dit_layout import dit_layout, lora_target_modules
 from .loading.vae_layout import vae_layout
@@ -31,7 +32,7 @@ MAX_SEED = 2**63 - 1
 def check_seed(seed: int, name: str = "--seed") -> int:
     """``seed`` if it is an integer from 0 to :data:`MAX_SEED`, else a one-line ``ValueError`` naming ``name``."""
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"{name} must be an integer from 0 to 2**63-1 ({MAX_SEED}), got {seed}")
+        raise InvalidInput(f"{name} must be an integer from 0 to 2**63-1 ({MAX_SEED}), got {seed}")
     return int(seed)
 
 
@@ -77,7 +78,7 @@ def write_tiny_model(
     paths = {role: out_dir / name for role, name in FILES.items()}
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (pass --overwrite)")
+        raise OutputExists(f"refusing to overwrite {', '.join(existing)} (pass --overwrite)")
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     meta = {"format": "pt", "fe2e_deploy": "init-tiny", "seed": str(seed)}

@@ -22,12 +22,13 @@ import fe2e_deploy.engines.base as base_module
 from fe2e_deploy.artifacts.aoti import ENGINE_FILE
 from fe2e_deploy.artifacts.scales import write_scales
 from fe2e_deploy.artifacts.sidecar import sidecar_path
-from fe2e_deploy.artifacts.stripped import META_FILE, load_stripped
+from fe2e_deploy.artifacts.stripped import META_FILE
 from fe2e_deploy.cli import app
 from fe2e_deploy.compile.aoti_build import build_aoti
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.aoti import AOTIEngine
 from fe2e_deploy.engines.stripped import StrippedEngine
+from fe2e_deploy.loading.stripped import load_stripped
 from fe2e_deploy.quantize.calibrate import calibrate_fp8
 
 runner = CliRunner()

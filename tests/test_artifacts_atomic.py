@@ -29,12 +29,13 @@ import fe2e_deploy.compile.onnx_export as export_module
 import fe2e_deploy.files.atomic as atomic_module
 import fe2e_deploy.merge as merge_module
 import fe2e_deploy.strip as strip_module
-from fe2e_deploy.artifacts.stripped import META_FILE, VAE_FILE, WEIGHTS_FILE, load_stripped
+from fe2e_deploy.artifacts.stripped import META_FILE, VAE_FILE, WEIGHTS_FILE
 from fe2e_deploy.cli import app
 from fe2e_deploy.compile.onnx_export import export_module as export_one_module
 from fe2e_deploy.compile.onnx_export import export_onnx
 from fe2e_deploy.files.atomic import atomic_write
 from fe2e_deploy.loading import load_dit
+from fe2e_deploy.loading.stripped import load_stripped
 from fe2e_deploy.merge import merge_lora
 from fe2e_deploy.tiny import write_tiny_model
 

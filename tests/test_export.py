@@ -11,13 +11,13 @@ import torch
 from conftest import scene_image, strip_tiny
 from typer.testing import CliRunner
 
-from fe2e_deploy.artifacts.stripped import load_stripped
 from fe2e_deploy.cli import app
 from fe2e_deploy.compile.onnx_check import check_export
 from fe2e_deploy.compile.onnx_export import GRAPHS, export_onnx
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.onnx import OnnxEngine
 from fe2e_deploy.engines.ort_session import has_bf16, make_session
+from fe2e_deploy.loading.stripped import load_stripped
 
 runner = CliRunner()
 

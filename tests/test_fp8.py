@@ -17,13 +17,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fe2e_deploy.artifacts.scales import load_scales
-from fe2e_deploy.artifacts.stripped import load_stripped
 from fe2e_deploy.cli import app
 from fe2e_deploy.compile.onnx_check import check_export, compare, compare_aligned, quantizer_taps
 from fe2e_deploy.compile.onnx_export import export_onnx
 from fe2e_deploy.compile.tensorrt_build import check_precision, inspect_graph
 from fe2e_deploy.engines.ort_session import make_session
 from fe2e_deploy.files.hashing import sha256_file
+from fe2e_deploy.loading.stripped import load_stripped
 from fe2e_deploy.models.fp8 import FP8Linear, quantize_dit, quantize_fp8
 from fe2e_deploy.models.fused import DiTStep, FE2EGraph
 from fe2e_deploy.processing import preprocess

@@ -11,12 +11,12 @@ from conftest import scene_image, strip_tiny
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from fe2e_deploy.artifacts.stripped import load_stripped
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import PRESETS
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.stripped import StrippedEngine
 from fe2e_deploy.loading import CheckpointError
+from fe2e_deploy.loading.stripped import load_stripped
 from fe2e_deploy.models.fused import DiTStep
 from fe2e_deploy.strip import is_folded, parameter_counts
 

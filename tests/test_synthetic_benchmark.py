@@ -12,7 +12,6 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from fe2e_deploy.artifacts.stripped import load_stripped
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import PRESETS
 from fe2e_deploy.engines.eager import EagerEngine
@@ -20,6 +19,7 @@ from fe2e_deploy.engines.stripped import StrippedEngine
 from fe2e_deploy.flops import bf16_peak_tflops, dit_flops
 from fe2e_deploy.loading import load_dit, load_vae
 from fe2e_deploy.loading.dit_layout import dit_layout
+from fe2e_deploy.loading.stripped import load_stripped
 from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import synthetic_scene
 from fe2e_deploy.strip import strip_in_memory, strip_model

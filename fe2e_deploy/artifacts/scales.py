@@ -1,45 +1,94 @@
-"""FP8 scales files (``calibrate`` writes them): per-layer input/weight scales, checked when read."""
+"""FP8 scales files (``calibrate`` writes them): the contract :class:`Fp8Scales`.
+
+Per quantised Linear of the stripped DiT: the input and weight scales (amax / 448, max calibration)
+and the amaxes; the stripped model they were measured on; which images and layers were used.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from ..files.atomic import write_json
-from .sidecar import check_fields, read_json
+from ..errors import InvalidInput, MissingInput
+from .contract import Contract
+from .stripped import StrippedMeta, StrippedSources
 
-FORMAT, FORMAT_VERSION = "fe2e-fp8-scales", 1
-RECALIBRATE = "calibrate again with `fe2e-deploy calibrate`"
-#: The fields readers use: the layers' scales and the stripped model they were measured on.
-FIELDS = {"layers": dict, "stripped": {"sources": dict}}
-
-
-def write_scales(document: dict, path: str | Path, overwrite: bool = False) -> Path:
-    """Write a scales document as JSON, atomically; an existing file needs ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
-    return write_json(path, document)
+#: Linears kept out of FP8 unless ``--exclude`` says otherwise: the x_embedder and the final projection.
+DEFAULT_EXCLUDE = ("img_in", "final_layer.linear")
 
 
-def load_scales(path: str | Path) -> dict:
-    """A scales document (format checked; every layer's scales positive and finite)."""
+@dataclass(frozen=True)
+class LayerScales:
+    """One Linear's per-tensor FP8 scales (amax / 448) and the amaxes they came from."""
+
+    input_scale: float
+    weight_scale: float
+    input_amax: float
+    weight_amax: float
+
+    def __post_init__(self) -> None:
+        for value in (self.input_scale, self.weight_scale):
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidInput(f"scales ({self.input_scale}, {self.weight_scale}) must be positive and finite")
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    image: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CalibratedOn:
+    """The stripped model the scales were measured on."""
+
+    path: str
+    weights_sha256: str
+    sources: StrippedSources
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Fp8Scales(Contract):
+    """An FP8 scales file."""
+
+    FORMAT: ClassVar[str] = "fe2e-fp8-scales"
+    VERSION: ClassVar[int] = 1
+    REBUILD: ClassVar[str] = "`fe2e-deploy calibrate`"
+    WHAT: ClassVar[str] = "FP8 scales file"
+
+    fe2e_deploy: str
+    fp8: str  # what the scales mean, in words
+    stripped: CalibratedOn
+    resolutions: list[str]
+    num_images: int
+    images: list[str]
+    unreadable_images: list[SkippedImage]
+    skipped_images: list[SkippedImage]
+    exclude_patterns: list[str]
+    excluded: list[str]
+    not_quantised: str
+    layers: dict[str, LayerScales]
+
+    def check_model(self, meta: StrippedMeta, source: str | Path) -> None:
+        """Refuse scales measured on another stripped model than ``meta``'s (by source contents)."""
+        if not self.stripped.sources.same_model(meta.sources):
+            raise InvalidInput(
+                f"{source}: FP8 scales calibrated on another stripped model ({self.stripped.path}); "
+                "calibrate this one with `fe2e-deploy calibrate`"
+            )
+
+
+def write_scales(scales: Fp8Scales, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a scales file atomically; an existing file needs ``overwrite``."""
+    return scales.write(path, overwrite=overwrite)
+
+
+def load_scales(path: str | Path) -> Fp8Scales:
+    """A scales file, checked (format, every field, every layer's scales positive and finite)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: FP8 scales not found (run `fe2e-deploy calibrate`)")
-    document = read_json(path)
-    if (
-        not isinstance(document, dict)
-        or document.get("format") != FORMAT
-        or document.get("format_version") != FORMAT_VERSION
-    ):
-        raise ValueError(f"{path}: not an FP8 scales file ({FORMAT} v{FORMAT_VERSION}; {RECALIBRATE})")
-    check_fields(document, path, FIELDS, RECALIBRATE)
-    for name, entry in document["layers"].items():
-        scales = (entry.get("input_scale"), entry.get("weight_scale")) if isinstance(entry, dict) else (entry,)
-        if not all(isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in scales):
-            raise ValueError(f"{path}: layer {name} has invalid scales {scales} ({RECALIBRATE})")
-    return document
-
-
-DEFAULT_EXCLUDE = ("img_in", "final_layer.linear")
+        raise MissingInput(f"{path}: FP8 scales not found (run `fe2e-deploy calibrate`)")
+    return Fp8Scales.read(path)

@@ -1,88 +1,111 @@
-"""Reading a stripped model folder (``strip`` writes it): DiT weights, VAE and ``stripped.json``.
+"""The stripped model folder (``strip`` writes it): its contract :class:`StrippedMeta`.
 
-The folder's format (names, format version) is defined here, where it is read; ``strip.py``
-writes it. Loading is strict (names, shapes, format version) and builds the DiT on the meta device.
+``STRIPPED/stripped.json`` (:class:`StrippedMeta`), ``STRIPPED/stripped_dit.safetensors`` (the kept
+official weights and the folded constants) and ``STRIPPED/vae.safetensors``. The weights are loaded by
+:func:`fe2e_deploy.loading.stripped.load_stripped`; this module stays light (no torch), so that telling
+what an engine path is costs nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-import torch
-from diffusers import AutoencoderKL
-
-from ..config import ModelConfig
-from ..loading import load_vae
-from ..loading.checkpoint import CheckpointError, load_into
-from ..loading.layout import CheckpointLayout, copy_rules, parameter_shapes
-from ..models.stripped import StrippedDiT
-from .sidecar import check_fields, read_json
-
-FORMAT = "fe2e-stripped"
+from ..errors import MissingInput, NotAFolder
+from ..precision import parse_precision
+from .contract import Contract
 
 
-FORMAT_VERSION = 1
+@dataclass(frozen=True)
+class SourceRecord:
+    """One source of a stripped model: a file (its path and SHA-256) or a generated source (its label and seed)."""
+
+    path: str
+    sha256: str | None = None
+    synthetic: str | None = None
+    seed: int | None = None
+    shape: list[int] | None = None
 
 
-WEIGHTS_FILE, VAE_FILE, META_FILE = "stripped_dit.safetensors", "vae.safetensors", "stripped.json"
+@dataclass(frozen=True)
+class StrippedSources:
+    """What a stripped model was made from. Paths may differ between machines; the SHA-256 digests may not."""
+
+    dit: SourceRecord
+    prompt_embedding: SourceRecord
+    vae: SourceRecord
+    lora: SourceRecord | None = None
+
+    def digests(self) -> dict[str, str | None]:
+        return {name: record and record.sha256 for name, record in vars(self).items()}
+
+    def same_model(self, other: StrippedSources) -> bool:
+        """Made from the same files (by content, wherever they were)."""
+        return self.digests() == other.digests()
 
 
-#: The fields of ``stripped.json`` that readers use.
-META_FIELDS = {"model_config": dict, "txt_len": int, "dtype": str, "sources": dict}
-RESTRIP = "strip the model again with `fe2e-deploy strip`"
+@dataclass(frozen=True)
+class ParameterCounts:
+    official_dit: int
+    stripped_dit: int
+    folded: int
 
 
-@dataclass
-class StrippedModel:
-    dit: StrippedDiT
-    vae: AutoencoderKL
-    meta: dict
-    config: ModelConfig
-    folder: Path | None  # None: built in memory (``strip_in_memory``)
+@dataclass(frozen=True)
+class StrippedMeta(Contract):
+    """``stripped.json``: the config, text length, dtype and sources of a stripped model."""
+
+    FORMAT: ClassVar[str] = "fe2e-stripped"
+    VERSION: ClassVar[int] = 1
+    REBUILD: ClassVar[str] = "`fe2e-deploy strip`"
+    WHAT: ClassVar[str] = "stripped model folder"
+    FILE: ClassVar[str] = "stripped.json"
+    WEIGHTS: ClassVar[str] = "stripped_dit.safetensors"
+    VAE: ClassVar[str] = "vae.safetensors"
+
+    fe2e_deploy: str
+    model_config: dict[str, Any]  # the official hyperparameters (``ModelConfig.to_dict``)
+    txt_len: int
+    dtype: str  # the kept DiT weights' dtype as torch spells it (float32, bfloat16)
+    t: float
+    sources: StrippedSources
+    parameters: ParameterCounts
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``."""
+        return parse_precision(self.dtype)
+
+    def reference(self, folder: str | Path) -> StrippedRef:
+        """How an artifact built from this model records it (the folder's absolute path)."""
+        return StrippedRef(str(Path(folder).resolve()), self.sources, self.dtype)
 
 
-def read_stripped_meta(folder: str | Path) -> dict:
-    """``stripped.json`` of a stripped folder, its format and fields checked (cheap: no weights read).
+@dataclass(frozen=True)
+class StrippedRef:
+    """How an artifact records the stripped model it was built from: where it was, its sources and dtype."""
+
+    path: str
+    sources: StrippedSources
+    dtype: str
+
+    def matches(self, meta: StrippedMeta) -> bool:
+        return self.sources.same_model(meta.sources) and self.dtype == meta.dtype
+
+
+def read_stripped_meta(folder: str | Path) -> StrippedMeta:
+    """``stripped.json`` of a stripped folder, checked (cheap: no weights read).
 
     Commands call it before any long work, so a missing or corrupt folder fails at once.
     """
     folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        what = (
-            "stripped model folder not found"
-            if not folder.exists()
-            else f"not a stripped model folder (no {META_FILE})"
+    if not folder.exists():
+        raise MissingInput(f"{folder}: stripped model folder not found; run `fe2e-deploy strip` to make one")
+    if not folder.is_dir():
+        raise NotAFolder(f"{folder}: is a file, not a stripped model folder (run `fe2e-deploy strip` to make one)")
+    if not (folder / StrippedMeta.FILE).is_file():
+        raise MissingInput(
+            f"{folder}: not a stripped model folder (no {StrippedMeta.FILE}); run `fe2e-deploy strip` to make one"
         )
-        raise CheckpointError(f"{folder}: {what}; run `fe2e-deploy strip` to make one")
-    try:
-        meta = read_json(meta_path)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{meta_path}: not a JSON object ({RESTRIP})")
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{meta_path}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
-            f"{FORMAT!r} v{FORMAT_VERSION} ({RESTRIP})"
-        )
-    try:
-        return check_fields(meta, meta_path, META_FIELDS, RESTRIP)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-
-
-def load_stripped(folder: str | Path, device: str | torch.device = "cpu", progress: bool = False) -> StrippedModel:
-    """Load a stripped folder (strictly: names, shapes, format version); the VAE in FP32."""
-    folder = Path(folder)
-    meta = read_stripped_meta(folder)
-    meta_path = folder / META_FILE
-    config = ModelConfig.from_dict(meta["model_config"], source=str(meta_path))
-    with torch.device("meta"):
-        dit = StrippedDiT(config, int(meta["txt_len"]))
-    names = list(parameter_shapes(dit))
-    layout = CheckpointLayout(copy_rules(names), parameter_shapes(dit))
-    load_into(dit, layout, folder / WEIGHTS_FILE, None, device, "stripped model", progress)
-    vae = load_vae(config, folder / VAE_FILE, torch.float32, device, progress)
-    return StrippedModel(dit, vae, meta, config, folder)
+    return StrippedMeta.read(folder / StrippedMeta.FILE)

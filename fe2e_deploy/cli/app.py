@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+
+from ..errors import describe, is_user_error
 
 app = typer.Typer(
     name="fe2e-deploy",
@@ -17,40 +18,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-#: Errors caused by the user's files, options or machine: reported in one line, exit code 2. The
-#: library's own (``ConfigError``, ``CheckpointError``) are ``ValueError``s.
-USER_ERRORS = (FileExistsError, FileNotFoundError, ValueError, OSError)
-
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
 
 
-def describe(exc: BaseException) -> str:
-    """One line for a user-facing error; OS errors name the file and say what the system said."""
-    if isinstance(exc, OSError) and exc.strerror:  # raised by the system (library errors carry a message only)
-        where = f"{exc.filename}: " if exc.filename else ""
-        hint = {
-            errno.EEXIST: " (something is in the way: choose another path)",
-            errno.ENOSPC: " (free some disk space, or write elsewhere)",
-            errno.EACCES: " (no permission: choose another location)",
-            errno.EPERM: " (no permission: choose another location)",
-            errno.EROFS: " (read-only file system: choose another location)",
-            errno.EISDIR: " (a folder is in the way: give a file path)",
-            errno.ENOTDIR: " (a file is in the way: give a folder path)",
-        }.get(exc.errno, "")
-        return f"{where}{exc.strerror}{hint}"
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(exc).__name__
-
-
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's user-facing errors into a one-line message and exit code 2 (no traceback)."""
+    """A user error (:func:`fe2e_deploy.errors.is_user_error`) becomes one line and exit code 2; a bug keeps its
+    traceback."""
     try:
         yield
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
         raise fail(describe(exc)) from None
 
 

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import typer
 
+from ..resolution import MAX_PROCESSING_PIXELS, parse_resolution
 from . import options
 from .app import app, report_images, user_errors
 from .options import (
     ENGINE_HELP,
+    BatchSize,
     Dtype,
+    MaxProcessingPixels,
     NpyDtype,
     OutputResOption,
     OutputsOption,
@@ -38,9 +41,10 @@ def batch(
     cpus_per_worker: float = typer.Option(
         None, help="CPUs per worker (default: 1 beside a GPU; else 3/4 of the cluster's CPUs shared by the workers)."
     ),
-    batch_size: int = typer.Option(1, help="Images per engine call."),
+    batch_size: BatchSize = 1,
     dtype: Dtype = None,
     processing_res: ProcessingRes = None,
+    max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,
     outputs: OutputsOption = "all",
     output_res: OutputResOption = "input",
     png_compression: PngCompression = 1,
@@ -57,7 +61,14 @@ def batch(
     """
     with user_errors():
         from ..cluster.batch import run_batch  # noqa: PLC0415
+        from ..engines.options import EngineOptions  # noqa: PLC0415
 
+        settings = EngineOptions(  # each worker opens the engine on its own device (cuda with GPUs, else cpu)
+            dtype=dtype,
+            processing_res=parse_resolution(processing_res) if processing_res else None,
+            max_processing_pixels=max_processing_pixels,
+            batch_size=batch_size,
+        )
         report = run_batch(
             engine,
             images,
@@ -66,11 +77,9 @@ def batch(
             workers=workers,
             gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker,
-            batch_size=batch_size,
+            options=settings,
             outputs=options.output_options(outputs, output_res, png_compression, npy_dtype),
             overwrite=overwrite,
-            dtype=dtype,
-            processing_res=options.processing_res(processing_res),
             progress=progress,
         )
     report_images(report)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
+from ..errors import InvalidInput, MissingInput, NotAFolder
 from ..resolution import parse_resolution
 from . import options
 from .app import app, user_errors, writing
-from .options import ENGINE_HELP, Dtype
+from .options import ENGINE_HELP, Dtype, WeightStreamingBudget
 
 
 @app.command("benchmark")
@@ -49,6 +50,7 @@ def benchmark(
     warmup: int = typer.Option(2, help="Untimed warm-up runs per engine (compilation, CUDA graph capture)."),
     device: str = typer.Option("auto", help="auto (cuda if a GPU is visible, else cpu), cpu or cuda."),
     dtype: Dtype = None,
+    weight_streaming_budget: WeightStreamingBudget = None,
     seed: int = typer.Option(0, help="With --synthetic-weights: seed of the random weights and the scene."),
     compile_mode: str = typer.Option(
         None, help="With --synthetic-weights: torch.compile mode of the compiled engines (default: its default)."
@@ -75,20 +77,19 @@ def benchmark(
     device memory and map error vs the stripped BF16 model.
     """
     with user_errors():  # options, outputs, engines and the image are checked before anything is loaded
-        device = options.device(device)
         for out in (json_out, plot):
             options.output_file(out, overwrite)
         resolutions = tuple(parse_resolution(r) for r in resolution)
         if synthetic_weights is not None:
             if engine or reference is not None or image is not None:
-                raise ValueError("--synthetic-weights builds its own engines: drop --engine/--reference/--image")
+                raise InvalidInput("--synthetic-weights builds its own engines: drop --engine/--reference/--image")
             _synthetic(
                 synthetic_weights,
                 engines,
                 resolutions,
                 runs,
                 warmup,
-                device,
+                options.device(device),
                 seed,
                 compile_mode,
                 time_budget,
@@ -98,15 +99,14 @@ def benchmark(
             )
             return
         if len(resolutions) != 1:
-            raise ValueError("several --resolution values need --synthetic-weights; engine files run at one")
+            raise InvalidInput("several --resolution values need --synthetic-weights; engine files run at one")
         if host_images is not None and not host_images.is_dir():
-            raise NotADirectoryError(f"{host_images}: --host-images must be a folder of images")
-        _files(
-            engine, reference, resolutions[0], image, runs, warmup, device, dtype, accuracy, json_out, plot, host_images
-        )
+            raise NotAFolder(f"{host_images}: --host-images must be a folder of images")
+        settings = options.engine_options(device, dtype, resolution[0], weight_streaming_budget=weight_streaming_budget)
+        _files(engine, reference, settings, image, runs, warmup, accuracy, json_out, plot, host_images)
 
 
-def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy, json_out, plot, host_images) -> None:
+def _files(engine, reference, settings, image, runs, warmup, accuracy, json_out, plot, host_images) -> None:
     from ..benchmark import format_table, run_benchmark, write_plot, write_report  # noqa: PLC0415
     from ..engines import engine_kind  # noqa: PLC0415
     from ..files.images import find_images, open_image  # noqa: PLC0415
@@ -114,28 +114,26 @@ def _files(engine, reference, res, image, runs, warmup, device, dtype, accuracy,
     from ..scenes import synthetic_scene  # noqa: PLC0415
 
     if not engine and reference is None:
-        raise ValueError("nothing to benchmark: pass --engine and/or --reference (or --synthetic-weights PRESET)")
+        raise InvalidInput("nothing to benchmark: pass --engine and/or --reference (or --synthetic-weights PRESET)")
     for path in engine or []:
         engine_kind(path)
     files = ModelFiles.from_dir(reference) if reference is not None else None
     if image is None:
-        picture = synthetic_scene(*res)
+        picture = synthetic_scene(*settings.processing_res)
     else:
         paths = find_images(image) if image.is_dir() else [image]
         if not paths:
-            raise FileNotFoundError(f"{image}: no .jpg/.jpeg/.png images found")
+            raise MissingInput(f"{image}: no .jpg/.jpeg/.png images found")
         if not paths[0].is_file():
-            raise FileNotFoundError(f"{paths[0]}: image not found")
+            raise MissingInput(f"{paths[0]}: image not found")
         picture = open_image(paths[0])
     report = run_benchmark(
         list(engine or []),
         picture,
         files,
-        res,
+        settings,
         runs,
         warmup,
-        device,
-        dtype,
         accuracy,
         typer.echo,
         host_images=host_images,

@@ -25,6 +25,9 @@ def build_trt(
         False, "--weight-streaming", help="Build a weight-streaming engine (weights may exceed GPU memory)."
     ),
     max_batch: int = typer.Option(4, help="Largest batch of the optimization profile (dynamic-batch exports only)."),
+    opt_batch: int = typer.Option(
+        None, help="Batch the dynamic profile is tuned for (default: --max-batch; dynamic-batch exports only)."
+    ),
     workspace_gib: float = typer.Option(None, help="Builder workspace limit in GiB (default: TensorRT's)."),
     overwrite: Overwrite = False,
 ) -> None:
@@ -34,17 +37,12 @@ def build_trt(
     TensorRT the command says so and exits 3. The plan is tied to this GPU and TensorRT version.
     """
     # The backslash keeps Typer's rich markup from eating "[tensorrt]" as a style tag.
-    with user_errors():  # outputs and the graph (structure, weights.bin size) are checked before the build
-        from ..artifacts.export import load_manifest, read_graph  # noqa: PLC0415
+    with user_errors():  # the library checks the graph (manifest, structure, weights.bin size) before TensorRT
         from ..artifacts.tensorrt import TensorRTUnavailable  # noqa: PLC0415
         from ..compile.tensorrt_build import build_trt_engine  # noqa: PLC0415
 
         options.output_file(out, overwrite)
         options.output_file(timing_cache)  # read if present, written after the build
-        if onnx_graph.is_file():
-            load_manifest(onnx_graph.parent)
-        read_graph(onnx_graph)
-
         try:
             sidecar = build_trt_engine(
                 onnx_graph,
@@ -54,12 +52,13 @@ def build_trt(
                 timing_cache=timing_cache,
                 weight_streaming=weight_streaming,
                 max_batch=max_batch,
+                opt_batch=opt_batch,
                 workspace_gib=workspace_gib,
                 overwrite=overwrite,
             )
         except TensorRTUnavailable as exc:
             raise fail(str(exc), code=3) from None
     typer.echo(
-        f"TensorRT {sidecar['tensorrt']} {precision} engine for {sidecar['resolution']} written to {out} "
-        f"in {sidecar['build_seconds']} s on {sidecar['gpu']['name']}"
+        f"TensorRT {sidecar.tensorrt} {precision} engine for {sidecar.resolution} ({sidecar.batch.describe()}) "
+        f"written to {out} in {sidecar.build_seconds} s on {sidecar.gpu.name}"
     )

@@ -62,15 +62,15 @@ def calibrate(
         with writing(out):
             write_scales(document, out, overwrite)
     typer.echo(
-        f"FP8 scales of {len(document['layers'])} linear layer(s) from {document['num_images']} image(s) "
-        f"({', '.join(document['resolutions'])}) written to {out}; kept out of FP8: "
-        f"{', '.join(document['excluded']) or 'none'}"
+        f"FP8 scales of {len(document.layers)} linear layer(s) from {document.num_images} image(s) "
+        f"({', '.join(document.resolutions)}) written to {out}; kept out of FP8: "
+        f"{', '.join(document.excluded) or 'none'}"
     )
-    unreadable = document["unreadable_images"]
+    unreadable = document.unreadable_images
     for item in unreadable:
-        typer.secho(f"skipped {item['reason']}", err=True, fg=typer.colors.RED)
+        typer.secho(f"skipped {item.reason}", err=True, fg=typer.colors.RED)
     if unreadable:
         raise fail(
-            f"{len(unreadable)} image(s) could not be read (see above); scales from the other {document['num_images']}",
+            f"{len(unreadable)} image(s) could not be read (see above); scales from the other {document.num_images}",
             1,
         )

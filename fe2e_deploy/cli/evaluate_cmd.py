@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..config import finite_number
+from ..errors import InvalidInput, MissingInput, NotAFolder
 from ..evaluation.kinds import DATASET_KINDS
 from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
@@ -68,8 +69,7 @@ def evaluate(
         from ..evaluation.protocols import check_protocol  # noqa: PLC0415
         from ..evaluation.run import evaluate_engine, metrics_table, write_report  # noqa: PLC0415
 
-        device = options.device(device)
-        res = options.processing_res(processing_res, max_processing_pixels)
+        settings = options.engine_options(device, dtype, processing_res, max_processing_pixels, progress=progress)
         if depth_scale is not None:
             finite_number(depth_scale, "--depth-scale", positive=True)
         if task == "depth":
@@ -77,13 +77,12 @@ def evaluate(
         if task in ("depth", "normals"):
             check_protocol(protocol, task)
         if gpus < 1:
-            raise ValueError(f"--gpus must be at least 1, got {gpus}")
+            raise InvalidInput(f"--gpus must be at least 1, got {gpus}")
         options.output_file(json_out, overwrite)
         data = open_dataset(dataset, task, dataset_kind, depth_scale, max_images, split_file)
         engine_kind(engine)
-        runner = load_engine(engine, device=device, dtype=dtype, processing_res=res, progress=progress)
-        runner.max_processing_pixels = max_processing_pixels
-        report = evaluate_engine(runner, data, task, alignment, progress=progress, protocol=protocol, gpus=gpus)
+        with load_engine(engine, settings) as runner:
+            report = evaluate_engine(runner, data, task, alignment, progress=progress, protocol=protocol, gpus=gpus)
         if json_out is not None:
             with writing(json_out):
                 write_report(json_out, report, overwrite)
@@ -130,27 +129,24 @@ def compare(
         from ..evaluation.run import COMPARE_METRICS, compare_engines, format_table, write_report  # noqa: PLC0415
         from ..files.images import find_images  # noqa: PLC0415
 
-        device = options.device(device)
         if len(engine) != 2:
-            raise ValueError(f"give --engine exactly twice (A then B), got {len(engine)}")
+            raise InvalidInput(f"give --engine exactly twice (A then B), got {len(engine)}")
         dtype = list(dtype or [None])
         if len(dtype) not in (1, 2):
-            raise ValueError(f"give --dtype once or twice, got {len(dtype)}")
-        res = options.processing_res(processing_res, max_processing_pixels)
+            raise InvalidInput(f"give --dtype once or twice, got {len(dtype)}")
+        settings = [
+            options.engine_options(device, d, processing_res, max_processing_pixels, progress=progress)
+            for d in (dtype * 2 if len(dtype) == 1 else dtype)
+        ]
         options.output_file(json_out, overwrite)
         if images_dir.is_file():
-            raise NotADirectoryError(f"{images_dir}: is a file; give the folder that holds the images")
+            raise NotAFolder(f"{images_dir}: is a file; give the folder that holds the images")
         if not find_images(images_dir):
-            raise FileNotFoundError(f"{images_dir}: no .jpg/.jpeg/.png images found")
+            raise MissingInput(f"{images_dir}: no .jpg/.jpeg/.png images found")
         for path in engine:
             engine_kind(path)
-        dtypes = dtype * 2 if len(dtype) == 1 else dtype
-        a, b = (
-            load_engine(e, device=device, dtype=d, processing_res=res, progress=progress)
-            for e, d in zip(engine, dtypes, strict=True)
-        )
-        a.max_processing_pixels = b.max_processing_pixels = max_processing_pixels
-        report = compare_engines(a, b, images_dir, progress=progress)
+        with load_engine(engine[0], settings[0]) as a, load_engine(engine[1], settings[1]) as b:
+            report = compare_engines(a, b, images_dir, progress=progress)
         if json_out is not None:
             with writing(json_out):
                 write_report(json_out, report, overwrite)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..artifacts.export import GRAPH_NAMES
 from ..config import FE2E_RESOLUTIONS, finite_number
-from ..precision import DTYPE_PRECISIONS
+from ..graph_io import GRAPHS
 from ..resolution import parse_resolution, resolution_name
 from . import options
 from .app import app, fail, user_errors
@@ -24,9 +23,7 @@ def export(
     resolution: list[str] = typer.Option(
         None, help=f"WIDTHxHEIGHT to export at, repeatable (default: FE2E's {DEFAULT_RESOLUTIONS})."
     ),
-    graph: list[str] = typer.Option(
-        None, help=f"Graphs to export, repeatable (default: all of {', '.join(GRAPH_NAMES)})."
-    ),
+    graph: list[str] = typer.Option(None, help=f"Graphs to export, repeatable (default: all of {', '.join(GRAPHS)})."),
     dtype: str = typer.Option(None, help="DiT weight dtype: bf16 or fp32 (default: as stripped). The VAE stays FP32."),
     precision: str = typer.Option(
         None, help="fp8: FP8 Q/DQ linears from --scales (compute dtype from --dtype). Default: the dtype only."
@@ -50,38 +47,27 @@ def export(
     the folder appears complete or not at all. With --check, writes check.json and exits 1 if any
     graph is off by more than the tolerance.
     """
-    with user_errors():  # options, output, stripped folder and scales are checked before the model is loaded
-        from ..artifacts.scales import load_scales  # noqa: PLC0415
-        from ..artifacts.stripped import read_stripped_meta  # noqa: PLC0415
-        from ..precision import parse_precision, torch_dtype  # noqa: PLC0415
-
+    with user_errors():  # the library checks every input before the model is loaded
         device = options.device(device)
-        cast = torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS)) if dtype is not None else None
         if tolerance is not None:
             finite_number(tolerance, "--tolerance", positive=True)
-        if precision not in (None, "fp8"):
-            raise ValueError(f"precision {precision!r} not supported; use fp8 (with --scales) or --dtype")
-        if (precision == "fp8") != (scales is not None):
-            raise ValueError("--precision fp8 and --scales go together")
         resolutions = tuple(parse_resolution(r) for r in resolution) if resolution else FE2E_RESOLUTIONS
         if check:  # an ONNX Runtime device that cannot run is an error before the export, not after
             from ..engines.ort_session import providers_for  # noqa: PLC0415
 
             providers_for(device)
         options.output_dir(out)
-        read_stripped_meta(stripped)
-        if scales is not None:
-            load_scales(scales)
         from ..compile.onnx_export import export_onnx  # noqa: PLC0415
 
         report = export_onnx(
             stripped,
             out,
             resolutions=resolutions,
-            graphs=tuple(graph) if graph else GRAPH_NAMES,
+            graphs=tuple(graph) if graph else tuple(GRAPHS),
             batch=batch,
             dynamic_batch=dynamic_batch,
-            dtype=cast,
+            dtype=dtype,
+            precision=precision,
             fp8_scales=scales,
             overwrite=overwrite,
             progress=progress,

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import typer
 
+from ..errors import InvalidInput
 from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
 from .app import app, report_images, user_errors
 from .options import (
     ENGINE_HELP,
+    BatchSize,
     Device,
     DitOption,
     Dtype,
@@ -26,6 +28,7 @@ from .options import (
     Progress,
     PromptOption,
     VaeOption,
+    WeightStreamingBudget,
 )
 
 
@@ -46,7 +49,8 @@ def infer(
     cfg_batch: bool = typer.Option(
         False, "--cfg-batch", help="Run the official batch of 2 (cond + uncond, both empty prompts) instead of 1."
     ),
-    batch_size: int = typer.Option(1, help="Images per engine call (engines run them as one batch where they can)."),
+    batch_size: BatchSize = 1,
+    weight_streaming_budget: WeightStreamingBudget = None,
     outputs: OutputsOption = "all",
     output_res: OutputResOption = "input",
     png_compression: PngCompression = 1,
@@ -66,35 +70,36 @@ def infer(
     skipped (exit code 1 at the end).
     """
     with user_errors():
-        from ..engines import load_engine  # noqa: PLC0415  (heavy imports only when the command runs)
-        from ..engines.eager import EagerEngine  # noqa: PLC0415
-        from ..infer import check_infer_paths, run_infer  # noqa: PLC0415
-        from ..model_files import ModelFiles  # noqa: PLC0415
+        from ..infer import check_infer_paths, run_infer  # noqa: PLC0415  (heavy imports only when the command runs)
 
-        res = options.processing_res(processing_res, max_processing_pixels)  # before anything is loaded
+        settings = options.engine_options(
+            device, dtype, processing_res, max_processing_pixels, batch_size, progress, weight_streaming_budget
+        )  # checked before anything is loaded
         written = options.output_options(outputs, output_res, png_compression, npy_dtype)
-        device = options.device(device)
         images = check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
         if engine is not None:
-            if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)):
-                raise ValueError(
-                    "--engine cannot be combined with --model-config/--dit/--vae/--prompt-embedding/--lora"
+            if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)) or cfg_batch:
+                raise InvalidInput(
+                    "--engine cannot be combined with --model-config/--dit/--vae/--prompt-embedding/--lora/--cfg-batch"
                 )
-            runner = load_engine(engine, device=device, dtype=dtype, processing_res=res, progress=progress)
+            from ..engines import load_engine  # noqa: PLC0415  (imports only the backend the engine needs)
+
+            runner = load_engine(engine, settings)
         else:
+            from ..engines.eager import EagerEngine  # noqa: PLC0415
+            from ..model_files import ModelFiles  # noqa: PLC0415
+
             files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, lora)
-            res = res or files.processing_res  # the demo model runs at the size it was trained at
-            runner = EagerEngine.from_model_files(files, dtype, device, res, cfg_batch, progress=progress)
-        runner.max_processing_pixels = max_processing_pixels
-        report = run_infer(
-            runner,
-            images_dir,
-            output_dir,
-            overwrite=overwrite,
-            progress=progress,
-            batch_size=batch_size,
-            outputs=written,
-            writers=writers,
-            images=images,
-        )
+            runner = EagerEngine.from_model_files(files, settings, cfg_batch=cfg_batch)  # the demo: its training size
+        with runner:
+            report = run_infer(
+                runner,
+                images_dir,
+                output_dir,
+                overwrite=overwrite,
+                progress=progress,
+                outputs=written,
+                writers=writers,
+                images=images,
+            )
     report_images(report)

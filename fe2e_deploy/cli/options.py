@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import NotAFile, NotAFolder, OutputExists
 from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, parse_resolution
 
 ENGINE_HELP = (
@@ -37,6 +38,20 @@ MaxProcessingPixels = Annotated[
     typer.Option(
         help="Largest processing size in pixels (width x height; default 2048x2048 = 4.2 MP): a larger "
         "--processing-res is refused, and an image FE2E's rule keeps at a larger size (over 6048x4032) fails alone."
+    ),
+]
+BatchSize = Annotated[
+    int,
+    typer.Option(
+        help="Images per engine call, at most (engines built for a static batch run that batch, the last call padded; "
+        "dynamic-batch exports and plans run real batches up to their maximum)."
+    ),
+]
+WeightStreamingBudget = Annotated[
+    str | None,
+    typer.Option(
+        help="TensorRT plans built with --weight-streaming: GPU memory for their weights, in bytes (8GiB, 8GB, "
+        "8589934592) or as a fraction of the streamable weights (0.5). Default: what fits in free GPU memory."
     ),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (else they are refused).")]
@@ -68,6 +83,29 @@ PngCompression = Annotated[
 NpyDtype = Annotated[str, typer.Option(help="Dtype of the .npy maps: float32 (exact) or float16 (half size).")]
 
 
+def engine_options(
+    device_name: str = "auto",
+    dtype: str | None = None,
+    processing_res_text: str | None = None,
+    max_processing_pixels: int = MAX_PROCESSING_PIXELS,
+    batch_size: int | None = None,
+    progress: bool = False,
+    weight_streaming_budget: str | None = None,
+):
+    """The engine options of a command's flags (parsed here, checked by ``EngineOptions`` itself)."""
+    from ..engines.options import EngineOptions  # noqa: PLC0415  (torch: not at start-up)
+
+    return EngineOptions(
+        device=device(device_name),
+        dtype=dtype,
+        processing_res=parse_resolution(processing_res_text) if processing_res_text else None,
+        max_processing_pixels=max_processing_pixels,
+        batch_size=batch_size,
+        progress=progress,
+        weight_streaming_budget=weight_streaming_budget,
+    )
+
+
 def processing_res(text: str | None, max_pixels: int = MAX_PROCESSING_PIXELS) -> tuple[int, int] | None:
     """``--processing-res`` parsed (None when not given) and checked against ``--max-processing-pixels``."""
     size = parse_resolution(text) if text else None
@@ -97,9 +135,9 @@ def output_file(path: Path | None, overwrite: bool = True) -> Path | None:
         return None
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder; give a file path")
+        raise NotAFile(f"{path}: is a folder; give a file path")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+        raise OutputExists(f"{path}: exists (pass --overwrite to replace it)")
     _check_creatable(path.parent, path)  # written beside it, then renamed over it
     return path
 
@@ -111,7 +149,7 @@ def output_dir(path: Path | None) -> Path | None:
         return None
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path}: is a file; give a folder path")
+        raise NotAFolder(f"{path}: is a file; give a folder path")
     _check_creatable(path, path)
     return path
 
@@ -122,7 +160,7 @@ def _check_creatable(folder: Path, path: Path) -> None:
     while not here.exists() and here != here.parent:
         here = here.parent
     if not here.is_dir():
-        raise NotADirectoryError(f"{here}: is a file, so {path} cannot be created there; give another path")
+        raise NotAFolder(f"{here}: is a file, so {path} cannot be created there; give another path")
     try:  # the surest test of permissions, ACLs, read-only mounts: create (and remove) a file
         with tempfile.NamedTemporaryFile(dir=here, prefix=".fe2e-write-test-"):
             pass

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import typer
 
-from . import options
+from ..errors import InvalidInput
+from ..resolution import MAX_PROCESSING_PIXELS, parse_resolution
 from .app import app, user_errors
-from .options import ENGINE_HELP, Dtype, ProcessingRes
+from .options import ENGINE_HELP, Dtype, MaxProcessingPixels, ProcessingRes
 
 
 @app.command("serve")
@@ -27,6 +28,7 @@ def serve(
     cpus_per_replica: float = typer.Option(1.0, help="CPUs per replica (torch threads on a CPU replica)."),
     dtype: Dtype = None,
     processing_res: ProcessingRes = None,
+    max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,
 ) -> None:
     """Serve POST /predict (the image file as the body) and GET /healthz until interrupted (Ctrl-C).
 
@@ -37,17 +39,21 @@ def serve(
     """
     with user_errors():
         if replicas < 1 or max_batch_size < 1 or max_body_mb <= 0 or batch_wait_ms < 0:
-            raise ValueError("--replicas and --max-batch-size must be >= 1, --max-body-mb > 0, --batch-wait-ms >= 0")
+            raise InvalidInput("--replicas and --max-batch-size must be >= 1, --max-body-mb > 0, --batch-wait-ms >= 0")
         from ..cluster.ray_setup import torch_threads  # noqa: PLC0415
         from ..cluster.serve import ServeOptions, start_serve, stop_serve  # noqa: PLC0415
         from ..engines import engine_kind  # noqa: PLC0415
+        from ..engines.options import EngineOptions  # noqa: PLC0415
 
         engine_kind(engine)  # a missing or unsupported engine fails here, before Ray starts
         settings = ServeOptions(
             engine=str(engine.absolute()),
-            device="cuda" if gpus_per_replica > 0 else "cpu",
-            dtype=dtype,
-            processing_res=options.processing_res(processing_res),
+            engine_options=EngineOptions(
+                device="cuda" if gpus_per_replica > 0 else "cpu",
+                dtype=dtype,
+                processing_res=parse_resolution(processing_res) if processing_res else None,
+                max_processing_pixels=max_processing_pixels,
+            ),
             max_batch_size=max_batch_size,
             batch_wait_s=batch_wait_ms / 1000,
             max_body_bytes=int(max_body_mb * 2**20),

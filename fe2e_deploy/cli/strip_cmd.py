@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..errors import InvalidInput
 from . import options
 from .app import app, user_errors
 from .options import DitOption, LoraOption, ModelConfigOption, Overwrite, Progress, PromptOption, VaeOption
@@ -49,7 +50,7 @@ def strip(
         weights_dtype = torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS))
         if synthetic_weights is not None:
             if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)):
-                raise ValueError("--synthetic-weights replaces the model files: drop --model-config/--dit/--vae/...")
+                raise InvalidInput("--synthetic-weights replaces the model files: drop --model-config/--dit/--vae/...")
             synth = SyntheticModel.create(synthetic_weights, seed)
             sources, config, lora_path = (synth.dit, synth.prompt(), synth.vae), synth.config, None
         else:

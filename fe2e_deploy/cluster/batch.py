@@ -24,11 +24,13 @@ from __future__ import annotations
 import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..engines.options import EngineOptions
+from ..errors import ImageError, InvalidInput, MissingInput, UserError
 from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, read_image, unreadable_image
 from ..files.outputs import OutputOptions, output_paths, write_prediction
 from .ray_setup import connect, import_ray, torch_threads
@@ -104,7 +106,7 @@ def list_images(images: str | Path, output_dir: Path) -> tuple[ImageSource, list
         filesystem, root = fs.FileSystem.from_uri(text)
         infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
     except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid is a ValueError, missing paths OSError
-        raise FileNotFoundError(f"{text}: cannot list images ({exc})") from None
+        raise MissingInput(f"{text}: cannot list images ({exc})") from None
     found = sorted(
         PurePosixPath(info.path)
         for info in infos
@@ -113,7 +115,7 @@ def list_images(images: str | Path, output_dir: Path) -> tuple[ImageSource, list
     if isinstance(filesystem, fs.LocalFileSystem):  # file://: outputs written inside the input are not inputs
         found = [p for p in found if not Path(p).resolve().is_relative_to(output_dir.resolve())]
     if not found:
-        raise FileNotFoundError(f"{text}: no .jpg/.jpeg/.png images found")
+        raise MissingInput(f"{text}: no .jpg/.jpeg/.png images found")
     return ImageSource(root, text), [Path(p) for p in found]
 
 
@@ -157,9 +159,7 @@ class PredictWorker:
         engine: str,
         output_dir: str,
         outputs: OutputOptions,
-        device: str = "cpu",
-        dtype: str | None = None,
-        processing_res: tuple[int, int] | None = None,
+        options: EngineOptions,
         threads: int | None = None,
     ) -> None:
         import torch  # noqa: PLC0415
@@ -171,8 +171,8 @@ class PredictWorker:
         self.output_dir, self.outputs = Path(output_dir), outputs
         self.engine_error = ""  # a missing or corrupt engine: every batch answers it, the driver stops the job
         try:
-            self.engine = load_engine(engine, device=device, dtype=dtype, processing_res=processing_res)
-        except (OSError, ValueError) as exc:  # not raised: Ray would show the worker's traceback, not the reason
+            self.engine = load_engine(engine, options)
+        except UserError as exc:  # not raised: Ray would show the worker's traceback, not the reason
             self.engine_error = str(exc) or type(exc).__name__
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -189,13 +189,14 @@ class PredictWorker:
             try:
                 prepared.append(self.engine.prepare(Image.fromarray(batch["image"][i])))
                 ready.append(i)
-            except ValueError as exc:  # a size the engine lacks, too many pixels
+            except ImageError as exc:  # a size the engine lacks, too many pixels
                 reasons[i] = str(exc)
         finishes = self.engine.predict_prepared(prepared, output_res=self.outputs.resolution) if prepared else []
         for i, finish in zip(ready, finishes, strict=True):
-            prediction = finish()
-            if not prediction.is_finite():
-                reasons[i] = f"{self.engine.name} returned NaN or Inf in its maps (nothing written)"
+            try:
+                prediction = finish()
+            except ImageError as exc:  # maps with NaN or Inf: nothing written
+                reasons[i] = str(exc)
                 continue
             paths = output_paths(self.output_dir, Path(batch["rel"][i]), str(batch["name"][i]), self.outputs.kinds)
             write_prediction(paths, prediction, self.outputs)  # atomically, folders made as needed
@@ -235,18 +236,17 @@ def run_batch(
     workers: int = 1,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float | None = None,
-    batch_size: int = 1,
+    options: EngineOptions | None = None,
     outputs: OutputOptions | None = None,
     overwrite: bool = False,
-    dtype: str | None = None,
-    processing_res: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> BatchReport:
     """Predict every image under ``images`` on a Ray cluster and write ``infer``'s files to ``output_dir``.
 
     ``address``: an existing cluster ("auto" or ``HOST:PORT``); None starts a local one for the job.
     ``workers`` actors each open ``engine`` once, on ``gpus_per_worker`` GPUs (0: CPU) and
-    ``cpus_per_worker`` CPUs (default :func:`default_worker_cpus`); ``batch_size`` images per engine
+    ``cpus_per_worker`` CPUs (default :func:`default_worker_cpus`); ``options`` open the engine in each
+    worker (their device is the worker's: cuda with GPUs, else cpu), ``options.batch_size`` images per engine
     call. Images whose outputs all exist are skipped unless ``overwrite``.
     """
     from tqdm import tqdm  # noqa: PLC0415
@@ -254,10 +254,12 @@ def run_batch(
     from ..engines import engine_kind  # noqa: PLC0415
     from ..infer import InferReport, plan_outputs  # noqa: PLC0415
 
-    if workers < 1 or batch_size < 1:
-        raise ValueError(f"--workers and --batch-size must be >= 1 (got {workers}, {batch_size})")
+    options = options or EngineOptions()
+    batch_size = options.batch_size or 1
+    if workers < 1:
+        raise InvalidInput(f"--workers must be >= 1 (got {workers})")
     if gpus_per_worker < 0 or (cpus_per_worker is not None and cpus_per_worker <= 0):
-        raise ValueError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+        raise InvalidInput("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     outputs = outputs or OutputOptions()
     engine_kind(engine)  # a missing or unsupported engine fails before Ray starts (a corrupt one in the workers)
     output_dir = Path(output_dir).absolute()
@@ -276,14 +278,11 @@ def run_batch(
             cpus = cpus_per_worker or default_worker_cpus(
                 ray.cluster_resources().get("CPU", 1.0), workers, gpus_per_worker
             )
-            device = "cuda" if gpus_per_worker > 0 else "cpu"
             worker = {  # PredictWorker's arguments
                 "engine": str(Path(engine).absolute()),
                 "output_dir": str(output_dir),
                 "outputs": outputs,
-                "device": device,
-                "dtype": dtype,
-                "processing_res": processing_res,
+                "options": replace(options, device="cuda" if gpus_per_worker > 0 else "cpu"),
                 "threads": torch_threads(cpus, gpus_per_worker),
             }
             dataset = image_dataset(ray, jobs, source, worker, workers, gpus_per_worker, cpus, batch_size)
@@ -337,7 +336,7 @@ def collect(dataset, report: BatchReport, bar) -> None:
         for row in dataset.iter_rows():
             status = row["status"]
             if status == ENGINE_ERROR:
-                raise ValueError(f"a worker could not open the engine: {row['reason']}")
+                raise InvalidInput(f"a worker could not open the engine: {row['reason']}")
             if status == "written":
                 report.written.append(row["source"])
             elif status == "completed":

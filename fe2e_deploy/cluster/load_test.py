@@ -17,6 +17,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from ..errors import InvalidInput
+
 
 def post(url: str, body: bytes, timeout: float) -> int:
     request = urllib.request.Request(url, data=body, method="POST")
@@ -39,7 +41,7 @@ def load_test(
     """Send ``requests`` POST /predict with ``body`` from ``concurrency`` threads (each sends its next request
     when the last one is answered); returns throughput, latency percentiles and the status codes."""
     if requests < 1 or concurrency < 1:
-        raise ValueError(f"requests and concurrency must be >= 1 (got {requests}, {concurrency})")
+        raise InvalidInput(f"requests and concurrency must be >= 1 (got {requests}, {concurrency})")
     target = url.rstrip("/") + "/predict" + query
     before = healthz(url)
     latencies: list[float] = []

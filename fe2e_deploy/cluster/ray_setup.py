@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+from ..errors import InvalidInput
+
 LOOPBACK = "127.0.0.1"
 
 
-class RayMissing(ValueError):
+class RayMissing(InvalidInput):
     """Ray is not installed (a ValueError: commands report it in one line, exit code 2)."""
 
 

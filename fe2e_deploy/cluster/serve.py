@@ -24,6 +24,8 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from ..engines.base import Prepared
+from ..engines.options import EngineOptions
+from ..errors import ImageError
 from ..files.images import READ_ERRORS, read_image, unreadable_image
 from .ray_setup import connect
 from .responses import RequestFailed, check_request, encode_prediction
@@ -39,9 +41,7 @@ class ServeOptions:
     """How each replica runs: the engine, its device, batching and the request limits."""
 
     engine: str
-    device: str = "cpu"
-    dtype: str | None = None
-    processing_res: tuple[int, int] | None = None
+    engine_options: EngineOptions = EngineOptions()
     max_batch_size: int = 8
     batch_wait_s: float = 0.01
     max_body_bytes: int = 50 * 2**20
@@ -62,9 +62,7 @@ class FE2EService:
         if options.threads:
             torch.set_num_threads(options.threads)
         self.options = options
-        self.engine = load_engine(
-            options.engine, device=options.device, dtype=options.dtype, processing_res=options.processing_res
-        )
+        self.engine = load_engine(options.engine, options.engine_options)
         self.predict_batch.set_max_batch_size(options.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(options.batch_wait_s)
         self.lock = threading.Lock()
@@ -84,8 +82,8 @@ class FE2EService:
             body = await self._read_body(request)
             prepared = await asyncio.to_thread(self._prepare, body)
             prediction = await self.predict_batch((prepared, output_res))
-            if not prediction.is_finite():
-                raise RequestFailed(f"{self.engine.name} returned NaN or Inf in its maps", 500)
+            if isinstance(prediction, ImageError):  # maps with NaN or Inf
+                raise RequestFailed(str(prediction), 500)
             content, media_type = await asyncio.to_thread(
                 encode_prediction, prediction, format, what, self.options.png_compression
             )
@@ -116,7 +114,7 @@ class FE2EService:
             raise RequestFailed(unreadable_image(exc, None)) from None
         try:
             return self.engine.prepare(image)
-        except ValueError as exc:  # a size the engine was not built for, too many pixels
+        except ImageError as exc:  # a size the engine was not built for, too many pixels
             raise RequestFailed(str(exc), 422) from None
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
@@ -133,7 +131,10 @@ class FE2EService:
                 self.engine_calls += 1
                 self.images += len(indices)
             for i, finish in zip(indices, finishes, strict=True):
-                results[i] = finish()
+                try:
+                    results[i] = finish()
+                except ImageError as exc:  # this request's maps hold NaN or Inf: answered 500, the others not
+                    results[i] = exc
         return results
 
 

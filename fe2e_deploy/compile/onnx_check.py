@@ -50,23 +50,25 @@ from torch import nn
 
 from ..artifacts.export import load_manifest
 from ..artifacts.scales import load_scales
-from ..artifacts.stripped import StrippedModel, load_stripped
 from ..engines.ort_session import make_session
 from ..evaluation.metrics import relative_l2
 from ..files.atomic import write_json
+from ..graph_io import DIT, FE2E, GRAPHS
 from ..kernels import exact_fp32
+from ..loading.stripped import StrippedModel, load_stripped
 from ..models.fp8 import FP8Linear, quantize_dit, quantize_fp8
+from ..precision import torch_dtype
 from ..processing import preprocess
 from ..scenes import synthetic_scene
-from .onnx_export import GRAPHS
+from .onnx_export import BUILDERS
 
 #: Relative L2 tolerance per compute dtype. FP32: summation-order round-off only (measured 1e-6 at
 #: 64x48, 2.4e-4 at 1024x768 where attention spans 6k tokens). BF16: ORT's run differs from
 #: PyTorch's CPU BF16 run in rounding order (measured 0.3-0.8% on the tiny model). A wrong graph is
 #: off by O(1). FP8 graphs are compared aligned (module docstring) against the tolerance of their
 #: compute dtype.
-TOLERANCES = {"float32": 1e-3, "bfloat16": 3e-2}
-DIT_GRAPHS = ("dit", "fe2e")
+TOLERANCES = {"fp32": 1e-3, "bf16": 3e-2}
+DIT_GRAPHS = (DIT.name, FE2E.name)
 #: Ops the weight operand of an exported FP8 linear passes through between its DequantizeLinear and the MatMul.
 _WEIGHT_PATH_OPS = ("Transpose", "Reshape", "Cast", "Identity")
 
@@ -337,27 +339,25 @@ def check_export(
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
     if not isinstance(stripped, StrippedModel):
-        stripped = load_stripped(stripped or manifest["stripped"]["path"])
-    stripped.dit.cast_weights(getattr(torch, manifest["dtype"]))
-    if manifest.get("fp8_scales"):  # compare with the fake-quantised model the graph was exported from
-        quantize_dit(stripped.dit, load_scales(export_dir / manifest["fp8_scales"]))
+        stripped = load_stripped(stripped or manifest.stripped.path)
+    stripped.dit.cast_weights(torch_dtype(manifest.compute))
+    if manifest.fp8_scales:  # compare with the fake-quantised model the graph was exported from
+        quantize_dit(stripped.dit, load_scales(export_dir / manifest.fp8_scales).layers)
     generator = torch.Generator().manual_seed(seed)
     results = []
-    for key, entry in manifest["graphs"].items():
-        name, res = key.rsplit("_", 1)
-        width, height = (int(v) for v in res.split("x"))
-        spec = GRAPHS[name]
-        path = export_dir / entry["file"]
+    for key, entry in manifest.graphs.items():
+        io = GRAPHS[entry.graph]
+        path = export_dir / entry.file
         inputs = tuple(
-            _random_input(name, [1 if d == "batch" else d for d in desc["shape"]], generator)
-            for desc in entry["inputs"].values()
+            _random_input(entry.graph, [1 if d == "batch" else d for d in spec.shape], generator)
+            for spec in entry.inputs.values()
         )
-        module = spec.build(stripped, width, height).eval()
-        graph_dtype = manifest["dtype"] if name in DIT_GRAPHS else "float32"  # VAE: FP32
-        tol = tolerance if tolerance is not None else TOLERANCES.get(graph_dtype, 3e-2)
+        module = BUILDERS[entry.graph](stripped, *entry.size).eval()
+        graph_precision = manifest.compute if entry.graph in DIT_GRAPHS else "fp32"  # VAE: FP32
+        tol = tolerance if tolerance is not None else TOLERANCES[graph_precision]
         extra = {}
         if has_fp8_qdq(path):
-            run = compare_aligned(path, module, inputs, spec.inputs, spec.outputs, device)
+            run = compare_aligned(path, module, inputs, io.input_names, io.output_names, device)
             got, expected, emulated = run.got, run.expected, run.emulated
             worst, worst_rel = run.worst_input()
             extra = {
@@ -373,9 +373,10 @@ def check_export(
                 expected = module(*inputs)
             expected = [e.float().numpy() for e in (expected if isinstance(expected, tuple) else (expected,))]
             session, emulated = make_session(path, device)
-            got = session.run(list(spec.outputs), {n: t.numpy() for n, t in zip(spec.inputs, inputs, strict=True)})
+            feeds = {n: x.numpy() for n, x in zip(io.input_names, inputs, strict=True)}
+            got = session.run(list(io.output_names), feeds)
             del session
-        for out_name, a, b in zip(spec.outputs, got, expected, strict=True):
+        for out_name, a, b in zip(io.output_names, got, expected, strict=True):
             max_abs, rel = compare(a, b)
             results.append(OutputCheck(key, out_name, max_abs, rel, tol, emulated, **extra))
     return results
@@ -403,7 +404,7 @@ def check_passed(export_dir: str | Path) -> bool:
 
 def _random_input(graph: str, shape: list[int], generator: torch.Generator) -> torch.Tensor:
     """Images: seeded synthetic scenes (in-distribution for FP8 scales calibrated on images); latents: N(0, 1)."""
-    if graph in ("vae_encoder", "fe2e"):
+    if GRAPHS[graph].inputs[0].downsample == 1:  # an image
         batch, _, height, width = shape
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         return torch.cat([preprocess(synthetic_scene(width, height, seed + i), (width, height)) for i in range(batch)])

@@ -37,13 +37,17 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..artifacts.export import FORMAT, FORMAT_VERSION, GRAPH_NAMES, MANIFEST, SCALES, WEIGHTS, graph_file
+from ..artifacts.export import ExportManifest, ExportSource, GraphEntry, TensorSpec, WeightsFile
 from ..artifacts.scales import load_scales
-from ..artifacts.stripped import StrippedModel, load_stripped
-from ..config import FE2E_RESOLUTIONS, LATENT_CHANNELS, LATENT_DOWNSAMPLE
-from ..files.atomic import check_folder_target, staged_folder, write_json
+from ..artifacts.stripped import read_stripped_meta
+from ..config import FE2E_RESOLUTIONS, LATENT_DOWNSAMPLE
+from ..errors import InvalidInput
+from ..files.atomic import check_folder_target, staged_folder
+from ..graph_io import DIT, FE2E, GRAPHS, MAX_DYNAMIC_BATCH, VAE_DECODER, VAE_ENCODER, BatchProfile, GraphIO, check_size
+from ..loading.stripped import StrippedModel, load_stripped
 from ..models.fp8 import FP8_OPSET, quantize_dit
 from ..models.fused import DiTStep, FE2EGraph, VAEDecoder, VAEEncoder
+from ..precision import parse_precision, precision_of, torch_dtype
 from ..resolution import resolution_name
 
 OPSET = 18
@@ -55,41 +59,23 @@ ONNX_DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    """One exported graph: how to build it from the stripped model, its example inputs and I/O names."""
-
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    build: Callable[[StrippedModel, int, int], nn.Module]
-    example: Callable[[int, int, int], tuple[torch.Tensor, ...]]
-
-
-def _image(batch: int, width: int, height: int) -> tuple[torch.Tensor, ...]:
-    return (torch.rand(batch, 3, height, width) * 2 - 1,)
-
-
-def _latent(batch: int, width: int, height: int) -> tuple[torch.Tensor, ...]:
-    return (torch.randn(batch, LATENT_CHANNELS, height // LATENT_DOWNSAMPLE, width // LATENT_DOWNSAMPLE),)
-
-
-GRAPHS: dict[str, GraphSpec] = {
-    spec.name: spec
-    for spec in (
-        GraphSpec("vae_encoder", ("image",), ("latent",), lambda m, w, h: VAEEncoder(m.vae), _image),
-        GraphSpec(
-            "dit",
-            ("ref_latent",),
-            ("depth_latent", "normal_latent"),
-            lambda m, w, h: DiTStep(m.dit, h // LATENT_DOWNSAMPLE, w // LATENT_DOWNSAMPLE),
-            _latent,
-        ),
-        GraphSpec("vae_decoder", ("latent",), ("decoded",), lambda m, w, h: VAEDecoder(m.vae), _latent),
-        GraphSpec("fe2e", ("image",), ("depth", "normals"), lambda m, w, h: FE2EGraph(m.vae, m.dit, w, h), _image),
-    )
+#: How each graph of :data:`fe2e_deploy.graph_io.GRAPHS` is built from the stripped model at a size (width, height).
+BUILDERS: dict[str, Callable[[StrippedModel, int, int], nn.Module]] = {
+    VAE_ENCODER.name: lambda m, w, h: VAEEncoder(m.vae),
+    DIT.name: lambda m, w, h: DiTStep(m.dit, h // LATENT_DOWNSAMPLE, w // LATENT_DOWNSAMPLE),
+    VAE_DECODER.name: lambda m, w, h: VAEDecoder(m.vae),
+    FE2E.name: lambda m, w, h: FE2EGraph(m.vae, m.dit, w, h),
 }
-assert tuple(GRAPHS) == GRAPH_NAMES  # the names readers (and --help) know
+assert tuple(BUILDERS) == tuple(GRAPHS)
+
+
+def example_inputs(io: GraphIO, batch: int, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the graph's shapes: images in [-1, 1], latents N(0, 1)."""
+    out = []
+    for tensor in io.inputs:
+        shape = tensor.shape(batch, *size)
+        out.append(torch.rand(*shape) * 2 - 1 if tensor.downsample == 1 else torch.randn(*shape))
+    return tuple(out)
 
 
 @dataclass
@@ -164,7 +150,7 @@ def export_module(
     """
     dynamic_shapes = None
     if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=64)
+        batch = torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)
         dynamic_shapes = tuple({0: batch} for _ in example)
     with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
@@ -243,7 +229,8 @@ def export_onnx(
     graphs: tuple[str, ...] = tuple(GRAPHS),
     batch: int = 1,
     dynamic_batch: bool = False,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
+    precision: str | None = None,
     fp8_scales: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -253,99 +240,110 @@ def export_onnx(
     The folder is built beside ``out_dir`` and swapped in complete (:func:`fe2e_deploy.files.atomic.staged_folder`):
     an existing export is replaced only with ``overwrite``, a non-empty folder of another kind never.
 
-    ``dtype`` casts the DiT weights (default: as stripped); the VAE and the constants stay FP32.
-    ``fp8_scales`` (from ``calibrate``) turns the calibrated linears into FP8 Q/DQ (opset 19).
+    ``dtype`` (fp32 or bf16) casts the DiT weights (default: as stripped); the VAE and the constants stay
+    FP32. ``precision="fp8"`` with ``fp8_scales`` (from ``calibrate``) turns the calibrated linears into
+    FP8 Q/DQ (opset 19). ``batch``: the static batch, or with ``dynamic_batch`` a symbolic batch axis
+    (1 to :data:`~fe2e_deploy.graph_io.MAX_DYNAMIC_BATCH`). Every input is checked before the model loads.
     """
     out_dir = Path(out_dir)
     unknown = [g for g in graphs if g not in GRAPHS]
     if unknown:
-        raise ValueError(f"unknown graph(s) {unknown}; choose from {', '.join(GRAPHS)}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    for w, h in resolutions:
-        if w <= 0 or h <= 0 or w % 16 or h % 16:
-            raise ValueError(f"resolution {w}x{h}: both sides must be positive multiples of 16")
-    folder = {"overwrite": overwrite, "marker": MANIFEST, "what": "an ONNX export"}
+        raise InvalidInput(f"unknown graph(s) {unknown}; choose from {', '.join(GRAPHS)}")
+    if not graphs or not resolutions:
+        raise InvalidInput("nothing to export: give at least one graph and one resolution")
+    profile = BatchProfile.dynamic(MAX_DYNAMIC_BATCH) if dynamic_batch else BatchProfile.fixed(batch)
+    sizes = [check_size(r) for r in resolutions]
+    cast = parse_precision(str(dtype), ("fp32", "bf16")) if dtype is not None else None
+    if precision not in (None, "fp8"):
+        raise InvalidInput(f"precision {precision!r} not supported; use fp8 (with --scales) or --dtype")
+    if (precision == "fp8") != (fp8_scales is not None):
+        raise InvalidInput("--precision fp8 needs --scales (from `fe2e-deploy calibrate`), and only it takes them")
+    folder = {"overwrite": overwrite, "marker": ExportManifest.FILE, "what": "an ONNX export"}
     check_folder_target(out_dir, **folder)  # before loading; checked again when the folder is swapped in
-    model = load_stripped(stripped, progress=progress)
-    if dtype is not None:
-        model.dit.cast_weights(dtype)
-    compute_dtype = str(model.dit.dtype).removeprefix("torch.")
+    meta = read_stripped_meta(stripped)
     scales = load_scales(fp8_scales) if fp8_scales is not None else None
     if scales is not None:
-        if scales["stripped"]["sources"] != model.meta["sources"]:
-            raise ValueError(f"{fp8_scales}: calibrated on another stripped model ({scales['stripped']['path']})")
-        quantize_dit(model.dit, scales)
+        scales.check_model(meta, fp8_scales)
+    model = load_stripped(stripped, progress=progress)
+    if cast is not None:
+        model.dit.cast_weights(torch_dtype(cast))
+    compute = precision_of(model.dit.dtype)
+    if scales is not None:
+        quantize_dit(model.dit, scales.layers)
     opset = FP8_OPSET if scales is not None else OPSET
     start = time.perf_counter()
     report = ExportReport(out_dir)
-    entries = {}
+    entries: dict[str, GraphEntry] = {}
     # the whole folder (graphs, weights.bin, scales, manifest) is built in a hidden sibling, then swapped in:
     # never new weights under an old manifest, and nothing of the old export (e.g. its check.json) survives
     with staged_folder(out_dir, **folder) as tmp_dir:
-        jobs = [(r, g) for r in resolutions for g in graphs]
-        for (w, h), name in tqdm(jobs, desc="export", unit="graph", disable=not progress):
-            spec = GRAPHS[name]
+        jobs = [(size, GRAPHS[g]) for size in sizes for g in graphs]
+        for size, io in tqdm(jobs, desc="export", unit="graph", disable=not progress):
             # torch.export specialises a size-1 dimension, so a dynamic batch is traced at 2.
-            example = spec.example(max(batch, 2) if dynamic_batch else batch, w, h)
-            module = spec.build(model, w, h)
-            path = tmp_dir / graph_file(name, w, h)
-            path = export_module(module, example, path, spec.inputs, spec.outputs, dynamic_batch, opset)
-            key = path.stem
-            entries[key] = _graph_entry(path.relative_to(tmp_dir), spec, path, example, dynamic_batch)
-        graph_paths = [tmp_dir / e["file"] for e in entries.values()]
-        report.weights_bytes = share_external_data(graph_paths, tmp_dir / WEIGHTS)
+            example = example_inputs(io, 2 if dynamic_batch else batch, size)
+            module = BUILDERS[io.name](model, *size)
+            path = export_module(
+                module, example, tmp_dir / io.file_name(size), io.input_names, io.output_names, dynamic_batch, opset
+            )
+            entries[path.stem] = graph_entry(path, io, size, None if dynamic_batch else batch)
+        graph_paths = [tmp_dir / e.file for e in entries.values()]
+        report.weights_bytes = share_external_data(graph_paths, tmp_dir / ExportManifest.WEIGHTS)
         for path in graph_paths:  # onnx.checker follows the external data references
             onnx.checker.check_model(str(path))
         if scales is not None:  # the check rebuilds the fake-quantised PyTorch model from these
-            write_json(tmp_dir / SCALES, scales)
+            scales.write(tmp_dir / ExportManifest.SCALES)
         report.seconds = time.perf_counter() - start
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "fe2e_deploy": __version__,
-            "torch": torch.__version__,
-            "opset": opset,
-            "dtype": compute_dtype,
-            "precision": "fp8" if scales is not None else compute_dtype,
-            "fp8_scales": SCALES if scales is not None else None,
-            "batch": "dynamic" if dynamic_batch else batch,
-            "resolutions": [resolution_name(r) for r in resolutions],
-            "stripped": {"path": str(stripped), "meta": model.meta["sources"], "txt_len": model.meta["txt_len"]},
-            "model_config": model.meta["model_config"],
-            "weights": {"file": WEIGHTS, "bytes": report.weights_bytes},
-            "graphs": entries,
-            "export_seconds": round(report.seconds, 2),
-        }
-        write_json(tmp_dir / MANIFEST, manifest)
-    report.files = {k: out_dir / e["file"] for k, e in entries.items()}
+        manifest = ExportManifest(
+            fe2e_deploy=__version__,
+            torch=torch.__version__,
+            opset=opset,
+            precision="fp8" if scales is not None else compute,
+            compute=compute,
+            fp8_scales=ExportManifest.SCALES if scales is not None else None,
+            batch=profile,
+            stripped=ExportSource(path=str(stripped), sources=meta.sources, txt_len=meta.txt_len),
+            model_config=meta.model_config,
+            weights=WeightsFile(file=ExportManifest.WEIGHTS, bytes=report.weights_bytes),
+            graphs=entries,
+            export_seconds=round(report.seconds, 2),
+        )
+        manifest.write(tmp_dir / ExportManifest.FILE)
+    report.files = {k: out_dir / e.file for k, e in entries.items()}
     return report
 
 
-def _graph_entry(rel: Path, spec: GraphSpec, path: Path, example, dynamic_batch: bool) -> dict:
-    """The manifest entry of an exported graph: its file and I/O shapes/dtypes.
+def graph_entry(path: Path, io: GraphIO, size: tuple[int, int], batch: int | None) -> GraphEntry:
+    """The manifest entry of an exported graph, read from the graph's own header and checked against ``io``.
 
-    Output shapes are read from the exported graph itself (headers only): running the module
-    eagerly to describe them cost ~12 minutes of an 18-minute full-size export on a CPU.
+    ``batch`` None: a dynamic batch axis. Shapes come from the exported graph (headers only: running
+    the module eagerly to describe them cost ~12 minutes of an 18-minute full-size export on a CPU);
+    a graph whose names, dtypes or shapes differ from :mod:`fe2e_deploy.graph_io` is an exporter bug.
     """
     graph = onnx.load(str(path), load_external_data=False).graph
-    declared = {o.name: o.type.tensor_type for o in graph.output}
 
-    def shape(dims: list) -> list:
-        return ["batch", *dims[1:]] if dynamic_batch else dims
+    def specs(values, tensors) -> dict[str, TensorSpec]:
+        declared = {v.name: v.type.tensor_type for v in values}
+        if list(declared) != [t.name for t in tensors]:
+            raise AssertionError(
+                f"{path}: exported with {list(declared)}, the contract says {[t.name for t in tensors]}"
+            )
+        out = {}
+        for tensor in tensors:
+            ttype = declared[tensor.name]
+            dims = [d.dim_value if d.HasField("dim_value") else "batch" for d in ttype.shape.dim]
+            dtype = ONNX_DTYPES.get(ttype.elem_type, str(ttype.elem_type))
+            want = tensor.shape("batch" if batch is None else batch, *size)
+            if dims != want or dtype != tensor.dtype:
+                raise AssertionError(
+                    f"{path}: {tensor.name} is {dtype} {dims}, the contract says {tensor.dtype} {want}"
+                )
+            out[tensor.name] = TensorSpec(dims, dtype)
+        return out
 
-    def describe_output(name: str) -> dict:
-        if name not in declared:
-            raise ValueError(f"{path}: the exported graph has no output {name!r} (outputs: {sorted(declared)})")
-        ttype = declared[name]
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in ttype.shape.dim]
-        return {"shape": shape(dims), "dtype": ONNX_DTYPES.get(ttype.elem_type, str(ttype.elem_type))}
-
-    return {
-        "file": str(rel),
-        "inputs": {
-            n: {"shape": shape(list(t.shape)), "dtype": str(t.dtype).removeprefix("torch.")}
-            for n, t in zip(spec.inputs, example, strict=True)
-        },
-        "outputs": {n: describe_output(n) for n in spec.outputs},
-    }
+    return GraphEntry(
+        graph=io.name,
+        resolution=resolution_name(size),
+        file=path.name,
+        inputs=specs(graph.input, io.inputs),
+        outputs=specs(graph.output, io.outputs),
+    )

@@ -1,86 +1,136 @@
-"""Engines: one interface (image -> depth + normals), backends chosen by what the path is.
+"""Engines: one interface (image -> depth + normals), the backend chosen by the artifact's contract.
 
 Every engine follows the template of :mod:`.base` (processing size -> preprocess -> run ->
-postprocess, timed, batched). :func:`load_engine` picks the backend from the path and imports only
-that backend: a model folder (official files) runs the eager reference (``eager.py``), a stripped
-folder the deployment graph in PyTorch (``stripped.py``), an export folder or ``fe2e_WxH.onnx``
-ONNX Runtime (``onnx.py``), a ``.pt2`` package or AOTInductor engine folder (``aoti.py``), a
-``.plan`` TensorRT (``tensorrt.py``). Engines read artifacts (``fe2e_deploy.artifacts``); they never
-import the stages that build them.
+postprocess, timed, batched, closed when done) and is opened by :func:`load_engine` with one
+:class:`EngineOptions`. :func:`engine_kind` tells the backend from the ``format`` the artifact's
+contract declares (:mod:`fe2e_deploy.artifacts`), reading only that small JSON file; file names
+decide only for a bare ``.onnx`` / ``.plan``. Only the chosen backend's module is imported:
+
+========  =========================================================  ==================
+kind      artifact                                                   module
+========  =========================================================  ==================
+eager     a model folder (the official files, as ``init-tiny``)      ``eager.py``
+stripped  a stripped folder (``stripped.json``)                      ``stripped.py``
+onnx      an export folder (``manifest.json``) or its fe2e_WxH.onnx  ``onnx.py``
+aoti      an AOTInductor engine folder (``aoti_engine.json``)        ``aoti.py``
+tensorrt  a TensorRT ``.plan`` (sidecar ``.plan.json``)              ``tensorrt.py``
+========  =========================================================  ==================
+
+Engines read artifacts; they never import the stages that build them.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .base import Engine
+from ..artifacts.aoti import LEGACY_PACKAGE_FORMAT, AotiEngineDescription
+from ..artifacts.contract import peek_format
+from ..artifacts.export import ExportManifest
+from ..artifacts.stripped import StrippedMeta
+from ..artifacts.tensorrt import TensorRTPlan
+from ..errors import InvalidInput, MissingInput
+from .options import EngineOptions
 
-__all__ = ["KINDS", "Engine", "engine_kind", "load_engine"]
+if TYPE_CHECKING:
+    from ..timing import NoTimer, StageTimer
+    from .base import Engine, EngineClosed
 
+__all__ = ["KINDS", "Engine", "EngineClosed", "EngineOptions", "engine_kind", "load_engine"]
 
 #: What :func:`engine_kind` answers, by backend module.
 KINDS = ("tensorrt", "aoti", "onnx", "stripped", "eager")
+#: Folder artifacts: the kind, the contract whose file marks the folder.
+FOLDER_KINDS = (("aoti", AotiEngineDescription), ("onnx", ExportManifest), ("stripped", StrippedMeta))
+SUPPORTED = (
+    "a model folder with the official files, a stripped folder, an export folder or its fe2e_WxH.onnx, "
+    "an AOTInductor engine folder, or a TensorRT .plan"
+)
 
 
 def engine_kind(path: str | Path) -> str:
-    """Which backend opens ``path`` (one of :data:`KINDS`), from what the path is, reading nothing heavy.
+    """Which backend opens ``path`` (one of :data:`KINDS`), from its contract's ``format``, reading nothing heavy.
 
-    A path that does not exist or is no engine is an error here, so commands can check their engines
-    before loading any of them.
+    A path that does not exist, is no engine, or whose description declares another format is an error
+    here, so commands can check their engines before loading any of them.
     """
     path = Path(path)
-    if path.suffix == ".plan" and not path.is_dir():
-        kind = "tensorrt"
-    elif (path.suffix == ".pt2" and not path.is_dir()) or (path / "aoti_engine.json").is_file():
-        kind = "aoti"
-    elif (path.suffix == ".onnx" and not path.is_dir()) or (path / "manifest.json").is_file():
-        kind = "onnx"
-    elif path.is_dir():
-        kind = "stripped" if (path / "stripped.json").is_file() else "eager"
-    else:
-        kind = ""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: engine not found")
-    if not kind:
-        raise ValueError(
-            f"{path}: unsupported engine (supported: a model folder with the official files, a stripped folder, "
-            "an export folder or its fe2e_WxH.onnx, a TensorRT .plan, an AOTInductor .pt2 or engine folder)"
+        raise MissingInput(f"{path}: engine not found")
+    if path.is_dir():
+        for kind, contract in FOLDER_KINDS:
+            marker = path / contract.FILE
+            if marker.is_file():
+                found = peek_format(marker)
+                if found != contract.FORMAT:
+                    raise InvalidInput(
+                        f"{marker}: format {found!r} is not {contract.FORMAT!r} (a damaged {contract.WHAT}?); "
+                        f"make it again with {contract.REBUILD}"
+                    )
+                return kind
+        return "eager"  # a model folder: its files are checked when it is opened
+    sidecar = Path(f"{path}.json")
+    found = peek_format(sidecar) if sidecar.is_file() else None
+    if found == TensorRTPlan.FORMAT or path.suffix == ".plan":
+        return "tensorrt"
+    if found == LEGACY_PACKAGE_FORMAT or path.suffix == ".pt2":
+        raise InvalidInput(
+            f"{path}: a single AOTInductor package (older fe2e-deploy versions wrote these); engines are folders "
+            f"now: {AotiEngineDescription.REBUILD} with --resolution for each size"
         )
-    return kind
+    if path.suffix == ".onnx":
+        return "onnx"
+    raise InvalidInput(f"{path}: unsupported engine (supported: {SUPPORTED})")
+
+
+def __getattr__(name: str):
+    """``Engine`` and ``EngineClosed`` on first use: this package imports no torch until an engine is opened."""
+    if name in ("Engine", "EngineClosed"):
+        from . import base  # noqa: PLC0415
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_engine(
     path: str | Path,
-    device: str = "cpu",
-    dtype: str | None = None,
-    processing_res: tuple[int, int] | None = None,
-    progress: bool = False,
+    options: EngineOptions | None = None,
+    *,
+    timer: NoTimer | StageTimer | None = None,
+    **fields: object,
 ) -> Engine:
-    """Open an engine by path.
+    """Open the engine at ``path`` with ``options`` (or keyword fields of :class:`EngineOptions`).
 
-    ``dtype`` (fp32/bf16): the DiT precision of a model folder (default fp32) or a stripped folder
-    (default: as stripped); for built engines (.onnx, .pt2, .plan) it must equal their precision.
-    ``progress``: show bars while weights load (model and stripped folders).
+    ``device="auto"`` becomes cuda when a GPU is visible, else cpu. ``timer``: the stage timer the engine
+    marks (``benchmark`` passes a recording one). Use it as a context manager, or call ``close()``.
     """
-    path = Path(path)
+    from ..timing import NO_TIMER  # noqa: PLC0415  (torch)
+
+    timer = NO_TIMER if timer is None else timer
+    options = EngineOptions.of(options, **fields)
     kind = engine_kind(path)
+    if options.device == "auto":
+        from ..kernels import resolve_device  # noqa: PLC0415  (torch)
+
+        options = replace(options, device=resolve_device("auto"))
     if kind == "tensorrt":
         from .tensorrt import TensorRTEngine  # noqa: PLC0415  (optional TensorRT extra)
 
-        return TensorRTEngine(path, device if device != "cpu" else "cuda", processing_res, dtype=dtype)
+        return TensorRTEngine(path, options, timer=timer)
     if kind == "aoti":
         from .aoti import AOTIEngine  # noqa: PLC0415
 
-        return AOTIEngine(path, device, processing_res, dtype=dtype)
+        return AOTIEngine(path, options, timer=timer)
     if kind == "onnx":
         from .onnx import OnnxEngine  # noqa: PLC0415  (onnxruntime is imported only when used)
 
-        return OnnxEngine(path, device, processing_res, dtype=dtype)
+        return OnnxEngine(path, options, timer=timer)
     if kind == "stripped":
         from .stripped import StrippedEngine  # noqa: PLC0415
 
-        return StrippedEngine(path, device, processing_res, dtype=dtype, progress=progress)
+        return StrippedEngine(path, options, timer=timer)
     from ..model_files import ModelFiles  # noqa: PLC0415
     from .eager import EagerEngine  # noqa: PLC0415
 
-    return EagerEngine.from_model_files(ModelFiles.from_dir(path), dtype, device, processing_res, progress=progress)
+    return EagerEngine.from_model_files(ModelFiles.from_dir(path), options, timer=timer)

@@ -2,38 +2,58 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..model_files import ModelFiles
 from ..precision import DTYPE_PRECISIONS, parse_precision, torch_dtype
 from ..processing import depth_from_decoded
 from ..reference import FE2EPipeline
-from ..timing import NoTimer, StageTimer
+from ..timing import NO_TIMER, NoTimer, StageTimer
 from .base import Engine
+from .options import EngineOptions
 
 
 class EagerEngine(Engine):
     """The official path: connector + DiT (CFG batch 2 on request) + FP32 VAE, any processing size, any batch."""
 
     marks_stages = True
-    max_batch = None
 
-    def __init__(self, pipeline: FE2EPipeline, processing_res: tuple[int, int] | None = None, name: str = "eager"):
-        self.pipeline, self.processing_res, self.name = pipeline, processing_res, name
+    def __init__(
+        self,
+        pipeline: FE2EPipeline,
+        options: EngineOptions | None = None,
+        *,
+        timer: NoTimer | StageTimer = NO_TIMER,
+        name: str = "eager",
+        **fields: object,
+    ):
+        options = EngineOptions.of(options, **fields)
+        super().__init__(options, timer)
+        self.pipeline, self.name = pipeline, name
+        self.pipeline.timer = timer
         self.device = pipeline.device
 
     @classmethod
     def from_model_files(
         cls,
         files: ModelFiles,
-        dtype: str | None = "fp32",
-        device: str = "cpu",
-        processing_res: tuple[int, int] | None = None,
+        options: EngineOptions | None = None,
+        *,
+        timer: NoTimer | StageTimer = NO_TIMER,
         cfg_batch: bool = False,
-        progress: bool = False,
+        name: str | None = None,
+        **fields: object,
     ) -> EagerEngine:
-        """Load the official files; ``dtype`` (fp32 or bf16, default fp32) is the DiT's, the VAE stays FP32."""
-        precision = parse_precision(dtype or "fp32", DTYPE_PRECISIONS)
+        """Load the official files; ``options.dtype`` (fp32 or bf16, default fp32) is the DiT's, the VAE stays FP32.
+
+        ``options.processing_res`` defaults to the size the model was trained at, when it has one (the demo model).
+        """
+        options = EngineOptions.of(options, **fields)
+        precision = parse_precision(options.dtype or "fp32", DTYPE_PRECISIONS)
+        if options.processing_res is None and files.processing_res is not None:
+            options = replace(options, processing_res=files.processing_res)
         pipe = FE2EPipeline.from_files(
             files.config,
             files.dit,
@@ -41,19 +61,11 @@ class EagerEngine(Engine):
             files.prompt,
             files.lora,
             torch_dtype(precision),
-            device,
+            options.device,
             cfg_batch,
-            progress,
+            options.progress,
         )
-        return cls(pipe, processing_res, name=f"eager-{precision}")
-
-    @property
-    def timer(self) -> NoTimer | StageTimer:
-        return self.pipeline.timer
-
-    @timer.setter
-    def timer(self, value: NoTimer | StageTimer) -> None:
-        self.pipeline.timer = value
+        return cls(pipe, options, timer=timer, name=name or f"eager-{precision}")
 
     def run(self, x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         with self.timer("vae_encode"):
@@ -62,3 +74,6 @@ class EagerEngine(Engine):
             depth_latent, normal_latent = self.pipeline.predict_latents(ref_latent)
         with self.timer("vae_decode"):
             return depth_from_decoded(self.pipeline.decode(depth_latent)), self.pipeline.decode(normal_latent)
+
+    def _release(self) -> None:
+        del self.pipeline

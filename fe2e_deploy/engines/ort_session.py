@@ -19,6 +19,7 @@ from onnx import TensorProto, numpy_helper
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from ..artifacts.export import REEXPORT, read_graph
+from ..errors import InvalidInput
 
 BF16, FP32 = TensorProto.BFLOAT16, TensorProto.FLOAT
 #: What ONNX Runtime raises for a graph it cannot load (these do not derive from RuntimeError).
@@ -80,18 +81,19 @@ def emulate_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def providers_for(device: str) -> list[str]:
-    """``cuda`` -> CUDA EP (error if this onnxruntime has none), ``cpu`` -> CPU EP."""
+def providers_for(device: str) -> list[str | tuple[str, dict]]:
+    """``cuda`` / ``cuda:N`` -> CUDA EP on that GPU (error if this onnxruntime has none), ``cpu`` -> CPU EP."""
     available = ort.get_available_providers()
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in available:
-            raise ValueError(
+            raise InvalidInput(
                 f"device {device!r}: this onnxruntime has no CUDA provider (available: {', '.join(available)}); "
                 "install onnxruntime-gpu"
             )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        index = int(device.partition(":")[2] or 0)
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     if device != "cpu":
-        raise ValueError(f"device {device!r} not supported by the ONNX Runtime engine; use cpu or cuda")
+        raise InvalidInput(f"device {device!r} not supported by the ONNX Runtime engine; use cpu or cuda")
     return ["CPUExecutionProvider"]
 
 
@@ -121,4 +123,4 @@ def make_session(path: str | Path, device: str = "cpu") -> tuple[ort.InferenceSe
     except (ORT_ERRORS, OSError, ValueError) as exc:
         reason = " ".join(str(exc).split())
         reason = reason if len(reason) <= 240 else reason[:237] + "..."
-        raise ValueError(f"{path}: ONNX Runtime cannot load this graph ({reason}); {REEXPORT}") from None
+        raise InvalidInput(f"{path}: ONNX Runtime cannot load this graph ({reason}); {REEXPORT}") from None

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts.stripped import StrippedModel, load_stripped
+from ..graph_io import BatchProfile
 from ..kernels import preferred_attention
+from ..loading.stripped import StrippedModel, load_stripped
 from ..models.fused import FE2EGraph
 from ..precision import DTYPE_PRECISIONS, parse_precision, precision_of, torch_dtype
+from ..timing import NO_TIMER, NoTimer, StageTimer
 from .base import Engine
+from .options import EngineOptions
 
 
 class StrippedEngine(Engine):
@@ -30,19 +33,26 @@ class StrippedEngine(Engine):
     def __init__(
         self,
         folder: str | Path | StrippedModel,
-        device: str = "cpu",
-        processing_res: tuple[int, int] | None = None,
+        options: EngineOptions | None = None,
+        *,
+        timer: NoTimer | StageTimer = NO_TIMER,
         compile_mode: str | None = None,
         name: str | None = None,
-        dtype: str | None = None,
-        progress: bool = False,
+        **fields: object,
     ):
-        self.model = folder if isinstance(folder, StrippedModel) else load_stripped(folder, device, progress)
+        """``folder``: a stripped folder, or a model stripped in memory. ``options.dtype`` (fp32, bf16) casts the
+        DiT (default: as stored). ``compile_mode``: a ``torch.compile`` mode (batch 1, static shapes)."""
+        options = EngineOptions.of(options, **fields)
+        super().__init__(options, timer)
+        dtype = parse_precision(options.dtype, DTYPE_PRECISIONS) if options.dtype is not None else None
+        if isinstance(folder, StrippedModel):
+            self.model = folder
+        else:
+            self.model = load_stripped(folder, options.device, options.progress)
         if dtype is not None:  # a stripped folder may run in another precision than it was stored in
-            self.model.dit.cast_weights(torch_dtype(parse_precision(dtype, DTYPE_PRECISIONS)))
-        self.device, self.processing_res = torch.device(device), processing_res
+            self.model.dit.cast_weights(torch_dtype(dtype))
         self.compile_mode = compile_mode
-        self.max_batch = 1 if compile_mode else None  # compiled stages are specialised to batch 1
+        self.profile = BatchProfile.fixed(1) if compile_mode else None  # compiled stages are specialised to batch 1
         kind = "compiled" if compile_mode else "stripped"
         self.name = name or f"{kind}-{precision_of(self.model.dit.dtype)}"
         self._graphs: dict[tuple[int, int], FE2EGraph] = {}
@@ -50,6 +60,7 @@ class StrippedEngine(Engine):
         self._blocks_compiled = False
 
     def graph(self, width: int, height: int) -> FE2EGraph:
+        """The deployment graph at a size (its RoPE tables made once per size; the weights are shared)."""
         if (width, height) not in self._graphs:
             self._graphs[width, height] = FE2EGraph(self.model.vae, self.model.dit, width, height).eval()
         return self._graphs[width, height]
@@ -78,3 +89,8 @@ class StrippedEngine(Engine):
                 latents = step(ref_latent)
             with self.timer("vae_decode"):
                 return decode(*latents)
+
+    def _release(self) -> None:
+        self._stages.clear()
+        self._graphs.clear()
+        del self.model

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import InvalidInput, MissingInput
 from ..files.images import (
     IMAGE_SUFFIXES,
     READ_ERRORS,
@@ -171,11 +172,11 @@ def read_depth(path: Path, png_scale: float) -> np.ndarray:
     else:
         with Image.open(path) as im:
             if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raise ValueError(f"{path}: depth PNG must be 16-bit grayscale, got mode {im.mode}")
+                raise InvalidInput(f"{path}: depth PNG must be 16-bit grayscale, got mode {im.mode}")
             depth = np.asarray(im, dtype=np.float64) / png_scale
     depth = np.squeeze(depth)
     if depth.ndim != 2:
-        raise ValueError(f"{path}: depth must be [H, W], got shape {depth.shape}")
+        raise InvalidInput(f"{path}: depth must be [H, W], got shape {depth.shape}")
     return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -184,11 +185,11 @@ def read_normals(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if path.suffix.lower() == ".npy":
         normals = np.load(path).astype(np.float64)
         if normals.ndim != 3 or normals.shape[2] != 3:
-            raise ValueError(f"{path}: normals must be [H, W, 3], got shape {normals.shape}")
+            raise InvalidInput(f"{path}: normals must be [H, W, 3], got shape {normals.shape}")
         return normals, None
     with Image.open(path) as im:
         if im.mode not in ("RGB", "RGBA"):
-            raise ValueError(f"{path}: normal PNG must be 8-bit RGB, got mode {im.mode}")
+            raise InvalidInput(f"{path}: normal PNG must be 8-bit RGB, got mode {im.mode}")
         raw = np.asarray(im)[..., :3]
     return raw.astype(np.float64) / 255.0 * 2.0 - 1.0, raw.astype(np.int64).sum(axis=-1) > 0
 
@@ -203,7 +204,7 @@ def read_mask(path: Path) -> np.ndarray:
         if mask.ndim == 3:
             mask = mask[..., 0]
     if mask.ndim != 2:
-        raise ValueError(f"{path}: mask must be [H, W], got shape {mask.shape}")
+        raise InvalidInput(f"{path}: mask must be [H, W], got shape {mask.shape}")
     return mask != 0
 
 
@@ -239,7 +240,7 @@ def eval_crop_mask(shape: tuple[int, ...], crop: str | None) -> np.ndarray:
         (y0, y1), (x0, x1) = KITTI_EIGEN_CROP
         mask[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = True
     else:
-        raise ValueError(f"unknown evaluation crop {crop!r}")
+        raise InvalidInput(f"unknown evaluation crop {crop!r}")
     return mask
 
 
@@ -248,13 +249,13 @@ def read_range_file(path: Path, kind: DatasetKind) -> DatasetKind:
     try:
         spec = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from None
+        raise InvalidInput(f"{path}: invalid JSON ({exc})") from None
     if not isinstance(spec, dict) or set(spec) - {"min_depth", "max_depth"}:
-        raise ValueError(f"{path}: expected an object with only 'min_depth' and 'max_depth'")
+        raise InvalidInput(f"{path}: expected an object with only 'min_depth' and 'max_depth'")
     lo = kind.min_depth if "min_depth" not in spec else (0.0 if spec["min_depth"] is None else spec["min_depth"])
     hi = kind.max_depth if "max_depth" not in spec else (math.inf if spec["max_depth"] is None else spec["max_depth"])
     if not all(isinstance(v, int | float) for v in (lo, hi)) or not 0 <= lo < hi:
-        raise ValueError(f"{path}: need numbers 0 <= min_depth < max_depth, got {lo!r}, {hi!r}")
+        raise InvalidInput(f"{path}: need numbers 0 <= min_depth < max_depth, got {lo!r}, {hi!r}")
     return replace(kind, min_depth=float(lo), max_depth=float(hi))
 
 
@@ -264,13 +265,13 @@ def find_ground_truth(folder: Path, rel_stem: Path, image: Path, what: str) -> P
         if path.is_file():
             return path
     expected = folder / rel_stem.with_name(rel_stem.name + ".npy")
-    raise FileNotFoundError(f"{expected}: {what} not found for {image} (also looked for .png)")
+    raise MissingInput(f"{expected}: {what} not found for {image} (also looked for .png)")
 
 
 def _generic_items(root: Path, task: str, limit: int | None) -> list[Item]:
     rgb = root / "rgb"
     if not rgb.is_dir():
-        raise FileNotFoundError(f"{rgb}: image folder not found (expected the layout of docs/evaluation.md)")
+        raise MissingInput(f"{rgb}: image folder not found (expected the layout of docs/evaluation.md)")
     gt_dir = root / ("depth" if task == "depth" else "normals")
     items = []
     for image in find_images(rgb)[:limit]:
@@ -288,7 +289,7 @@ def _dsine_items(root: Path, limit: int | None) -> list[Item]:
     for image in [p for p in find_images(root) if p.stem.endswith("_img")][:limit]:
         gt = image.with_name(image.stem[: -len("_img")] + "_normal.png")
         if not gt.is_file():
-            raise FileNotFoundError(f"{gt}: normal ground truth not found for {image}")
+            raise MissingInput(f"{gt}: normal ground truth not found for {image}")
         items.append(Item(image.relative_to(root).as_posix(), image, gt))
     return items
 
@@ -304,13 +305,13 @@ def _split_file_items(
             for rel, what in ((image, "image"), (depth, "depth ground truth"), (mask, "mask")):
                 found = rel is None or (archive.has(rel) if archive else (root / rel).is_file())
                 if not found:
-                    raise FileNotFoundError(f"{root / rel}: {what} not found (listed in {split})")
+                    raise MissingInput(f"{root / rel}: {what} not found (listed in {split})")
             items.append(item)
         return items
     for row in read_split(split)[:limit]:
         image = root / row[0]
         if not image.is_file() or "_img" not in image.name:
-            raise FileNotFoundError(f"{image}: image not found (listed in {split}; expected <stem>_img.<ext>)")
+            raise MissingInput(f"{image}: image not found (listed in {split}; expected <stem>_img.<ext>)")
         items.append(Item(row[0], image, normal_ground_truth(image, kind.normal_set)))
     return items
 
@@ -319,15 +320,15 @@ def choose_layout(root: Path, task: str, kind: DatasetKind, split_file: Path | N
     """``dsine`` for the dsine kind; a benchmark's own layout with a split list; else the generic layout."""
     if kind.name == "dsine":
         if split_file is not None:
-            raise ValueError("--split-file is for the benchmark kinds; the dsine kind finds every *_img file")
+            raise InvalidInput("--split-file is for the benchmark kinds; the dsine kind finds every *_img file")
         return "dsine"
     official = kind.normal_set if task == "normals" else kind.name in ("nyu", "kitti", "eth3d", "scannet", "diode")
     if split_file is not None and not official:
-        raise ValueError(f"--split-file needs a benchmark kind with an official {task} layout, not {kind.name!r}")
+        raise InvalidInput(f"--split-file needs a benchmark kind with an official {task} layout, not {kind.name!r}")
     if split_file is not None or (task == "normals" and official and not (root / "rgb").is_dir()):
         return "dsine-split" if task == "normals" else "marigold-split"
     if kind.name != "generic" and not (root / "rgb").is_dir() and task == "depth":
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{root}: no rgb/ folder (the generic layout); for {kind.name}'s own layout give --split-file "
             "(Marigold's split list, see docs/evaluation.md)"
         )
@@ -349,24 +350,24 @@ def open_dataset(
     """
     root = Path(root)
     if task not in TASKS:
-        raise ValueError(f"task {task!r} not supported; choose one of {', '.join(TASKS)}")
+        raise InvalidInput(f"task {task!r} not supported; choose one of {', '.join(TASKS)}")
     if kind not in DATASET_KINDS:
-        raise ValueError(f"dataset kind {kind!r} not supported; choose one of {', '.join(DATASET_KINDS)}")
+        raise InvalidInput(f"dataset kind {kind!r} not supported; choose one of {', '.join(DATASET_KINDS)}")
     spec = DATASET_KINDS[kind]
     if task not in spec.tasks:
-        raise ValueError(f"dataset kind {kind!r} has {' and '.join(spec.tasks)} ground truth only, not {task}")
+        raise InvalidInput(f"dataset kind {kind!r} has {' and '.join(spec.tasks)} ground truth only, not {task}")
     archive = None
     if root.is_file() and task == "depth" and split_file is not None and kind != "generic":
         archive = TarFolder(root)  # a Marigold evaluation tar, as downloaded
     elif not root.is_dir():
-        raise FileNotFoundError(f"{root}: dataset folder not found")
+        raise MissingInput(f"{root}: dataset folder not found")
     if depth_scale is not None and not depth_scale > 0:
-        raise ValueError(f"depth scale must be positive, got {depth_scale}")
+        raise InvalidInput(f"depth scale must be positive, got {depth_scale}")
     if max_images is not None and max_images < 1:
-        raise ValueError(f"max images must be at least 1, got {max_images}")
+        raise InvalidInput(f"max images must be at least 1, got {max_images}")
     split = None if split_file is None else Path(split_file)
     if split is not None and not split.is_file():
-        raise FileNotFoundError(f"{split}: split list not found")
+        raise MissingInput(f"{split}: split list not found")
     layout = choose_layout(root, task, spec, split)
     if archive is None and (root / "dataset.json").is_file():
         spec = read_range_file(root / "dataset.json", spec)
@@ -379,5 +380,5 @@ def open_dataset(
         items = _split_file_items(root, task, spec, split, max_images, archive)
     if not items:
         where = {"dsine": "**/*_img", "generic": "rgb/"}.get(layout, f"listed ({split})")
-        raise FileNotFoundError(f"{root}: no {where} images ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise MissingInput(f"{root}: no {where} images ({', '.join(IMAGE_SUFFIXES)}) found")
     return EvalDataset(root, task, spec, items, depth_scale or spec.png_depth_scale, layout, archive)

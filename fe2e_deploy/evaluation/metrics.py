@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from ..errors import InvalidInput
+
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
 NORMAL_THRESHOLDS = (5.0, 7.5, 11.25, 22.5, 30.0)
 NORMAL_METRICS = ("mean", "median", "rmse", *(f"a{t:g}" for t in NORMAL_THRESHOLDS))
@@ -24,7 +26,7 @@ MIN_EVAL_DEPTH = 1e-6  # predictions are kept above this so that ratios and logs
 
 def check_alignment(alignment: str) -> str:
     if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment {alignment!r} not supported; choose one of {', '.join(ALIGNMENTS)}")
+        raise InvalidInput(f"alignment {alignment!r} not supported; choose one of {', '.join(ALIGNMENTS)}")
     return alignment
 
 
@@ -33,7 +35,7 @@ def fit_scale_shift(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> t
     x = pred[mask].astype(np.float64)
     y = target[mask].astype(np.float64)
     if x.size == 0:
-        raise ValueError("no valid pixels to fit the scale and shift on")
+        raise InvalidInput("no valid pixels to fit the scale and shift on")
     a = np.stack([x, np.ones_like(x)], axis=1)
     (scale, shift), *_ = np.linalg.lstsq(a, y, rcond=None)
     return float(scale), float(shift)
@@ -83,7 +85,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> dict[s
     p = np.asarray(pred, dtype=np.float64)[valid]
     g = np.asarray(gt, dtype=np.float64)[valid]
     if g.size == 0:
-        raise ValueError("no valid ground-truth pixels")
+        raise InvalidInput("no valid ground-truth pixels")
     diff = p - g
     ratio = np.maximum(p / g, g / p)
     return {
@@ -112,7 +114,7 @@ def evaluate_depth(
 def mean_metrics(per_image: list[dict[str, float]]) -> dict[str, float]:
     """Average each metric over images (the depth convention)."""
     if not per_image:
-        raise ValueError("no images to average")
+        raise InvalidInput("no images to average")
     return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
 
 
@@ -151,7 +153,7 @@ def normal_metrics(errors: np.ndarray) -> dict[str, float]:
     """Mean, median, RMSE (degrees) and % of errors under each threshold, over the 1-D ``errors``."""
     e = np.asarray(errors, dtype=np.float64).ravel()
     if e.size == 0:
-        raise ValueError("no valid ground-truth normals")
+        raise InvalidInput("no valid ground-truth normals")
     return {
         "mean": float(e.mean()),
         "median": float(np.median(e)),
@@ -199,7 +201,7 @@ class PooledAngularErrors:
 
     def result(self) -> dict[str, float]:
         if self.count == 0:
-            raise ValueError("no valid ground-truth normals")
+            raise InvalidInput("no valid ground-truth normals")
         return {
             "mean": self.total / self.count,
             "median": float(self.median()),

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import InvalidInput, MissingInput
+
 NORMAL_SUFFIXES = {"nyuv2": (".png", ".npy"), "scannet": (".png", ".npy"), "ibims": (".exr",), "sintel": (".exr",)}
 NORMAL_SUFFIXES["oasis"] = (".pkl",)
 
@@ -42,10 +44,10 @@ def read_split(path: Path) -> list[list[str]]:
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise FileNotFoundError(f"{path}: cannot read the split list ({exc.__class__.__name__})") from None
+        raise MissingInput(f"{path}: cannot read the split list ({exc.__class__.__name__})") from None
     rows = [line.split() for line in lines if line.strip()]
     if not rows:
-        raise ValueError(f"{path}: the split list is empty")
+        raise InvalidInput(f"{path}: the split list is empty")
     return rows
 
 
@@ -55,7 +57,7 @@ def depth_split_rows(path: Path, kind: str) -> list[tuple[str, str, str | None]]
     for number, row in enumerate(read_split(path), 1):
         need = 3 if kind == "diode" else 2
         if len(row) < need:
-            raise ValueError(f"{path}, line {number}: expected {need} paths for {kind}, got {' '.join(row)!r}")
+            raise InvalidInput(f"{path}, line {number}: expected {need} paths for {kind}, got {' '.join(row)!r}")
         if kind == "kitti" and row[1] == "None":  # KITTIDataset drops samples without depth
             continue
         rows.append((row[0], row[1], row[2] if kind == "diode" else None))
@@ -69,7 +71,7 @@ def normal_ground_truth(image: Path, dataset: str) -> Path:
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         names = " or ".join(c.name for c in candidates)
-        raise FileNotFoundError(f"{candidates[0]}: normal ground truth not found for {image} (looked for {names})")
+        raise MissingInput(f"{candidates[0]}: normal ground truth not found for {image} (looked for {names})")
     return found
 
 
@@ -81,7 +83,7 @@ class TarFolder:
         try:
             self.tar = tarfile.open(path)  # noqa: SIM115  kept open while the dataset is read
         except (OSError, tarfile.TarError) as exc:
-            raise ValueError(f"{path}: not a readable tar archive ({exc})") from None
+            raise InvalidInput(f"{path}: not a readable tar archive ({exc})") from None
         self.members = {m.name.removeprefix("./"): m for m in self.tar.getmembers() if m.isfile()}
 
     def has(self, rel: str) -> bool:
@@ -90,7 +92,7 @@ class TarFolder:
     def open(self, rel: str) -> io.BytesIO:
         """The member's bytes; FileNotFoundError names the archive and the member."""
         if rel not in self.members:
-            raise FileNotFoundError(f"{self.path}: no member {rel!r}")
+            raise MissingInput(f"{self.path}: no member {rel!r}")
         return io.BytesIO(self.tar.extractfile(self.members[rel]).read())
 
 
@@ -101,7 +103,7 @@ def read_marigold_depth(source: Path | io.BytesIO, kind: str, image_size: tuple[
         width, height = image_size
         raw = source.read_bytes() if isinstance(source, Path) else source.getvalue()
         if len(raw) != 4 * width * height:
-            raise ValueError(f"{name}: {len(raw)} bytes, expected {height} x {width} float32 (the image's size)")
+            raise InvalidInput(f"{name}: {len(raw)} bytes, expected {height} x {width} float32 (the image's size)")
         depth = np.frombuffer(raw, dtype=np.float32).copy()
         depth[depth == np.inf] = 0.0
         return depth.reshape(height, width)
@@ -109,7 +111,7 @@ def read_marigold_depth(source: Path | io.BytesIO, kind: str, image_size: tuple[
         return np.load(source).squeeze().astype(np.float32)
     with Image.open(source) as im:
         if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(f"{name}: depth PNG must be 16-bit grayscale, got mode {im.mode}")
+            raise InvalidInput(f"{name}: depth PNG must be 16-bit grayscale, got mode {im.mode}")
         raw = np.asarray(im)
     return (raw / (256.0 if kind == "kitti" else 1000.0)).astype(np.float32)
 
@@ -120,13 +122,13 @@ def read_official_normals(path: Path, image_size: tuple[int, int]) -> tuple[np.n
     if suffix == ".png":
         with Image.open(path) as im:
             if im.mode != "RGB":
-                raise ValueError(f"{path}: normal PNG must be 8-bit RGB, got mode {im.mode}")
+                raise InvalidInput(f"{path}: normal PNG must be 8-bit RGB, got mode {im.mode}")
             raw = np.asarray(im)
         return (raw.astype(np.float32) / 255.0) * 2.0 - 1.0, np.sum(raw, axis=2) > 0
     if suffix == ".npy":
         normal = np.load(path).astype(np.float32)
         if normal.ndim != 3 or normal.shape[2] != 3:
-            raise ValueError(f"{path}: normals must be [H, W, 3], got shape {normal.shape}")
+            raise InvalidInput(f"{path}: normals must be [H, W, 3], got shape {normal.shape}")
         normal[:, :, 0] *= -1.0  # GeoNet / FrameNet .npy normals have the opposite x axis
         return normal, np.linalg.norm(normal, axis=2) > 1e-6
     if suffix == ".exr":
@@ -134,7 +136,7 @@ def read_official_normals(path: Path, image_size: tuple[int, int]) -> tuple[np.n
         return normal, np.linalg.norm(normal, axis=2) > 0.5
     if suffix == ".pkl":
         return read_oasis_normals(path, image_size)
-    raise ValueError(f"{path}: unknown normal ground-truth format {suffix!r}")
+    raise InvalidInput(f"{path}: unknown normal ground-truth format {suffix!r}")
 
 
 def read_exr_rgb(path: Path) -> np.ndarray:
@@ -142,13 +144,13 @@ def read_exr_rgb(path: Path) -> np.ndarray:
     try:
         import OpenEXR  # noqa: PLC0415  optional: only iBims-1 and Sintel need it
     except ImportError:
-        raise ValueError(f"{path}: reading .exr needs the OpenEXR package: pip install 'fe2e-deploy[eval]'") from None
+        raise InvalidInput(f"{path}: reading .exr needs the OpenEXR package: pip install 'fe2e-deploy[eval]'") from None
     with OpenEXR.File(str(path)) as exr:  # the pixels are read while the file is open
         channels = {name: np.asarray(channel.pixels, dtype=np.float32) for name, channel in exr.channels().items()}
     if "RGB" in channels:
         return channels["RGB"]
     if not {"R", "G", "B"} <= set(channels):
-        raise ValueError(f"{path}: expected R, G and B channels, found {', '.join(sorted(channels)) or 'none'}")
+        raise InvalidInput(f"{path}: expected R, G and B channels, found {', '.join(sorted(channels)) or 'none'}")
     return np.stack([channels[c] for c in "RGB"], axis=-1)
 
 
@@ -179,7 +181,7 @@ def read_oasis_normals(path: Path, image_size: tuple[int, int]) -> tuple[np.ndar
         y0, y1, x0, x1 = (int(data[k]) for k in ("min_y", "max_y", "min_x", "max_x"))
         roi = np.asarray(data["normal"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: expected a dict with min_y, max_y, min_x, max_x and normal") from None
+        raise InvalidInput(f"{path}: expected a dict with min_y, max_y, min_x, max_x and normal") from None
     normal = np.zeros((height, width, 3))
     normal[y0 : y1 + 1, x0 : x1 + 1, :] = roi
     normal = normal.astype(np.float32)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import InvalidInput
 from .resize import cv2_resize_linear
 
 PROTOCOLS = ("fe2e", "marigold", "infer")
@@ -39,9 +40,9 @@ PROTOCOLS = ("fe2e", "marigold", "infer")
 
 def check_protocol(protocol: str, task: str) -> str:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r} not supported; choose one of {', '.join(PROTOCOLS)}")
+        raise InvalidInput(f"protocol {protocol!r} not supported; choose one of {', '.join(PROTOCOLS)}")
     if protocol == "marigold" and task != "depth":
-        raise ValueError("the marigold protocol scores depth only (Marigold's evaluation has no normals); use fe2e")
+        raise InvalidInput("the marigold protocol scores depth only (Marigold's evaluation has no normals); use fe2e")
     return protocol
 
 
@@ -87,7 +88,7 @@ def _lstsq_fit(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, max_res: 
             mask = down(torch.as_tensor(mask)[None].float()).bool().numpy()
     x = pred[mask].reshape(-1, 1)
     if x.size == 0:
-        raise ValueError("no valid pixels to fit the scale and shift on")
+        raise InvalidInput("no valid pixels to fit the scale and shift on")
     a = np.concatenate([x, np.ones_like(x)], axis=-1)
     scale, shift = np.linalg.lstsq(a, target[mask].reshape(-1, 1), rcond=None)[0]
     return scale, shift

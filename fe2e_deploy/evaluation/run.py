@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..engines import Engine
+from ..errors import InvalidInput, MissingInput
 from ..files.atomic import write_json
 from ..files.images import UnreadableInput, find_images, open_image
 from .datasets import EvalDataset, Sample, open_dataset
@@ -78,10 +79,10 @@ def evaluate_engine(
     if not isinstance(dataset, EvalDataset):
         dataset = open_dataset(dataset, task)
     if dataset.task != task:
-        raise ValueError(f"dataset was opened for {dataset.task}, not {task}")
+        raise InvalidInput(f"dataset was opened for {dataset.task}, not {task}")
     check_protocol(protocol, task)
     if gpus < 1:
-        raise ValueError(f"gpus must be at least 1, got {gpus}")
+        raise InvalidInput(f"gpus must be at least 1, got {gpus}")
     if task == "depth":
         check_alignment(alignment)
     per_image: list[dict] = []
@@ -110,8 +111,10 @@ def evaluate_engine(
     if not per_image:
         if unreadable:
             first = unreadable[0]["reason"]
-            raise ValueError(f"{dataset.root}: no sample could be scored ({len(unreadable)} unreadable, e.g. {first})")
-        raise ValueError(f"{dataset.root}: no image has valid ground-truth pixels")
+            raise InvalidInput(
+                f"{dataset.root}: no sample could be scored ({len(unreadable)} unreadable, e.g. {first})"
+            )
+        raise InvalidInput(f"{dataset.root}: no image has valid ground-truth pixels")
     if task == "depth":
         values = [{k: m[k] for k in DEPTH_METRICS} for m in per_image]
         metrics = mean_metrics(values) if gpus == 1 else shard_mean(values, indices, len(dataset), gpus)
@@ -233,7 +236,7 @@ def compare_engines(
     root = Path(images) if isinstance(images, str | Path) else None
     paths = find_images(root) if root is not None else [Path(p) for p in images]
     if not paths:
-        raise FileNotFoundError(f"{root}: no .jpg/.jpeg/.png images found" if root else "no images given")
+        raise MissingInput(f"{root}: no .jpg/.jpeg/.png images found" if root else "no images given")
     per_image, unreadable = [], []
     for path in tqdm(paths, desc=f"compare {engine_a.name} vs {engine_b.name}", unit="img", disable=not progress):
         name = path.relative_to(root).as_posix() if root is not None else str(path)
@@ -245,7 +248,7 @@ def compare_engines(
         m = compare_predictions(engine_a.predict(image), engine_b.predict(image))
         per_image.append({"name": name, **m})
     if not per_image:
-        raise ValueError(f"{root or 'images'}: no image could be read ({unreadable[0]['reason']})")
+        raise InvalidInput(f"{root or 'images'}: no image could be read ({unreadable[0]['reason']})")
     values = {k: [m[k] for m in per_image] for k in COMPARE_METRICS}
     return {
         "engine_a": engine_a.name,

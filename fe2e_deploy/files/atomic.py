@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..errors import NotAFile, NotAFolder, OutputExists
+
 #: errors of a rename / link whose target is occupied (a file, a non-empty folder)
 _OCCUPIED = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
 #: os.link errors that mean "no hard links here" (then: check, rename)
@@ -143,8 +145,8 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _appeared(target: Path) -> FileExistsError:
-    return FileExistsError(f"{target}: appeared while this run was writing it (pass --overwrite to replace it)")
+def _appeared(target: Path) -> OutputExists:
+    return OutputExists(f"{target}: appeared while this run was writing it (pass --overwrite to replace it)")
 
 
 def install_file(tmp: str | Path, target: str | Path, overwrite: bool = True) -> Path:
@@ -165,7 +167,7 @@ def install_file(tmp: str | Path, target: str | Path, overwrite: bool = True) ->
         if exc.errno not in _NO_LINKS:
             raise
         if os.path.lexists(target):  # no hard links on this file system: check, then rename
-            raise FileExistsError(f"{target}: exists (pass --overwrite to replace it)") from None
+            raise OutputExists(f"{target}: exists (pass --overwrite to replace it)") from None
         os.replace(tmp, target)
         return target
     tmp.unlink()
@@ -217,9 +219,9 @@ def refuse_existing(*paths: str | Path | None) -> None:
             continue
         path = Path(path)
         if path.is_dir():
-            raise IsADirectoryError(f"{path}: is a folder; give a file path")
+            raise NotAFile(f"{path}: is a folder; give a file path")
         if path.exists():
-            raise FileExistsError(f"{path}: exists (pass --overwrite to replace it)")
+            raise OutputExists(f"{path}: exists (pass --overwrite to replace it)")
 
 
 def check_folder_target(
@@ -232,16 +234,16 @@ def check_folder_target(
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{target}: is a file; give a folder path")
+        raise NotAFolder(f"{target}: is a file; give a folder path")
     if not target.is_dir() or not any(target.iterdir()):
         return target
     if marker is not None and not (target / marker).is_file():
-        raise FileExistsError(
+        raise OutputExists(
             f"{target}: exists and is not {what} folder (no {marker}); refusing to replace it "
             "(give a new or empty folder)"
         )
     if not overwrite:
-        raise FileExistsError(f"{target}: already holds {what} (pass --overwrite to replace it)")
+        raise OutputExists(f"{target}: already holds {what} (pass --overwrite to replace it)")
     return target
 
 
@@ -313,7 +315,7 @@ def check_writable_dir(folder: str | Path) -> Path:
     """Create ``folder`` if needed and prove that files can be written there (before any long work)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: is a file; give a folder path")
+        raise NotAFolder(f"{folder}: is a file; give a folder path")
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
         pass

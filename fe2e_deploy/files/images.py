@@ -10,6 +10,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from ..errors import ImageError, InvalidInput, MissingInput
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 #: The largest input image read (width x height): 100 MP, e.g. 12000x8000. Its size is checked from the
@@ -33,16 +35,16 @@ def read_image(path: Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
         try:
             image = Image.open(path)
         except Image.DecompressionBombError as exc:  # far over the limit here
-            raise ValueError(f"image is over the limit of {max_pixels / 1e6:.0f} megapixels: {exc}") from None
+            raise InvalidInput(f"image is over the limit of {max_pixels / 1e6:.0f} megapixels: {exc}") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
-            raise ValueError(
+            raise InvalidInput(
                 f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels, over the limit of "
                 f"{max_pixels / 1e6:.0f} megapixels (a decompression bomb?); resize it first"
             )
         if width < 1 or height < 1:
-            raise ValueError("empty image")
+            raise InvalidInput("empty image")
         image.load()
         return to_rgb(image)
 
@@ -71,11 +73,11 @@ def find_images(root: str | Path) -> list[Path]:
     """Every .jpg/.jpeg/.png under ``root`` (recursively, case-insensitive), sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: input folder not found")
+        raise MissingInput(f"{root}: input folder not found")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-class UnreadableInput(ValueError):
+class UnreadableInput(ImageError):
     """An input file (image, ground truth, mask) that cannot be read; the message names the file.
 
     Commands that run over many images skip such a sample and report it (``evaluate``, ``compare``,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidInput
 from ..processing import Prediction, row_bands
 from .atomic import atomic_path
 from .colormaps import depth_preview, normals_preview
@@ -54,13 +55,13 @@ class OutputOptions:
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in OUTPUT_KINDS]
         if unknown or not self.kinds:
-            raise ValueError(f"--outputs {','.join(self.kinds)}: choose one or more of {', '.join(OUTPUT_KINDS)}")
+            raise InvalidInput(f"--outputs {','.join(self.kinds)}: choose one or more of {', '.join(OUTPUT_KINDS)}")
         if self.resolution not in ("input", "processing"):
-            raise ValueError(f"--output-res {self.resolution!r}: choose input or processing")
+            raise InvalidInput(f"--output-res {self.resolution!r}: choose input or processing")
         if not 0 <= self.png_compression <= 9:
-            raise ValueError(f"--png-compression must be 0-9, got {self.png_compression}")
+            raise InvalidInput(f"--png-compression must be 0-9, got {self.png_compression}")
         if self.npy_dtype not in ("float32", "float16"):
-            raise ValueError(f"--npy-dtype {self.npy_dtype!r}: choose float32 or float16")
+            raise InvalidInput(f"--npy-dtype {self.npy_dtype!r}: choose float32 or float16")
 
 
 def output_names(rel_images: Iterable[Path]) -> dict[Path, str]:
@@ -113,7 +114,7 @@ def png_pixels(kind: str, depth: np.ndarray, normals: np.ndarray) -> np.ndarray:
         return _banded(depth, (3,), np.uint8, depth_preview)
     if kind == "normals_png":
         return _banded(normals, (3,), np.uint8, normals_preview)
-    raise ValueError(f"{kind!r} is not a PNG output (depth_png16, depth_colored, normals_png)")
+    raise InvalidInput(f"{kind!r} is not a PNG output (depth_png16, depth_colored, normals_png)")
 
 
 def _banded(values: np.ndarray, channels: tuple[int, ...], dtype: type, convert: Callable) -> np.ndarray:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidInput
+
 try:  # libdeflate: faster and smaller than zlib at low levels (optional, see ``deflate``)
     import deflate as libdeflate
 except ImportError:  # pragma: no cover - the GPU machines install the project without its dependencies
@@ -42,7 +44,7 @@ def png_bytes(array: np.ndarray, level: int = 1) -> bytes:
     elif array.dtype == np.uint8 and channels in COLOR_TYPES:
         rows, bits = array.reshape(height, width * channels), 8
     else:
-        raise ValueError(f"cannot write a {array.dtype} array of shape {array.shape} as PNG")
+        raise InvalidInput(f"cannot write a {array.dtype} array of shape {array.shape} as PNG")
     filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
     filtered[:, 0] = UP
     filtered[0, 1:] = rows[0]  # the row above the first is zero

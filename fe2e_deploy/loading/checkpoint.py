@@ -10,10 +10,11 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from tqdm import tqdm
 
+from ..errors import InvalidInput
 from .layout import CheckpointLayout
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InvalidInput):
     """A checkpoint file that is missing, corrupt, or does not match the model config."""
 
 

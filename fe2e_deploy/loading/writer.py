@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidInput
 from ..files.atomic import atomic_path
 from .checkpoint import non_finite
 
@@ -76,7 +77,7 @@ class SafetensorsWriter:
             raise ValueError(f"{name}: got {tensor.dtype} {list(tensor.shape)}, declared {dtype} {list(shape)}")
         problem = non_finite(tensor)
         if problem:  # e.g. a merged weight that overflowed: the file is not written
-            raise ValueError(f"{name}: contains NaN or Inf ({problem}; an overflow?): {self.path} not written")
+            raise InvalidInput(f"{name}: contains NaN or Inf ({problem}; an overflow?): {self.path} not written")
         # the tensor's own bytes through the buffer protocol: no extra copy of a (possibly 100 MB) tensor
         self._file.write(memoryview(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
         self._next += 1

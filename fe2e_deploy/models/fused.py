@@ -19,6 +19,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from ..config import LATENT_DOWNSAMPLE
+from ..errors import InvalidInput
 from .packing import pack, unpack
 from .stripped import StrippedDiT
 from .vae import decode, encode_mean
@@ -66,7 +67,7 @@ class FE2EGraph(nn.Module):
     def __init__(self, vae: AutoencoderKL, dit: StrippedDiT, width: int, height: int):
         super().__init__()
         if width % 16 or height % 16:
-            raise ValueError(f"resolution {width}x{height}: both sides must be multiples of 16")
+            raise InvalidInput(f"resolution {width}x{height}: both sides must be multiples of 16")
         self.width, self.height = width, height
         self.encoder, self.decoder = VAEEncoder(vae), VAEDecoder(vae)
         self.step = DiTStep(dit, height // LATENT_DOWNSAMPLE, width // LATENT_DOWNSAMPLE)

@@ -33,10 +33,12 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..artifacts.scales import DEFAULT_EXCLUDE, FORMAT, FORMAT_VERSION
-from ..artifacts.stripped import WEIGHTS_FILE, StrippedModel, load_stripped, read_stripped_meta
+from ..artifacts.scales import DEFAULT_EXCLUDE, CalibratedOn, Fp8Scales, LayerScales, SkippedImage
+from ..artifacts.stripped import StrippedMeta, read_stripped_meta
+from ..errors import InvalidInput, MissingInput, NotAFolder
 from ..files.hashing import sha256_file
 from ..files.images import UnreadableInput, find_images, open_image
+from ..loading.stripped import StrippedModel, load_stripped
 from ..models.fp8 import E4M3_MAX
 from ..models.fused import FE2EGraph
 from ..processing import preprocess
@@ -59,7 +61,7 @@ def quantizable_linears(dit: nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLU
     names = linear_names(dit)
     unmatched = [p for p in exclude if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:
-        raise ValueError(f"--exclude pattern(s) {unmatched} match no Linear layer; names look like {names[:3]}")
+        raise InvalidInput(f"--exclude pattern(s) {unmatched} match no Linear layer; names look like {names[:3]}")
     modules = dict(dit.named_modules())
     return {n: modules[n] for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)}
 
@@ -74,15 +76,15 @@ def calibration_images(
     there as (path, reason); ``max_images`` counts the images read.
     """
     if max_images is not None and max_images < 1:
-        raise ValueError(f"--max-images must be >= 1, got {max_images}")
+        raise InvalidInput(f"--max-images must be >= 1, got {max_images}")
     if images is None:
         count = min(COUNT, max_images or COUNT)
         return [(f"builtin:{scene_name(i)}", render_scene(i)) for i in range(count)]
     if Path(images).is_file():
-        raise NotADirectoryError(f"{images}: is a file; give the folder of calibration images")
+        raise NotAFolder(f"{images}: is a file; give the folder of calibration images")
     paths = find_images(images)
     if not paths:
-        raise FileNotFoundError(f"{images}: no .jpg/.jpeg/.png calibration images found")
+        raise MissingInput(f"{images}: no .jpg/.jpeg/.png calibration images found")
     pictures = []
     for path in paths:
         if max_images is not None and len(pictures) == max_images:
@@ -94,7 +96,7 @@ def calibration_images(
                 raise
             unreadable.append((str(path), str(exc)))
     if not pictures:
-        raise ValueError(f"{images}: no calibration image could be read ({unreadable[0][1]})")
+        raise InvalidInput(f"{images}: no calibration image could be read ({unreadable[0][1]})")
     return pictures
 
 
@@ -105,13 +107,13 @@ def measure_scales(
     images: list[Image.Image],
     processing_res: tuple[int, int] | None = None,
     progress: bool = False,
-) -> tuple[dict[str, dict[str, float]], list[tuple[int, int]]]:
+) -> tuple[dict[str, LayerScales], list[tuple[int, int]]]:
     """Max-calibrate ``linears`` of a loaded stripped model on ``images``; returns (layers, resolutions used).
 
     ``layers[name]`` holds ``input_scale``/``weight_scale`` (amax / 448) and the amaxes themselves.
     """
     if not linears:
-        raise ValueError("no Linear layer left to quantise (every one is excluded)")
+        raise InvalidInput("no Linear layer left to quantise (every one is excluded)")
     device = model.dit.img_in.weight.device
     amax = {name: torch.zeros((), device=device) for name in linears}
 
@@ -137,13 +139,10 @@ def measure_scales(
         w_amax = float(module.weight.detach().abs().amax().float())
         x_amax = float(amax[name])
         if not all(math.isfinite(v) and v > 0 for v in (x_amax, w_amax)):
-            raise ValueError(f"{name}: unusable range after calibration (input amax {x_amax}, weight amax {w_amax})")
-        layers[name] = {
-            "input_scale": x_amax / E4M3_MAX,
-            "weight_scale": w_amax / E4M3_MAX,
-            "input_amax": x_amax,
-            "weight_amax": w_amax,
-        }
+            raise InvalidInput(f"{name}: unusable range after calibration (input amax {x_amax}, weight amax {w_amax})")
+        layers[name] = LayerScales(
+            input_scale=x_amax / E4M3_MAX, weight_scale=w_amax / E4M3_MAX, input_amax=x_amax, weight_amax=w_amax
+        )
     return layers, sorted(graphs)
 
 
@@ -158,14 +157,14 @@ def calibrate_fp8(
     progress: bool = True,
     device: str = "cpu",
     max_processing_pixels: int = MAX_PROCESSING_PIXELS,
-) -> dict:
-    """Run the stripped model over the calibration images; returns the scales document (see ``write_scales``).
+) -> Fp8Scales:
+    """Run the stripped model over the calibration images; returns the scales (``write_scales`` writes them).
 
     Images that cannot be read are skipped and listed under ``unreadable_images`` (``{"image", "reason"}``);
     images whose processing size is over ``max_processing_pixels`` under ``skipped_images``.
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA GPU available here")
+        raise InvalidInput(f"device {device!r}: no CUDA GPU available here")
     read_stripped_meta(stripped)  # a missing or corrupt folder fails before the images are read
     unreadable: list[tuple[str, str]] = []
     pictures = calibration_images(images, max_images, unreadable)
@@ -174,33 +173,31 @@ def calibrate_fp8(
         try:
             size = processing_res or fe2e_processing_size(*picture.size)
             check_processing_pixels(size, max_processing_pixels, f"image {name}")
-        except ValueError as exc:
+        except InvalidInput as exc:
             too_large.append((name, str(exc)))
             pictures.remove((name, picture))
     if not pictures:
-        raise ValueError("no calibration image left to run (see the unreadable and skipped images)")
+        raise InvalidInput("no calibration image left to run (see the unreadable and skipped images)")
     model = load_stripped(stripped, device=device, progress=progress)
     linears = quantizable_linears(model.dit, exclude)
     layers, sizes = measure_scales(model, linears, [image for _, image in pictures], processing_res, progress)
     folder = Path(stripped)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fe2e_deploy": __version__,
-        "fp8": "float8_e4m3fn, per-tensor scales, max calibration (scale = amax / 448)",
-        "stripped": {
-            "path": str(folder),
-            "weights_sha256": sha256_file(folder / WEIGHTS_FILE),
-            "sources": model.meta["sources"],
-            "dtype": model.meta["dtype"],
-        },
-        "resolutions": sorted(resolution_name(s) for s in sizes),
-        "num_images": len(pictures),
-        "images": [name for name, _ in pictures],
-        "unreadable_images": [{"image": path, "reason": reason} for path, reason in unreadable],
-        "skipped_images": [{"image": path, "reason": reason} for path, reason in too_large],
-        "exclude_patterns": list(exclude),
-        "excluded": sorted(set(linear_names(model.dit)) - set(linears)),
-        "not_quantised": NOT_QUANTISED,
-        "layers": layers,
-    }
+    return Fp8Scales(
+        fe2e_deploy=__version__,
+        fp8="float8_e4m3fn, per-tensor scales, max calibration (scale = amax / 448)",
+        stripped=CalibratedOn(
+            path=str(folder),
+            weights_sha256=sha256_file(folder / StrippedMeta.WEIGHTS),
+            sources=model.meta.sources,
+            dtype=model.meta.dtype,
+        ),
+        resolutions=sorted(resolution_name(s) for s in sizes),
+        num_images=len(pictures),
+        images=[name for name, _ in pictures],
+        unreadable_images=[SkippedImage(path, reason) for path, reason in unreadable],
+        skipped_images=[SkippedImage(path, reason) for path, reason in too_large],
+        exclude_patterns=list(exclude),
+        excluded=sorted(set(linear_names(model.dit)) - set(linears)),
+        not_quantised=NOT_QUANTISED,
+        layers=layers,
+    )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import InvalidInput, MissingInput
 from ..evaluation.datasets import find_ground_truth, read_depth, read_input, read_mask, read_normals
 from ..files.images import check_image, find_images, open_image
 from ..processing import preprocess
@@ -33,7 +34,7 @@ class TrainSample:
 def log_normalise_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """FE2E's depth target in [-1, 1] (clipped), rounded to BF16 as the paper's training does."""
     if valid.sum() < 2:
-        raise ValueError("fewer than 2 valid depth pixels")
+        raise InvalidInput("fewer than 2 valid depth pixels")
     log_d = np.log(np.maximum(depth, 0) + LOG_EPS)
     p2, p98 = np.percentile(log_d[valid], [2, 98])
     y = 2 * ((log_d - p2) / max(p98 - p2, 1e-6) - 0.5)
@@ -60,7 +61,7 @@ class TrainDataset:
         self.root, self.resolution, self.depth_scale = Path(root), resolution, depth_scale
         rgb = self.root / "rgb"
         if not rgb.is_dir():
-            raise FileNotFoundError(f"{rgb}: image folder not found (layout: rgb/, depth/, normals/, mask/)")
+            raise MissingInput(f"{rgb}: image folder not found (layout: rgb/, depth/, normals/, mask/)")
         self.items = []
         for image in find_images(rgb):
             check_image(image)
@@ -70,7 +71,7 @@ class TrainDataset:
             masks = [self.root / "mask" / stem.with_name(stem.name + s) for s in (".png", ".npy")]
             self.items.append((image, depth, normals, next((m for m in masks if m.is_file()), None)))
         if not self.items:
-            raise FileNotFoundError(f"{rgb}: no .jpg/.jpeg/.png images found")
+            raise MissingInput(f"{rgb}: no .jpg/.jpeg/.png images found")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -82,7 +83,7 @@ class TrainDataset:
         normals, normals_valid = read_input("normals", normals_path, read_normals)
         for name, arr in (("depth", depth), ("normals", normals)):
             if arr.shape[:2] != (image.height, image.width):
-                raise ValueError(f"{image_path}: {name} is {arr.shape[:2]}, image is {(image.height, image.width)}")
+                raise InvalidInput(f"{image_path}: {name} is {arr.shape[:2]}, image is {(image.height, image.width)}")
         valid = (depth > 0) & np.isfinite(depth) & (np.linalg.norm(normals, axis=-1) > 1e-6)
         if normals_valid is not None:
             valid &= normals_valid

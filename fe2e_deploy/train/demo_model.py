@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import ConnectorConfig, DiTConfig, ModelConfig, VAEConfig, load_model_config
+from ..errors import OutputExists
 from ..evaluation.datasets import open_dataset
 from ..evaluation.metrics import angular_error, evaluate_depth, normalize
 from ..files.atomic import staged_folder, write_json
@@ -296,7 +297,7 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
 def write_scene_set(out: Path, first_seed: int, count: int, resolution: tuple[int, int]) -> None:
     """Scenes ``first_seed ..`` in the generic dataset layout (rgb/*.png, depth/*.npy, normals/*.npy)."""
     if (out / "rgb").exists():
-        raise FileExistsError(f"{out}: already holds a scene set")
+        raise OutputExists(f"{out}: already holds a scene set")
     for i in range(count):
         s = random_sample(first_seed + i, *resolution)
         write_sample(out, f"scene_{first_seed + i}", s.rgb, s.depth, s.normals)

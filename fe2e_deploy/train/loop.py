@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..config import finite_number
+from ..errors import InvalidInput, MissingInput, OutputExists
 from ..files.atomic import atomic_write, write_json
 from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..model_files import ModelFiles
@@ -72,24 +73,24 @@ class TrainOptions:
             ("--grad-accum", self.grad_accum),
         ):
             if value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
+                raise InvalidInput(f"{flag} must be >= 1, got {value}")
         if self.save_every < 0:
-            raise ValueError(f"--save-every must be >= 0, got {self.save_every}")
+            raise InvalidInput(f"--save-every must be >= 0, got {self.save_every}")
         for flag, value in (("--alpha", self.alpha), ("--lr", self.lr), ("--depth-scale", self.depth_scale)):
             finite_number(value, flag, positive=True)
         check_seed(self.seed)
         if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"--mixed-precision {self.mixed_precision!r} not supported; choose no or bf16")
+            raise InvalidInput(f"--mixed-precision {self.mixed_precision!r} not supported; choose no or bf16")
         for pattern in self.target_modules or []:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"--target-modules {pattern!r}: not a valid regular expression ({exc})") from None
+                raise InvalidInput(f"--target-modules {pattern!r}: not a valid regular expression ({exc})") from None
         if self.target_modules:
             try:  # as lora_config joins them (a back-reference may be valid alone and not there)
                 re.compile(target_regex(self.target_modules))
             except re.error as exc:
-                raise ValueError(f"--target-modules {self.target_modules}: invalid together ({exc})") from None
+                raise InvalidInput(f"--target-modules {self.target_modules}: invalid together ({exc})") from None
 
 
 @dataclass
@@ -187,7 +188,7 @@ def train_lora(
     out_dir = Path(out_dir)
     opts.validate()
     if (out_dir / "adapter_model.safetensors").exists() and resume is None and not overwrite:
-        raise FileExistsError(f"{out_dir}: holds a trained adapter (pass --resume to continue or --overwrite)")
+        raise OutputExists(f"{out_dir}: holds a trained adapter (pass --resume to continue or --overwrite)")
     dataset = TrainDataset(data_dir, opts.resolution, opts.depth_scale)
     device = torch.device(opts.device)
     torch.manual_seed(opts.seed)
@@ -205,7 +206,7 @@ def train_lora(
             param.data = param.data.float()  # LoRA weights train in FP32
             params.append(param)
     if not params:
-        raise ValueError("the target modules matched no Linear of the DiT")
+        raise InvalidInput("the target modules matched no Linear of the DiT")
     if opts.kohya:  # fail before training, not after
         kohya_modules(list(_adapter_pairs(transformer, config)), files.config)
     if opts.gradient_checkpointing:
@@ -216,7 +217,7 @@ def train_lora(
     if resume is not None:
         checkpoint = latest_checkpoint(out_dir) if str(resume) == "latest" else Path(resume)
         if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{resume}: no checkpoint to resume from (looked in {out_dir / 'checkpoints'})")
+            raise MissingInput(f"{resume}: no checkpoint to resume from (looked in {out_dir / 'checkpoints'})")
         set_peft_model_state_dict(transformer, load_file(checkpoint / "adapter_model.safetensors"), ADAPTER)
         state = torch.load(checkpoint / STATE_FILE, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
