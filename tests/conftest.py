@@ -68,3 +68,53 @@ def scene_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+# -- built engines shared by the AOTInductor tests and the engine conformance suite (compiles are slow) -----
+
+#: The tiny model's sizes in the shared engines (FE2E's resize rule would pick 1024x768 and up).
+SMALL, LARGE = (32, 32), (64, 48)
+
+
+@pytest.fixture(scope="session")
+def shared_stripped(tiny_dir, tiny_config, tmp_path_factory) -> Path:
+    """The tiny model (with its LoRA) stripped in FP32: the source of every shared built engine."""
+    return strip_tiny(tiny_dir, tiny_config, tmp_path_factory.mktemp("shared") / "stripped")
+
+
+@pytest.fixture(scope="session")
+def shared_scales(shared_stripped, tmp_path_factory) -> Path:
+    """FP8 scales of the shared stripped model, calibrated on 2 built-in scenes at 32x32."""
+    from fe2e_deploy.artifacts.scales import write_scales
+    from fe2e_deploy.quantize.calibrate import calibrate_fp8
+
+    scales = calibrate_fp8(shared_stripped, processing_res=SMALL, max_images=2, progress=False)
+    return write_scales(scales, tmp_path_factory.mktemp("shared") / "fp8_scales.json")
+
+
+def _aoti(stripped: Path, tmp_path_factory, name: str, **kwargs) -> Path:
+    from fe2e_deploy.compile.aoti_build import build_aoti
+
+    out = tmp_path_factory.mktemp("shared") / name
+    build_aoti(stripped, out, device="cpu", **kwargs)
+    return out
+
+
+@pytest.fixture(scope="session")
+def aoti_fp32(shared_stripped, tmp_path_factory) -> Path:
+    """An AOTInductor engine folder: FP32, static batch 2, two resolutions (64x48, 32x32): two compiles."""
+    return _aoti(shared_stripped, tmp_path_factory, "aoti_fp32", resolutions=[LARGE, SMALL], precision="fp32", batch=2)
+
+
+@pytest.fixture(scope="session")
+def aoti_bf16(shared_stripped, tmp_path_factory) -> Path:
+    """BF16, batch 1, one resolution (32x32)."""
+    return _aoti(shared_stripped, tmp_path_factory, "aoti_bf16", resolutions=[SMALL], precision="bf16")
+
+
+@pytest.fixture(scope="session")
+def aoti_fp8(shared_stripped, shared_scales, tmp_path_factory) -> Path:
+    """FP8 (per-tensor scales, BF16 compute), batch 1, one resolution (32x32)."""
+    return _aoti(
+        shared_stripped, tmp_path_factory, "aoti_fp8", resolutions=[SMALL], precision="fp8", scales=shared_scales
+    )

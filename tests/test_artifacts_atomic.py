@@ -29,7 +29,7 @@ import fe2e_deploy.compile.onnx_export as export_module
 import fe2e_deploy.files.atomic as atomic_module
 import fe2e_deploy.merge as merge_module
 import fe2e_deploy.strip as strip_module
-from fe2e_deploy.artifacts.stripped import META_FILE, VAE_FILE, WEIGHTS_FILE
+from fe2e_deploy.artifacts.stripped import StrippedMeta
 from fe2e_deploy.cli import app
 from fe2e_deploy.compile.onnx_export import export_module as export_one_module
 from fe2e_deploy.compile.onnx_export import export_onnx
@@ -138,8 +138,8 @@ def test_strip_overwrite_that_fails_late_leaves_the_old_folder_whole(tiny_dir, t
     assert [p.name for p in tmp_path.iterdir()] == ["stripped"]  # no staging folder left
     (out / "stray.txt").write_text("a file of the old folder")
     strip_tiny(tiny_dir, tiny_config, out, torch.bfloat16, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == sorted([WEIGHTS_FILE, VAE_FILE, META_FILE])
-    assert load_stripped(out).meta["dtype"] == "bfloat16"
+    assert sorted(p.name for p in out.iterdir()) == sorted([StrippedMeta.WEIGHTS, StrippedMeta.VAE, StrippedMeta.FILE])
+    assert load_stripped(out).meta.dtype == "bfloat16"
     assert [p.name for p in tmp_path.iterdir()] == ["stripped"]
 
 
@@ -152,7 +152,7 @@ def test_strip_killed_during_overwrite_leaves_the_old_folder_and_the_next_run_cl
     assert hidden(tmp_path)  # the killed run's staging folder
     result = runner.invoke(app, [*strip_args(tiny_dir, out, "bf16"), "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / META_FILE).read_text())["dtype"] == "bfloat16"
+    assert json.loads((out / StrippedMeta.FILE).read_text())["dtype"] == "bfloat16"
     assert [p.name for p in tmp_path.iterdir()] == ["stripped"]  # the dead run's leftovers are gone
 
 
@@ -230,7 +230,7 @@ def test_export_overwrite_that_fails_late_leaves_the_old_export_and_no_stale_che
     result = runner.invoke(app, [*args, "--overwrite", "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["dtype"] == "bfloat16"
+    assert manifest["compute"] == "bf16"
     files = {"manifest.json", manifest["weights"]["file"], *(g["file"] for g in manifest["graphs"].values())}
     assert sorted(p.name for p in out.iterdir()) == sorted(files)  # no check.json of the old export
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "stripped"]
@@ -275,13 +275,13 @@ def test_strip_refuses_a_folder_that_appeared_while_it_was_writing(tiny_dir, tin
 
     def other_run_finishes_first(*args, **kwargs):
         out.mkdir(exist_ok=True)
-        (out / META_FILE).write_text("the other run's strip")
+        (out / StrippedMeta.FILE).write_text("the other run's strip")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(strip_module, "stripped_meta", other_run_finishes_first)
     with pytest.raises(FileExistsError, match="--overwrite"):
         strip_tiny(tiny_dir, tiny_config, out)
-    assert snapshot(out) == {META_FILE: hashlib.sha256(b"the other run's strip").hexdigest()}
+    assert snapshot(out) == {StrippedMeta.FILE: hashlib.sha256(b"the other run's strip").hexdigest()}
     assert [p.name for p in tmp_path.iterdir()] == ["stripped"]
 
 
@@ -313,7 +313,7 @@ def test_folder_outputs_refuse_a_non_empty_folder_of_another_kind(tiny_dir, tiny
     empty = tmp_path / "empty"
     empty.mkdir()
     strip_tiny(tiny_dir, tiny_config, empty)  # an empty folder may be filled
-    assert (empty / META_FILE).is_file()
+    assert (empty / StrippedMeta.FILE).is_file()
 
 
 # --- 3. leftovers of killed runs, file modes -------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_stale_temps_of_dead_runs_are_removed_but_not_a_live_runs(tiny_dir, tiny
     stripped = tmp_path / "stripped"
     staging = tmp_path / f".stripped.tmp{dead}"
     staging.mkdir()
-    (staging / WEIGHTS_FILE).write_bytes(b"half a strip")
+    (staging / StrippedMeta.WEIGHTS).write_bytes(b"half a strip")
     strip_tiny(tiny_dir, tiny_config, stripped)
     assert not staging.exists()
 

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from fe2e_deploy.cli import app
 from fe2e_deploy.compile.onnx_check import check_export
-from fe2e_deploy.compile.onnx_export import GRAPHS, export_onnx
+from fe2e_deploy.compile.onnx_export import export_onnx
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.onnx import OnnxEngine
 from fe2e_deploy.engines.ort_session import has_bf16, make_session
+from fe2e_deploy.graph_io import GRAPHS
 from fe2e_deploy.loading.stripped import load_stripped
 
 runner = CliRunner()
@@ -114,7 +115,7 @@ def test_export_refuses_overwrite_and_bad_options(stripped32, export32, tmp_path
         export_onnx(stripped32, tmp_path / "x", resolutions=((60, 48),), progress=False)
     with pytest.raises(ValueError, match="unknown graph"):
         export_onnx(stripped32, tmp_path / "x", graphs=("unet",), progress=False)
-    with pytest.raises(ValueError, match="not exported"):
+    with pytest.raises(ValueError, match="built for 64x48, asked for 1024x768.*export STRIPPED --resolution"):
         OnnxEngine(export32, processing_res=(1024, 768))
     with pytest.raises(FileNotFoundError, match="lonely.onnx: ONNX graph not found"):  # not "no manifest.json"
         OnnxEngine(tmp_path / "lonely.onnx")

@@ -110,14 +110,14 @@ class TensorRTEngine(Engine):
         self.size = self.sidecar.size
         self.check_built_size(plan)
         self.profile = self.sidecar.batch
+        if options.weight_streaming_budget is not None and not self.sidecar.weight_streaming:
+            raise InvalidInput(f"{plan}: --weight-streaming-budget needs a plan built with --weight-streaming")
         if runtime is None:
             if self.device.type != "cuda" or not torch.cuda.is_available():
                 raise InvalidInput(f"{plan}: TensorRT engines need a CUDA GPU; none is visible (or --device is cpu)")
             self.sidecar.check_gpu(plan, GpuIdentity.here())
             trt = import_tensorrt()
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        if options.weight_streaming_budget is not None and not self.sidecar.weight_streaming:
-            raise InvalidInput(f"{plan}: --weight-streaming-budget needs a plan built with --weight-streaming")
         self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise InvalidInput(f"{plan}: TensorRT cannot deserialize this plan (another TensorRT version?)")
