@@ -131,7 +131,9 @@ def test_stripped_folder_checks(aoti_fp32, shared_stripped, tmp_path, monkeypatc
 
 def test_description_is_a_checked_contract(aoti_fp32, tmp_path):
     with pytest.raises(ValueError, match="built for NVIDIA H100"):
-        AOTIEngine(edit(aoti_fp32, tmp_path, device={"kind": "cuda", "name": "NVIDIA H100", "compute_capability": "9.0"}))
+        AOTIEngine(
+            edit(aoti_fp32, tmp_path, device={"kind": "cuda", "name": "NVIDIA H100", "compute_capability": "9.0"})
+        )
     with pytest.raises(ValueError, match="torch 2.0.0"):
         AOTIEngine(edit(aoti_fp32, tmp_path, torch="2.0.0"))
     with pytest.raises(ContractError, match="field 'batch' is 'two', not an integer.*fe2e-deploy build"):

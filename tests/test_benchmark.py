@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from fe2e_deploy.benchmark import PAPER_SECONDS, format_table, map_errors, run_benchmark
 from fe2e_deploy.cli import app
+from fe2e_deploy.engines import EngineOptions
 from fe2e_deploy.model_files import ModelFiles
 from fe2e_deploy.processing import Prediction
 from fe2e_deploy.scenes import synthetic_scene
@@ -41,7 +42,15 @@ def test_map_errors():
 
 def test_benchmark_reference_and_stripped_side_by_side(tiny_dir, stripped):
     image = synthetic_scene(64, 48)
-    report = run_benchmark([stripped], image, ModelFiles.from_dir(tiny_dir), (32, 32), runs=3, warmup=1, log=print)
+    report = run_benchmark(
+        [stripped],
+        image,
+        ModelFiles.from_dir(tiny_dir),
+        EngineOptions(processing_res=(32, 32)),
+        runs=3,
+        warmup=1,
+        log=print,
+    )
     ref, eng = report["results"]
     assert ref["name"] == "reference-bf16-cfg2" and eng["name"] == "stripped-bf16"
     for r in (ref, eng):

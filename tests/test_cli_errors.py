@@ -232,8 +232,7 @@ def _output_cases(tmp, stripped, export_dir, images, dataset):
         "export -o file --overwrite": (["export", str(stripped), "-o", str(afile), "--overwrite"], "afile: is a file"),
         "export -o below a file": (["export", str(stripped), "-o", str(afile / "x")], "afile: is a file"),
         "build -o file": (["build", str(stripped), "-o", str(afile), "--overwrite"], "afile: is a file"),
-        "build -o folder.pt2": (["build", str(stripped), "-o", str(tmp / "d.pt2")], "d.pt2: is a folder"),
-        "build -o below a file": (["build", str(stripped), "-o", str(afile / "x.pt2")], "afile: is a file"),
+        "build -o below a file": (["build", str(stripped), "-o", str(afile / "x")], "afile: is a file"),
         "calibrate -o folder": (["calibrate", str(stripped), "-o", str(adir)], "adir: is a folder"),
         "calibrate -o folder --overwrite": (
             ["calibrate", str(stripped), "-o", str(adir), "--overwrite"],
@@ -343,7 +342,7 @@ def _device_cases(tmp, stripped, export_dir, images, dataset, train_data, tiny_d
         "calibrate": ["calibrate", str(stripped), "-o", str(tmp / "s.json")],
         "benchmark": ["benchmark", "--engine", str(stripped)],
         "benchmark --synthetic-weights": ["benchmark", "--synthetic-weights", "tiny"],
-        "build": ["build", str(stripped), "-o", str(tmp / "x.pt2")],
+        "build": ["build", str(stripped), "-o", str(tmp / "x")],
         "train-lora": ["train-lora", str(train_data), "-o", str(tmp / "t"), *model],
         "export": ["export", str(stripped), "-o", str(tmp / "e"), "--check"],
     }
@@ -368,19 +367,22 @@ def test_device_cuda_without_gpu(case, stripped, export_dir, images, dataset, tr
 # -- 1. corrupt artifacts: one line naming the file ------------------------------------------------------
 
 
-def _sidecar(stripped: pathlib.Path) -> dict:
+def _aoti_description(stripped: pathlib.Path) -> dict:
+    """A valid ``aoti_engine.json`` for one package at 64x48 built from ``stripped``."""
     meta = json.loads((stripped / "stripped.json").read_text())
     return {
-        "format": "fe2e-aoti-package",
+        "format": "fe2e-aoti-engine",
+        "format_version": 2,
+        "fe2e_deploy": "0.1.0",
         "torch": torch.__version__,
-        "backend": "aoti",
         "precision": "fp32",
         "batch": 1,
         "device": {"kind": "cpu", "name": "cpu", "compute_capability": None},
         "stripped": {"path": str(stripped.resolve()), "sources": meta["sources"], "dtype": meta["dtype"]},
-        "weights_in_package": False,
-        "resolution": RES,
+        "packages": {RES: "fe2e_64x48.pt2"},
         "scales": None,
+        "build_seconds": {RES: 1.0},
+        "package_bytes": {RES: 140},
     }
 
 
@@ -432,34 +434,28 @@ def _make_artifact(case: str, tmp: pathlib.Path, stripped, export_dir) -> tuple[
             weights.write_bytes(weights.read_bytes()[:5000])
             return folder, "stripped_dit.safetensors"
         return folder, "stripped.json"
-    sidecar = _sidecar(stripped)
-    if case.startswith("aoti folder"):
-        folder = tmp / "engine"
-        folder.mkdir()
-        (folder / "fe2e_64x48.pt2").write_bytes(b"garbage" * 20)
-        engine = sidecar | {"format": "fe2e-aoti-engine", "resolutions": [RES], "packages": {RES: "fe2e_64x48.pt2"}}
-        if case == "aoti folder: description without packages":
-            engine = _without("packages")(engine)
-        elif case == "aoti folder: garbage package":
-            (folder / "aoti_engine.json").write_text(json.dumps(engine))
-            return folder, "fe2e_64x48.pt2"
-        (folder / "aoti_engine.json").write_text(json.dumps(engine))
-        return folder, "aoti_engine.json"
-    package = tmp / "g.pt2"
-    package.write_bytes(b"garbage" * 20)
+    if case == "pt2: an older single package":
+        package = tmp / "g.pt2"
+        package.write_bytes(b"garbage" * 20)
+        (tmp / "g.pt2.json").write_text(json.dumps({"format": "fe2e-aoti-package", "resolution": RES}))
+        return package, "g.pt2: a single AOTInductor package"
+    folder = tmp / "engine"
+    folder.mkdir()
+    (folder / "fe2e_64x48.pt2").write_bytes(b"garbage" * 20)
     edits = {
-        "pt2: garbage package": lambda s: s,
-        "pt2: sidecar without precision": _without("precision"),
-        "pt2: sidecar without resolution": _without("resolution"),
-        "pt2: sidecar without batch": _without("batch"),
-        "pt2: sidecar stripped without sources": lambda s: s | {"stripped": {"path": s["stripped"]["path"]}},
-        "pt2: sidecar device a string": lambda s: s | {"device": "cpu"},
-        "pt2: sidecar a list": lambda s: [s],
-        "pt2: sidecar not JSON": None,
+        "aoti folder: garbage package": lambda d: d,
+        "aoti folder: description without packages": _without("packages"),
+        "aoti folder: description without precision": _without("precision"),
+        "aoti folder: description without batch": _without("batch"),
+        "aoti folder: stripped without sources": lambda d: d | {"stripped": {"path": d["stripped"]["path"]}},
+        "aoti folder: device a string": lambda d: d | {"device": "cpu"},
+        "aoti folder: description a list": lambda d: [d],
+        "aoti folder: description not JSON": None,
     }
     edit = edits[case]
-    (tmp / "g.pt2.json").write_text("{oops" if edit is None else json.dumps(edit(sidecar)))
-    return package, "g.pt2" if case == "pt2: garbage package" else "g.pt2.json"
+    description = _aoti_description(stripped)
+    (folder / "aoti_engine.json").write_text("{oops" if edit is None else json.dumps(edit(description)))
+    return folder, "fe2e_64x48.pt2" if case == "aoti folder: garbage package" else "aoti_engine.json"
 
 
 ARTIFACT_CASES = [
@@ -474,16 +470,15 @@ ARTIFACT_CASES = [
     "stripped: meta without txt_len",
     "stripped: meta a list",
     "stripped: truncated weights",
-    "aoti folder: description without packages",
     "aoti folder: garbage package",
-    "pt2: garbage package",
-    "pt2: sidecar without precision",
-    "pt2: sidecar without resolution",
-    "pt2: sidecar without batch",
-    "pt2: sidecar stripped without sources",
-    "pt2: sidecar device a string",
-    "pt2: sidecar a list",
-    "pt2: sidecar not JSON",
+    "aoti folder: description without packages",
+    "aoti folder: description without precision",
+    "aoti folder: description without batch",
+    "aoti folder: stripped without sources",
+    "aoti folder: device a string",
+    "aoti folder: description a list",
+    "aoti folder: description not JSON",
+    "pt2: an older single package",
 ]
 
 
@@ -503,19 +498,18 @@ def test_build_trt_refuses_a_garbage_graph(export_dir, tmp_path):
     one_line_error(result, "fe2e_64x48.onnx", "not a readable ONNX graph")
 
 
-def test_tensorrt_sidecar_missing_keys_is_one_line(tmp_path):
-    from fe2e_deploy.artifacts.tensorrt import check_sidecar
-
+def test_tensorrt_sidecar_missing_keys_is_one_line(tmp_path, good_images):
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"plan")
     gpu = {"name": "NVIDIA H100", "compute_capability": "9.0"}
-    full = {"format": "fe2e-tensorrt-plan", "gpu": gpu, "precision": "bf16", "resolution": RES, "tensorrt": "10.0"}
-    for key in ("gpu", "precision", "resolution"):
+    full = {"format": "fe2e-tensorrt-plan", "format_version": 2, "fe2e_deploy": "0.1.0", "tensorrt": "10.0", "gpu": gpu}
+    full |= {"precision": "bf16", "graph": "fe2e", "resolution": RES, "batch": {"min": 1, "opt": 1, "max": 1}}
+    full |= {"source": {"onnx": "e/fe2e_64x48.onnx", "precision": "bf16"}, "weight_streaming": False}
+    full |= {"builder_optimization_level": 3, "build_seconds": 1.0}
+    for key in ("gpu", "precision", "resolution", "batch"):
         (tmp_path / "x.plan.json").write_text(json.dumps(_without(key)(full)))
-        with pytest.raises(ValueError, match=rf"x.plan.json: .*{key}"):
-            check_sidecar(plan, gpu)
-    (tmp_path / "x.plan.json").write_text(json.dumps(full))
-    assert check_sidecar(plan, gpu)["precision"] == "bf16"
+        args = ["infer", str(good_images), "-o", str(tmp_path / "out"), "--engine", str(plan), "--no-progress"]
+        one_line_error(runner.invoke(app, args), "x.plan.json", key, "fe2e-deploy build-trt")
 
 
 SCALES_CASES = {
@@ -531,7 +525,7 @@ SCALES_CASES = {
 def test_corrupt_scales_are_one_line(command, case, stripped, tmp_path, no_model):
     scales = tmp_path / "bad_scales.json"
     scales.write_text(json.dumps(SCALES_CASES[case]))
-    out = tmp_path / ("x.pt2" if command == "build" else "export")
+    out = tmp_path / ("engine" if command == "build" else "export")
     args = [command, str(stripped), "-o", str(out), "--precision", "fp8", "--scales", str(scales)]
     one_line_error(runner.invoke(app, [*args, "--resolution", RES]), "bad_scales.json")
 
@@ -543,7 +537,7 @@ def test_stripped_meta_missing_keys_is_one_line(command, stripped, tmp_path):
     _edit_json(folder / "stripped.json", _without("model_config"))
     args = {
         "export": ["export", str(folder), "-o", str(tmp_path / "e"), "--resolution", RES, "--no-progress"],
-        "build": ["build", str(folder), "-o", str(tmp_path / "x.pt2"), "--resolution", RES],
+        "build": ["build", str(folder), "-o", str(tmp_path / "x"), "--resolution", RES],
         "calibrate": ["calibrate", str(folder), "-o", str(tmp_path / "s.json"), "--no-progress", "--max-images", "1"],
     }[command]
     one_line_error(runner.invoke(app, args), "stripped.json", "model_config")
@@ -690,7 +684,7 @@ def _input_cases(tmp, stripped, images, dataset):
             "none.png",
         ),
         "benchmark: missing engine": (["benchmark", "--engine", str(tmp / "none")], "none: engine not found"),
-        "build: no stripped folder": (["build", str(tmp / "none"), "-o", str(tmp / "x.pt2")], "none"),
+        "build: no stripped folder": (["build", str(tmp / "none"), "-o", str(tmp / "x")], "none"),
         "export: no stripped folder": (["export", str(tmp / "none"), "-o", str(tmp / "e")], "none"),
         "quickstart: no images": (
             ["quickstart", str(empty), "-o", str(tmp / "q"), "--work-dir", str(tmp / "w")],

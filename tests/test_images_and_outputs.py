@@ -65,8 +65,8 @@ def test_default_rule_refuses_a_processing_size_over_the_limit(tiny_pipeline):
     assert "8000x6000" in str(error.value) and "\n" not in str(error.value)
     assert engine.processing_size(Image.new("1", (4000, 3000))) == (864, 576)
     assert MAX_PROCESSING_PIXELS == 2048 * 2048
-    engine.max_processing_pixels = 8000 * 6000  # the user raised it
-    assert engine.processing_size(photo) == (8000, 6000)
+    raised = EagerEngine(tiny_pipeline, max_processing_pixels=8000 * 6000)  # the user raised it
+    assert raised.processing_size(photo) == (8000, 6000)
 
 
 def test_processing_res_over_the_limit_is_an_option_error(tmp_path):
@@ -269,10 +269,11 @@ def test_infer_fails_an_image_whose_maps_are_not_finite(tmp_path):
     import torch  # noqa: PLC0415
 
     from fe2e_deploy.engines.base import Engine  # noqa: PLC0415
+    from fe2e_deploy.engines.options import EngineOptions  # noqa: PLC0415
     from fe2e_deploy.infer import run_infer  # noqa: PLC0415
 
     class NaNEngine(Engine):
-        name, max_batch, processing_res = "nan-engine", None, (32, 32)
+        name = "nan-engine"
 
         def run(self, x, size):
             depth = torch.rand(x.shape[0], 1, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -283,7 +284,8 @@ def test_infer_fails_an_image_whose_maps_are_not_finite(tmp_path):
     images.mkdir()
     for name in ("a", "b"):
         scene_image(32, 32).save(images / f"{name}.png")
-    report = run_infer(NaNEngine(), images, tmp_path / "out", progress=False, batch_size=2)
+    engine = NaNEngine(EngineOptions(processing_res=(32, 32), batch_size=2))
+    report = run_infer(engine, images, tmp_path / "out", progress=False)
     assert [p.name for p, _ in report.failed] == ["a.png"] and "NaN or Inf" in report.failed[0][1]
     assert [p.name for p in report.written] == ["b.png"]
     assert not list((tmp_path / "out").rglob("a_*"))

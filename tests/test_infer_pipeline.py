@@ -48,11 +48,9 @@ def files_of(folder):
 def test_pipelined_outputs_equal_the_sequential_ones_byte_for_byte(stripped, images, tmp_path, batch):
     """The same engine batches, one thread vs readers and writers: identical files (batching itself changes
     the last bits of a batched matmul; that is compared within tolerance in test_strip/test_export)."""
-    engine = StrippedEngine(stripped, processing_res=(32, 32))
-    sequential = run_infer(
-        engine, images, tmp_path / "seq", progress=False, batch_size=batch, readers=1, writers=0, prefetch=batch
-    )
-    piped = run_infer(engine, images, tmp_path / "pipe", progress=False, batch_size=batch, readers=2, writers=3)
+    engine = StrippedEngine(stripped, processing_res=(32, 32), batch_size=batch)
+    sequential = run_infer(engine, images, tmp_path / "seq", progress=False, readers=1, writers=0, prefetch=batch)
+    piped = run_infer(engine, images, tmp_path / "pipe", progress=False, readers=2, writers=3)
     for report in (sequential, piped):
         assert len(report.written) == 8 and [p.name for p, _ in report.failed] == ["broken.png"]
     assert piped.written == sequential.written  # reported in input order, whatever order the writers finished in

@@ -11,11 +11,11 @@ from conftest import scene_image, strip_tiny
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+from fe2e_deploy.artifacts.contract import ContractError
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import PRESETS
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.stripped import StrippedEngine
-from fe2e_deploy.loading import CheckpointError
 from fe2e_deploy.loading.stripped import load_stripped
 from fe2e_deploy.models.fused import DiTStep
 from fe2e_deploy.strip import is_folded, parameter_counts
@@ -95,13 +95,13 @@ def test_strip_refuses_to_overwrite_and_loads_strictly(stripped_fp32, tiny_dir, 
         strip_tiny(tiny_dir, tiny_config, stripped_fp32)
     broken = tmp_path / "broken"
     broken.mkdir()
-    with pytest.raises(CheckpointError, match="not a stripped model folder"):
+    with pytest.raises(FileNotFoundError, match="not a stripped model folder"):
         load_stripped(broken)
     (broken / "stripped.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="not valid JSON"):
         load_stripped(broken)
     (broken / "stripped.json").write_text(json.dumps({"format": "fe2e-stripped", "format_version": 99}))
-    with pytest.raises(CheckpointError, match="v99"):
+    with pytest.raises(ContractError, match="version 99, this fe2e-deploy reads version 1 .*fe2e-deploy strip"):
         load_stripped(broken)
 
 

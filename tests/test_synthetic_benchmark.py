@@ -65,8 +65,8 @@ def test_strip_in_memory_equals_strip_to_files(tmp_path):
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     vae_a, vae_b = written.vae.state_dict(), memory.vae.state_dict()
     assert vae_a.keys() == vae_b.keys() and all(torch.equal(vae_a[k], vae_b[k]) for k in vae_a)
-    assert written.meta["sources"]["dit"]["synthetic"] == "tiny DiT" and written.meta["sources"]["dit"]["seed"] == 1
-    assert memory.meta["sources"] == written.meta["sources"]
+    assert written.meta.sources.dit.synthetic == "tiny DiT" and written.meta.sources.dit.seed == 1
+    assert memory.meta.sources == written.meta.sources
     with safe_open(str(out / "vae.safetensors"), "pt") as fh:  # the synthetic VAE is written in the official layout
         assert "decoder.conv_out.weight" in set(fh.keys())
 
@@ -76,10 +76,10 @@ def test_stripped_synthetic_model_reproduces_the_official_path():
     synth = SyntheticModel.create("tiny")
     dit = load_dit(synth.config, synth.dit, torch.float32, progress=False)
     vae = load_vae(synth.config, synth.vae, progress=False)
-    reference = EagerEngine(FE2EPipeline(dit, vae, synth.prompt(), cfg_batch=True), (64, 48))
+    reference = EagerEngine(FE2EPipeline(dit, vae, synth.prompt(), cfg_batch=True), processing_res=(64, 48))
     stripped = strip_in_memory(synth.dit, synth.prompt(), synth.vae, synth.config, dtype=torch.float32)
     image = synthetic_scene(80, 60, seed=2)
-    want, got = reference.predict(image), StrippedEngine(stripped, "cpu", (64, 48)).predict(image)
+    want, got = reference.predict(image), StrippedEngine(stripped, processing_res=(64, 48)).predict(image)
     np.testing.assert_allclose(got.depth, want.depth, atol=1e-4, rtol=0)
     np.testing.assert_allclose(got.normals, want.normals, atol=1e-3, rtol=0)
 

@@ -46,7 +46,8 @@ class Engine:
     #: True when :meth:`run` marks its own stages (vae_encode / dit / vae_decode) instead of one ``model`` stage.
     marks_stages: bool = False
 
-    def __init__(self, options: EngineOptions, timer: NoTimer | StageTimer = NO_TIMER):
+    def __init__(self, options: EngineOptions | None = None, timer: NoTimer | StageTimer = NO_TIMER):
+        options = options or EngineOptions()
         self.options = options
         self.device = torch.device(options.device)
         self.timer = timer
