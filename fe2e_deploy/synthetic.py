@@ -22,6 +22,7 @@ import torch
 
 from .artifacts.stripped import SourceRecord
 from .config import ModelConfig, load_model_config
+from .load_gate import opening
 from .loading.dit_layout import dit_layout
 from .loading.prompt import PromptEmbedding
 from .loading.vae_layout import vae_layout
@@ -92,7 +93,9 @@ class SyntheticModel:
     def create(cls, preset: str, seed: int = 0, device: str | torch.device = "cpu") -> SyntheticModel:
         """``preset``: ``step1x-edit`` (12.4 B), ``tiny``, or a ``model_config.json`` path; ``seed``: 0 to 2**63-1."""
         seed = check_seed(seed)
-        return cls(load_model_config(preset), str(preset), seed, torch.device(device))
+        config = load_model_config(preset)
+        opening("synthetic weights", preset)
+        return cls(config, str(preset), seed, torch.device(device))
 
     @property
     def dit(self) -> SyntheticCheckpoint:

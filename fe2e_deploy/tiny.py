@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from .config import PRESETS, ModelConfig
 from .errors import InvalidInput, OutputExists
 from .files.atomic import atomic_write, write_json
+from .load_gate import opening
 from .loading.dit_layout import dit_layout, lora_target_modules
 from .loading.vae_layout import vae_layout
 
@@ -79,6 +80,7 @@ def write_tiny_model(
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise OutputExists(f"refusing to overwrite {', '.join(existing)} (pass --overwrite)")
+    opening("random tiny model", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     meta = {"format": "pt", "fe2e_deploy": "init-tiny", "seed": str(seed)}

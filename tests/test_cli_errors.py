@@ -1,14 +1,13 @@
 """Bad inputs to every command: one line ``error: ...`` naming the file or option, exit code 2, early.
 
-"Early" is checked by making every way of loading a model fail loudly (:func:`no_model`): a command
-that reaches a model before refusing a bad input or output ends in that AssertionError instead.
+"Early" is checked by closing the load gate (:func:`no_model`): a command that reaches a model before
+refusing a bad input or output ends in :class:`~fe2e_deploy.load_gate.LoadBeforeChecks` instead.
 Unreadable images are skipped and reported (exit code 1) where a command runs over many images.
 """
 
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import os
 import pathlib
@@ -21,56 +20,19 @@ from conftest import scene_image, strip_tiny
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from fe2e_deploy import load_gate
 from fe2e_deploy.cli import app
 
 runner = CliRunner()
 RES = "64x48"
 
-#: Modules whose model loaders :func:`no_model` replaces (imported here so their names exist to replace).
-LOADING_MODULES = (
-    "fe2e_deploy.loading",
-    "fe2e_deploy.loading.checkpoint",
-    "fe2e_deploy.artifacts.stripped",
-    "fe2e_deploy.artifacts.aoti",
-    "fe2e_deploy.engines",
-    "fe2e_deploy.engines.stripped",
-    "fe2e_deploy.engines.onnx",
-    "fe2e_deploy.engines.ort_session",
-    "fe2e_deploy.engines.aoti",
-    "fe2e_deploy.engines.eager",
-    "fe2e_deploy.reference",
-    "fe2e_deploy.strip",
-    "fe2e_deploy.merge",
-    "fe2e_deploy.benchmark",
-    "fe2e_deploy.synthetic_benchmark",
-    "fe2e_deploy.quantize.calibrate",
-    "fe2e_deploy.compile.onnx_export",
-    "fe2e_deploy.compile.onnx_check",
-    "fe2e_deploy.compile.aoti_build",
-    "fe2e_deploy.evaluation.run",
-    "fe2e_deploy.train.loop",
-    "fe2e_deploy.quickstart",
-)
-LOADERS = ("load_into", "load_dit", "load_vae", "load_stripped", "make_session", "open_safetensors", "load_engine")
-
 
 @pytest.fixture()
-def no_model(monkeypatch):
-    """Every model loader (weights, stripped folders, ONNX sessions, AOTI packages, synthetic models) raises."""
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model was loaded before the bad input was refused")
-
-    modules = [importlib.import_module(name) for name in LOADING_MODULES]  # all first: imports bind the originals
-    for module in modules:
-        for attr in LOADERS:
-            if callable(getattr(module, attr, None)):
-                monkeypatch.setattr(module, attr, loaded)
-    monkeypatch.setattr(torch._inductor, "aoti_load_package", loaded)
-    monkeypatch.setattr("fe2e_deploy.reference.FE2EPipeline.from_files", loaded)
-    monkeypatch.setattr("fe2e_deploy.synthetic.SyntheticModel.create", loaded)
-    monkeypatch.setattr("fe2e_deploy.tiny.write_tiny_model", loaded)
-    monkeypatch.setattr("fe2e_deploy.quickstart.write_tiny_model", loaded)
+def no_model():
+    """Every model load (weights, sessions, packages, plans, generated weights) raises while a test runs: the one
+    gate of :mod:`fe2e_deploy.load_gate`, which every loader passes (checked structurally in test_architecture)."""
+    with load_gate.closed():
+        yield
 
 
 def one_line_error(result, *needles: str) -> str:
@@ -705,10 +667,17 @@ def test_inputs_are_checked_before_loading(case, stripped, images, dataset, tmp_
     assert listing(tmp_path) == ["empty"]
 
 
-def test_no_model_fixture_really_stops_loading(stripped, no_model):
-    """The guard itself: a good command that loads a model ends in its AssertionError."""
-    result = runner.invoke(app, ["benchmark", "--engine", str(stripped), "--resolution", RES, "--runs", "1"])
-    assert isinstance(result.exception, AssertionError), result.output
+def test_no_model_fixture_really_stops_loading(stripped, export_dir, tiny_dir, no_model):
+    """The guard itself: good commands that load a model end in its error, whatever the loader."""
+    for args in (
+        ["benchmark", "--engine", str(stripped), "--resolution", RES, "--runs", "1"],  # safetensors
+        ["benchmark", "--engine", str(export_dir), "--resolution", RES, "--runs", "1"],  # ONNX Runtime
+        ["benchmark", "--reference", str(tiny_dir), "--resolution", RES, "--runs", "1"],  # official files
+        ["benchmark", "--synthetic-weights", "tiny", "--resolution", RES, "--runs", "1", "--device", "cpu"],
+        ["init-tiny", str(tiny_dir.parent / "never")],
+    ):
+        result = runner.invoke(app, args)
+        assert isinstance(result.exception, load_gate.LoadBeforeChecks), (args, result.output)
 
 
 def test_later_option_checks(tiny_dir, tmp_path):

@@ -21,20 +21,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 from conftest import scene_image
 from PIL import Image
 from typer.testing import CliRunner
 
-from fe2e_deploy.cli import app
-from fe2e_deploy.cluster.batch import default_worker_cpus, input_blocks, run_batch
-from fe2e_deploy.cluster.load_test import load_test
-from fe2e_deploy.cluster.ray_setup import connect
-from fe2e_deploy.engines import load_engine
-from fe2e_deploy.files.outputs import OutputOptions
-from fe2e_deploy.infer import run_infer
+ray = pytest.importorskip("ray")  # the ray extra: without it, these tests skip (the fast tier deselects them)
 
+from fe2e_deploy.cli import app  # noqa: E402
+from fe2e_deploy.cluster.batch import default_worker_cpus, input_blocks, run_batch  # noqa: E402
+from fe2e_deploy.cluster.load_test import load_test  # noqa: E402
+from fe2e_deploy.cluster.ray_setup import connect  # noqa: E402
+from fe2e_deploy.engines import EngineOptions, load_engine  # noqa: E402
+from fe2e_deploy.files.outputs import OutputOptions  # noqa: E402
+from fe2e_deploy.infer import run_infer  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RES = (64, 48)
 
 
@@ -79,7 +81,7 @@ def test_batch_writes_what_infer_writes_skips_done_images_and_reports_bad_ones(
 ):
     out = tmp_path / "out"
     report = run_batch(
-        tiny_dir, images, out, workers=2, cpus_per_worker=0.5, batch_size=1, processing_res=RES, progress=False
+        tiny_dir, images, out, workers=2, cpus_per_worker=0.5, options=EngineOptions(processing_res=RES), progress=False
     )
     assert len(report.written) == 9 and not report.failed and not report.skipped
     assert len(set(report.written)) == 9
@@ -94,7 +96,8 @@ def test_batch_writes_what_infer_writes_skips_done_images_and_reports_bad_ones(
     (out / "depth_npy" / "scene3_depth.npy").unlink()
     (images / "broken.png").write_bytes(b"not a png")
     try:
-        again = run_batch(tiny_dir, images, out, workers=1, cpus_per_worker=0.5, processing_res=RES, progress=False)
+        settings = EngineOptions(processing_res=RES)
+        again = run_batch(tiny_dir, images, out, workers=1, cpus_per_worker=0.5, options=settings, progress=False)
     finally:
         (images / "broken.png").unlink()
     assert [Path(p).name for p in again.completed] == ["scene3.png"] and not again.written
@@ -135,7 +138,7 @@ def test_batch_survives_a_worker_killed_mid_run(cluster, tiny_dir, tmp_path):
             out,
             workers=2,
             cpus_per_worker=0.5,
-            processing_res=(256, 192),
+            options=EngineOptions(processing_res=(256, 192)),
             outputs=options,
             progress=False,
         )

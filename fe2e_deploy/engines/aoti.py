@@ -28,6 +28,7 @@ from ..artifacts.stripped import read_stripped_meta
 from ..errors import InvalidInput
 from ..graph_io import BatchProfile
 from ..kernels import preferred_attention
+from ..load_gate import opening
 from ..loading.stripped import StrippedModel, load_stripped
 from ..models.fp8 import quantize_dit
 from ..models.fused import FE2EGraph
@@ -106,6 +107,7 @@ class AOTIEngine(Engine):
         The package must have been compiled for ``size``, this engine's batch and precision (its metadata).
         """
         index = -1 if self.device.index is None else self.device.index  # -1: the current CUDA device
+        opening("AOTInductor package", file)
         try:
             runner = torch._inductor.aoti_load_package(str(file), device_index=index)
         except RuntimeError as exc:  # a damaged archive, a missing or foreign shared library

@@ -20,6 +20,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from ..artifacts.export import REEXPORT, read_graph
 from ..errors import InvalidInput
+from ..load_gate import opening
 
 BF16, FP32 = TensorProto.BFLOAT16, TensorProto.FLOAT
 #: What ONNX Runtime raises for a graph it cannot load (these do not derive from RuntimeError).
@@ -115,6 +116,7 @@ def make_session(path: str | Path, device: str = "cpu") -> tuple[ort.InferenceSe
         # fold DequantizeLinear of FLOAT8E4M3FN weights into wrong values (max error 1.6 on a 64x64
         # test layer against the exact Q/DQ arithmetic); unoptimised, the graph is exact.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opening("ONNX Runtime session", path)
     try:
         if providers[0] == "CPUExecutionProvider" and has_bf16(header):
             model = emulate_bf16(onnx.load(str(path), load_external_data=True))

@@ -25,6 +25,7 @@ import torch
 from ..artifacts.tensorrt import GpuIdentity, TensorRTPlan, import_tensorrt, read_plan_sidecar
 from ..errors import InvalidInput, MissingInput
 from ..graph_io import FE2E, BatchProfile, GraphIO
+from ..load_gate import opening
 from ..resolution import resolution_name
 from ..timing import NO_TIMER, NoTimer, StageTimer
 from .base import Engine, check_precision
@@ -68,16 +69,18 @@ def check_plan_io(plan: str | Path, found: list[PlanTensor], io: GraphIO, size: 
 
 
 def weight_streaming_budget(
-    spec: str | None, streamable: int, free: int, activations: int, margin: int = STREAMING_MARGIN
+    spec: str | None, streamable: int, free: int | None, activations: int, margin: int = STREAMING_MARGIN
 ) -> int:
     """Bytes of a weight-streaming plan's weights to keep on the GPU.
 
     ``spec``: bytes (``8GiB``) or a fraction of the ``streamable`` weights (``0.5``), see
     :func:`~fe2e_deploy.engines.options.parse_budget`; None: what fits in the ``free`` GPU memory next to
-    the ``activations`` (and a margin). Never more than the streamable weights; at least 0 (every
-    streamable weight streamed from the host).
+    the ``activations`` (and a margin; ``free`` None: no limit known, all of them). Never more than the
+    streamable weights; at least 0 (every streamable weight streamed from the host).
     """
-    if spec is None:
+    if spec is None and free is None:
+        budget = streamable
+    elif spec is None:
         budget = free - activations - margin
     else:
         kind, value = parse_budget(spec)
@@ -118,6 +121,7 @@ class TensorRTEngine(Engine):
             self.sidecar.check_gpu(plan, GpuIdentity.here())
             trt = import_tensorrt()
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        opening("TensorRT plan", plan)
         self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise InvalidInput(f"{plan}: TensorRT cannot deserialize this plan (another TensorRT version?)")
@@ -145,7 +149,7 @@ class TensorRTEngine(Engine):
     def _stream_weights(self) -> int:
         """Set the plan's weight-streaming budget (before the execution context exists); returns it in bytes."""
         streamable = int(self.engine.streamable_weights_size)
-        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else streamable
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None  # None: a stand-in
         activations = int(getattr(self.engine, "device_memory_size_v2", 0) or 0)
         activations += int(getattr(self.engine, "weight_streaming_scratch_memory_size", 0) or 0)
         activations += sum(4 * _numel(shape) for shape in FE2E.shapes(self.profile.max, self.size).values())

@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import InvalidInput
+from ..load_gate import opening
 from .layout import CheckpointLayout
 
 
@@ -93,6 +94,7 @@ def open_safetensors(path):
     check_readable(path)
     if path.name.endswith(".index.json"):
         return ShardedCheckpoint(path)
+    opening("safetensors checkpoint", path)
     try:
         return CheckedSafetensors(path, safe_open(str(path), framework="pt", device="cpu"))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..load_gate import opening
 from .checkpoint import CheckpointError, check_readable
 
 #: Longest accepted embedding: the real ``no_info.npz`` holds 640 tokens (Qwen2.5-VL's context for
@@ -38,6 +39,7 @@ def load_prompt_embedding(path: str | Path, in_channels: int) -> PromptEmbedding
     finite embeddings, a 0/1 mask with at least one valid token."""
     path = Path(path)
     check_readable(path, "prompt embedding file")
+    opening("prompt embedding", path)
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = {"embeds", "masks"} - set(data.files)

@@ -41,6 +41,7 @@ from ..errors import OutputExists
 from ..evaluation.datasets import open_dataset
 from ..evaluation.metrics import angular_error, evaluate_depth, normalize
 from ..files.atomic import staged_folder, write_json
+from ..load_gate import opening
 from ..loading import load_dit, load_vae
 from ..loading.dit_layout import dit_layout
 from ..loading.layout import CheckpointLayout
@@ -268,6 +269,7 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     start = time.perf_counter()
     cache = work / "scenes.pt"
     if cache.is_file():
+        opening("rendered scenes", cache)
         data = torch.load(cache, weights_only=True)
     else:
         data = scene_tensors(render_set(0, recipe.scenes, recipe.resolution), recipe.resolution)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..config import finite_number
 from ..errors import InvalidInput, MissingInput, OutputExists
 from ..files.atomic import atomic_write, write_json
+from ..load_gate import opening
 from ..loading.dit_layout import dit_layout, lora_target_modules
 from ..model_files import ModelFiles
 from ..reference import FE2EPipeline
@@ -218,6 +219,7 @@ def train_lora(
         checkpoint = latest_checkpoint(out_dir) if str(resume) == "latest" else Path(resume)
         if checkpoint is None or not (checkpoint / STATE_FILE).is_file():
             raise MissingInput(f"{resume}: no checkpoint to resume from (looked in {out_dir / 'checkpoints'})")
+        opening("training checkpoint", checkpoint)
         set_peft_model_state_dict(transformer, load_file(checkpoint / "adapter_model.safetensors"), ADAPTER)
         state = torch.load(checkpoint / STATE_FILE, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
