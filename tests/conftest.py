@@ -114,7 +114,7 @@ def aoti_bf16(shared_stripped, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def aoti_fp8(shared_stripped, shared_scales, tmp_path_factory) -> Path:
-    """FP8 (per-tensor scales, BF16 compute), batch 1, one resolution (32x32)."""
-    return _aoti(
-        shared_stripped, tmp_path_factory, "aoti_fp8", resolutions=[SMALL], precision="fp8", scales=shared_scales
-    )
+    """FP8 (per-tensor scales, BF16 compute), batch 1, one resolution (32x32), compiled with the real FP8 GEMM
+    calls (``torch._scaled_mm``, which the CPU runs too)."""
+    options = {"resolutions": [SMALL], "precision": "fp8", "scales": shared_scales, "fp8_gemm": "scaled_mm"}
+    return _aoti(shared_stripped, tmp_path_factory, "aoti_fp8", **options)

@@ -343,6 +343,7 @@ def _aoti_description(stripped: pathlib.Path) -> dict:
         "stripped": {"path": str(stripped.resolve()), "sources": meta["sources"], "dtype": meta["dtype"]},
         "packages": {RES: "fe2e_64x48.pt2"},
         "scales": None,
+        "fp8_gemm": None,
         "build_seconds": {RES: 1.0},
         "package_bytes": {RES: 140},
     }

@@ -34,8 +34,10 @@ from fe2e_deploy.graph_io import FE2E, BatchProfile
 
 pytestmark = pytest.mark.slow
 
-#: Depth relative L2 and normals mean angle (degrees) against the stripped FP32 model, per precision.
-TOLERANCE = {"fp32": (2e-4, 0.05), "bf16": (0.05, 5.0), "fp8": (0.2, 20.0)}
+#: Depth relative L2 and normals mean angle (degrees) against the stripped FP32 model, per precision. Measured
+#: (2-core x86 CPU, torch 2.13): FP32 at most 7.4e-7 / 0.006 deg, BF16 2.4e-3 to 3.6e-3 / 0.37 to 0.52 deg, FP8
+#: 3.0e-2 to 3.7e-2 / 3.6 to 5.4 deg (the tiny model's random weights; a trained model's errors are smaller).
+TOLERANCE = {"fp32": (2e-4, 0.05), "bf16": (0.02, 2.0), "fp8": (0.15, 15.0)}
 
 
 @dataclass
@@ -179,6 +181,7 @@ def test_batches_with_a_ragged_last_one(name, cases, reference):
     with case.open(processing_res=size, batch_size=2) as engine:
         calls = record_batches(engine)
         batched = engine.predict_batch(images)
+        calls = list(calls)
         assert calls == expected_calls(case.profile, 5, 2), calls
         alone = [engine.predict(image) for image in images]
     assert len(batched) == 5 and len({p.depth.tobytes() for p in batched}) == 5
@@ -187,7 +190,7 @@ def test_batches_with_a_ragged_last_one(name, cases, reference):
         assert got.depth.shape == (image.height, image.width) and got.normals.shape == (image.height, image.width, 3)
         depth, angle = errors(got, one)
         worst = max(worst, depth)
-        assert depth <= TOLERANCE[case.precision][0] / 4 and angle <= TOLERANCE[case.precision][1] / 4
+        assert depth <= TOLERANCE[case.precision][0] / 2 and angle <= TOLERANCE[case.precision][1] / 2
     print(f"{name}: calls {calls}, batched vs alone: worst depth relative L2 {worst:.2e}")
 
 

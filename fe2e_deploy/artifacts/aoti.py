@@ -56,6 +56,7 @@ class AotiEngineDescription(Contract):
     stripped: StrippedRef
     packages: dict[str, str]  # resolution WxH -> package file name
     scales: str | None  # FP8: the scales file in the folder
+    fp8_gemm: str | None  # FP8: which GEMM the packages compiled (auto, scaled_mm, dequantized)
     build_seconds: dict[str, float]
     package_bytes: dict[str, int]
 
@@ -79,7 +80,11 @@ class AotiEngineDescription(Contract):
         if version is not None or document.get("weights_in_package") is not False:
             return super().upgrade(document, version, source)
         dropped = ("backend", "weights_in_package", "resolutions")
-        return {k: v for k, v in document.items() if k not in dropped} | {"format_version": cls.VERSION}
+        fp8_gemm = "auto" if document.get("scales") else None  # what those builds did
+        return {k: v for k, v in document.items() if k not in dropped} | {
+            "format_version": cls.VERSION,
+            "fp8_gemm": fp8_gemm,
+        }
 
 
 def package_metadata(size: tuple[int, int], batch: int, precision: str) -> dict[str, str]:

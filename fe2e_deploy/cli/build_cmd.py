@@ -30,6 +30,11 @@ def build(
         "(1024x768, 1216x352, 864x576).",
     ),
     batch: int = typer.Option(1, help="Static batch size: images of one resolution run this many at a time."),
+    fp8_gemm: str = typer.Option(
+        "auto",
+        help="FP8 only: auto (torch._scaled_mm FP8 GEMMs on CUDA GPUs with compute capability >= 8.9, the "
+        "dequantised product elsewhere), scaled_mm (the FP8 GEMM calls on any device, the CPU too) or dequantized.",
+    ),
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
@@ -55,6 +60,7 @@ def build(
             scales=scales,
             batch=batch,
             device=device,
+            fp8_gemm=fp8_gemm,
             overwrite=overwrite,
         )
     total = sum(description.package_bytes.values())
