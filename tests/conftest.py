@@ -92,6 +92,25 @@ def shared_scales(shared_stripped, tmp_path_factory) -> Path:
     return write_scales(scales, tmp_path_factory.mktemp("shared") / "fp8_scales.json")
 
 
+@pytest.fixture(scope="session")
+def shared_exports(shared_stripped, shared_scales, tmp_path_factory) -> dict[str, Path]:
+    """ONNX exports of the shared stripped model, one per precision and batch kind (used by the conformance suite
+    and the build-trt tests)."""
+    from fe2e_deploy.compile.onnx_export import export_onnx
+
+    root = tmp_path_factory.mktemp("exports")
+    specs = {
+        "onnx-fp32": {"resolutions": (SMALL, LARGE)},
+        "onnx-fp32-dynamic": {"resolutions": (SMALL,), "dynamic_batch": True},
+        "onnx-bf16": {"resolutions": (SMALL,), "dtype": "bf16", "graphs": ("fe2e", "dit")},
+        "onnx-bf16-dynamic": {"resolutions": (SMALL,), "dynamic_batch": True, "dtype": "bf16"},
+        "onnx-fp8": {"resolutions": (SMALL,), "precision": "fp8", "fp8_scales": shared_scales},
+    }
+    for name, spec in specs.items():
+        export_onnx(shared_stripped, root / name, **({"graphs": ("fe2e",), "progress": False} | spec))
+    return {name: root / name for name in specs}
+
+
 def _aoti(stripped: Path, tmp_path_factory, name: str, **kwargs) -> Path:
     from fe2e_deploy.compile.aoti_build import build_aoti
 

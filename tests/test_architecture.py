@@ -58,6 +58,7 @@ def test_cli_imports_nothing_heavy():
     assert loaded == [], loaded
 
 
+@pytest.mark.slow
 def test_infer_with_an_export_imports_only_its_engine(tiny_dir, tiny_config, tmp_path):
     """`infer --engine EXPORT_DIR` imports neither diffusers, torch's ONNX exporter and onnxscript, nor the eager
     engine, the stages that build artifacts, TensorRT or Polygraphy (measured on the command itself)."""

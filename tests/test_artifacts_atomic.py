@@ -143,6 +143,7 @@ def test_strip_overwrite_that_fails_late_leaves_the_old_folder_whole(tiny_dir, t
     assert [p.name for p in tmp_path.iterdir()] == ["stripped"]
 
 
+@pytest.mark.slow
 def test_strip_killed_during_overwrite_leaves_the_old_folder_and_the_next_run_cleans_up(tiny_dir, tmp_path):
     out = tmp_path / "stripped"
     assert runner.invoke(app, strip_args(tiny_dir, out, "fp32")).exit_code == 0
@@ -156,6 +157,7 @@ def test_strip_killed_during_overwrite_leaves_the_old_folder_and_the_next_run_cl
     assert [p.name for p in tmp_path.iterdir()] == ["stripped"]  # the dead run's leftovers are gone
 
 
+@pytest.mark.slow
 def test_sharded_merge_killed_during_overwrite_loads_the_old_merge(tiny_dir, tiny_config, tmp_path):
     out = tmp_path / "merged" / "dit.safetensors"
     merge_sharded(tiny_dir, tiny_config, out, 0.5)
@@ -211,6 +213,7 @@ def test_sharded_merge_that_fails_late_leaves_the_old_merge(tiny_dir, tiny_confi
     assert snapshot(out.parent) == before  # nothing new, nothing left over
 
 
+@pytest.mark.slow
 def test_export_overwrite_that_fails_late_leaves_the_old_export_and_no_stale_check(
     tiny_dir, tiny_config, tmp_path, monkeypatch
 ):
@@ -285,6 +288,7 @@ def test_strip_refuses_a_folder_that_appeared_while_it_was_writing(tiny_dir, tin
     assert [p.name for p in tmp_path.iterdir()] == ["stripped"]
 
 
+@pytest.mark.slow
 def test_export_refuses_a_folder_that_appeared_while_it_was_writing(tiny_dir, tiny_config, tmp_path, monkeypatch):
     stripped = strip_tiny(tiny_dir, tiny_config, tmp_path / "stripped", torch.float32)
     out = tmp_path / "export"
@@ -381,6 +385,7 @@ app(sys.argv[1:], prog_name="fe2e-deploy")
 """
 
 
+@pytest.mark.slow
 def test_quickstart_prints_no_exporter_noise(tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -10,13 +10,11 @@ import json
 
 import pytest
 import torch
-from conftest import strip_tiny
 from typer.testing import CliRunner
 
 from fe2e_deploy.artifacts.contract import ContractError
 from fe2e_deploy.artifacts.tensorrt import GpuIdentity, TensorRTPlan, read_plan_sidecar
 from fe2e_deploy.cli import app
-from fe2e_deploy.compile.onnx_export import export_onnx
 from fe2e_deploy.compile.tensorrt_build import check_precision, inspect_graph, plan_profile
 from fe2e_deploy.engines import load_engine
 from fe2e_deploy.engines.options import EngineOptions, parse_budget
@@ -30,14 +28,12 @@ H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
 
 @pytest.fixture(scope="module")
-def bf16_graph(tiny_dir, tiny_config, tmp_path_factory):
-    root = tmp_path_factory.mktemp("trt")
-    strip_tiny(tiny_dir, tiny_config, root / "s", torch.bfloat16, lora=False)
-    export_onnx(root / "s", root / "e", resolutions=((32, 32),), graphs=("fe2e", "dit"), progress=False)
-    export_onnx(root / "s", root / "d", resolutions=((32, 32),), graphs=("fe2e",), dynamic_batch=True, progress=False)
-    return root / "e" / "fe2e_32x32.onnx"
+def bf16_graph(shared_exports):
+    """A static BF16 export of the fused graph and the DiT at 32x32 (a dynamic one next to it: shared_exports)."""
+    return shared_exports["onnx-bf16"] / "fe2e_32x32.onnx"
 
 
+@pytest.mark.slow
 def test_graph_facts_precision_rules_and_profiles(bf16_graph):
     facts = inspect_graph(bf16_graph)
     assert facts.precision == "bf16" and not facts.has_fp8_qdq and facts.entry.resolution == "32x32"
@@ -48,7 +44,7 @@ def test_graph_facts_precision_rules_and_profiles(bf16_graph):
     with pytest.raises(ValueError, match="fp16"):
         check_precision(facts, "fp16")
     assert plan_profile(facts, max_batch=8) == BatchProfile.fixed(1)  # a static export keeps its batch
-    dynamic = inspect_graph(bf16_graph.parent.parent / "d" / "fe2e_32x32.onnx")
+    dynamic = inspect_graph(bf16_graph.parent.parent / "onnx-bf16-dynamic" / "fe2e_32x32.onnx")
     assert dynamic.entry.inputs["image"].shape == ["batch", 3, 32, 32]
     assert plan_profile(dynamic, max_batch=4) == BatchProfile(1, 4, 4)
     assert plan_profile(dynamic, max_batch=4, opt_batch=2) == BatchProfile(1, 2, 4)
@@ -60,6 +56,7 @@ def test_graph_facts_precision_rules_and_profiles(bf16_graph):
         inspect_graph(bf16_graph.parent / "dit_32x32.onnx")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here; the missing-extra path cannot run")
 def test_build_without_tensorrt_names_the_extra_and_exits_3(bf16_graph, tmp_path):
     result = runner.invoke(app, ["build-trt", str(bf16_graph), "-o", str(tmp_path / "fe2e.plan")])
@@ -68,6 +65,7 @@ def test_build_without_tensorrt_names_the_extra_and_exits_3(bf16_graph, tmp_path
     assert not (tmp_path / "fe2e.plan").exists()
 
 
+@pytest.mark.slow
 def test_build_refuses_missing_graph_and_existing_plan(bf16_graph, tmp_path):
     result = runner.invoke(app, ["build-trt", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "a.plan")])
     assert result.exit_code == 2 and "none.onnx" in result.output

@@ -605,8 +605,13 @@ def test_engine_help_describes_every_engine_kind(command):
 
     text = _help(command)
     assert " ".join(ENGINE_HELP.split()) in text
-    for kind in ("model folder", "stripped folder", "export folder", ".onnx", ".pt2", "engine folder", ".plan"):
+    for kind in ("model folder", "stripped folder", "export folder", ".onnx", "AOTInductor engine folder", ".plan"):
         assert kind in ENGINE_HELP
+
+
+@pytest.mark.parametrize("command", ["infer", "evaluate", "compare", "batch", "serve"])
+def test_every_command_that_runs_images_bounds_the_processing_pixels(command):
+    assert "--max-processing-pixels" in _help(command)
 
 
 def test_build_trt_help_shows_the_install_line():

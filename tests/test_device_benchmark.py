@@ -11,6 +11,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parents[1]
 REQUIRED = ("engine", "resolution", "e2e_median_s", "dit_tflops", "peak_mem_bytes", "depth_rel_l2", "device")
 ENGINES = ["stripped-bf16", "reference", "compiled-bf16", "fp8-tensor", "fp8-row", "fp8-row-fastacc"]

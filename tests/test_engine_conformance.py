@@ -25,7 +25,6 @@ from trt_standin import StandInRuntime
 
 import fe2e_deploy.engines.base as base_module
 from fe2e_deploy.artifacts.tensorrt import GpuIdentity, PlanSource, TensorRTPlan
-from fe2e_deploy.compile.onnx_export import export_onnx
 from fe2e_deploy.engines import KINDS, EngineClosed, EngineOptions, load_engine
 from fe2e_deploy.engines.stripped import StrippedEngine
 from fe2e_deploy.engines.tensorrt import TensorRTEngine
@@ -52,21 +51,6 @@ class Case:
         return self.sizes[0] if self.sizes else SMALL
 
 
-@pytest.fixture(scope="module")
-def exports(shared_stripped, shared_scales, tmp_path_factory) -> dict:
-    """The ONNX exports of the suite (fused graph only), one per precision and batch kind."""
-    root = tmp_path_factory.mktemp("conformance")
-    specs = {
-        "onnx-fp32": {"resolutions": (SMALL, LARGE)},
-        "onnx-fp32-dynamic": {"resolutions": (SMALL,), "dynamic_batch": True},
-        "onnx-bf16-dynamic": {"resolutions": (SMALL,), "dynamic_batch": True, "dtype": "bf16"},
-        "onnx-fp8": {"resolutions": (SMALL,), "precision": "fp8", "fp8_scales": shared_scales},
-    }
-    for name, spec in specs.items():
-        export_onnx(shared_stripped, root / name, graphs=("fe2e",), progress=False, **spec)
-    return {name: root / name for name in specs}
-
-
 def tensorrt_plan(graph, folder, profile: BatchProfile, weight_streaming: bool = False):
     """A "plan" for the stand-in runtime (the graph's path) and its sidecar, as build-trt writes it."""
     plan = folder / f"fe2e{'-streaming' if weight_streaming else ''}.plan"
@@ -88,10 +72,11 @@ def tensorrt_plan(graph, folder, profile: BatchProfile, weight_streaming: bool =
 
 
 @pytest.fixture(scope="module")
-def cases(request, tiny_dir, shared_stripped, exports, tmp_path_factory) -> dict[str, Case]:
+def cases(request, tiny_dir, shared_stripped, shared_exports, tmp_path_factory) -> dict[str, Case]:
     def aoti(name: str):
         return request.getfixturevalue(name)  # session fixtures: compiled once, shared with test_aoti
 
+    exports = shared_exports
     plan = tensorrt_plan(
         exports["onnx-bf16-dynamic"] / "fe2e_32x32.onnx", tmp_path_factory.mktemp("plan"), BatchProfile(1, 2, 4)
     )
@@ -282,7 +267,7 @@ def test_close_then_use_is_refused(name, cases):
     engine.close()  # twice is fine
 
 
-def test_tensorrt_standin_binds_views_of_its_largest_batch(cases, exports, tmp_path):
+def test_tensorrt_standin_binds_views_of_its_largest_batch(cases, shared_exports, tmp_path):
     """The plan's buffers are allocated once for its largest batch; every call sets the input shape of its batch;
     a weight-streaming plan gets its budget before the execution context exists."""
     runtime = StandInRuntime()
@@ -293,7 +278,7 @@ def test_tensorrt_standin_binds_views_of_its_largest_batch(cases, exports, tmp_p
         context = engine.context
         assert context.calls == [3, 1] and context.shapes["image"] == (1, 3, 32, 32)
         assert engine.streaming_budget is None
-    graph = exports["onnx-bf16-dynamic"] / "fe2e_32x32.onnx"
+    graph = shared_exports["onnx-bf16-dynamic"] / "fe2e_32x32.onnx"
     plan = tensorrt_plan(graph, tmp_path, BatchProfile(1, 2, 4), weight_streaming=True)
     streaming = StandInRuntime(weight_streaming=True)
     with TensorRTEngine(plan, EngineOptions(weight_streaming_budget="0.25"), runtime=streaming) as engine:

@@ -20,6 +20,8 @@ from fe2e_deploy.engines.ort_session import has_bf16, make_session
 from fe2e_deploy.graph_io import GRAPHS
 from fe2e_deploy.loading.stripped import load_stripped
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 
@@ -167,3 +169,28 @@ def test_dynamic_batch_export_batches_infer(stripped32, tmp_path):
         results[batch] = [np.load(pred / "depth_npy" / f"{i}_depth.npy") for i in range(4)]
     for a, b in zip(results[1], results[3], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_manifest_of_version_1_is_read(export32, tmp_path):
+    """Exports of fe2e-deploy 0.1 before the typed contracts (manifest version 1) still open."""
+    import shutil  # noqa: PLC0415
+
+    folder = tmp_path / "v1"
+    shutil.copytree(export32, folder)
+    v2 = json.loads((folder / "manifest.json").read_text())
+    v1 = {k: v for k, v in v2.items() if k not in ("compute", "batch", "stripped", "graphs")} | {
+        "format_version": 1,
+        "dtype": "float32",
+        "precision": "float32",
+        "batch": 1,
+        "resolutions": ["64x48"],
+        "stripped": {"path": v2["stripped"]["path"], "meta": v2["stripped"]["sources"], "txt_len": 640},
+        "graphs": {k: {n: e[n] for n in ("file", "inputs", "outputs")} for k, e in v2["graphs"].items()},
+    }
+    (folder / "manifest.json").write_text(json.dumps(v1))
+    with load_engine(folder, processing_res=(64, 48)) as engine:
+        assert engine.manifest.batch.is_fixed and engine.precision == "fp32" and engine.sizes() == [(64, 48)]
+        assert engine.predict(scene_image(64, 48)).depth.shape == (48, 64)
+    (folder / "manifest.json").write_text(json.dumps(v1 | {"format_version": 3}))
+    with pytest.raises(ValueError, match="version 3, this fe2e-deploy reads version 2 .*fe2e-deploy export"):
+        load_engine(folder)

@@ -154,6 +154,7 @@ def test_fake_quantisation_is_close_but_not_identical(stripped, scales):
             assert 1e-4 < rel < 0.2
 
 
+@pytest.mark.slow
 def test_fp8_qdq_graph_runs_in_onnx_runtime_and_matches(stripped, scales, tmp_path):
     out = tmp_path / "onnx_fp8"
     export_onnx(
@@ -287,6 +288,7 @@ def test_free_running_fp8_comparison_is_ill_conditioned():
     assert torch.equal(aligned_a, aligned_b) and torch.equal(fp8(dq), yb)  # re-quantising q * s gives q back
 
 
+@pytest.mark.slow
 def test_quantizers_map_to_fp8_linears_by_name(stripped, scales, tmp_path):
     out = tmp_path / "onnx_fp8"
     export_onnx(

@@ -402,3 +402,35 @@ def test_aoti_package_runs_the_fp8_gemm(aoti_fp8, shared_stripped, shared_scales
         )
         assert rel_l2(c, e) < 1e-4  # measured 5.0e-7 / 1.3e-6: FP32 summation order
         assert rel_l2(c, d) < 0.2  # measured 2.5e-2 / 6.2e-2: BF16 operand rounding, amplified (module docstring)
+
+
+@pytest.mark.slow
+def test_aoti_runs_the_rowwise_fp8_gemm(tmp_path):
+    """Per-row FP8 (dynamic per-token input scales) compiled by AOTInductor on the CPU: the package calls
+    ``_scaled_mm`` with [M, 1] and [1, N] scales and agrees with eager (one small layer: a short compile)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(96, 48).to(torch.bfloat16)
+    module = nn.Sequential(FP8RowwiseLinear(layer)).eval()
+    assert set_fp8_gemm(module, "scaled_mm") == 1
+    x = torch.randn(2, 7, 96, dtype=torch.bfloat16)  # 14 rows: padded to 16
+    with torch.no_grad():
+        program = torch.export.export(module, (x,))
+    (gemm,) = [n for n in program.graph_module.graph.nodes if n.target == torch.ops.aten._scaled_mm.default]
+    scale_a, scale_b = gemm.args[2].meta["val"], gemm.args[3].meta["val"]
+    assert gemm.args[0].meta["val"].shape == (16, 96) and scale_a.shape == (16, 1) and scale_b.shape == (1, 48)
+    configs = {"emulate_precision_casts": True}
+    path = torch._inductor.aoti_compile_and_package(
+        program, package_path=str(tmp_path / "row.pt2"), inductor_configs=configs
+    )
+    with zipfile.ZipFile(path) as archive:
+        wrapper = "".join(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
+    assert wrapper.count("aoti_torch_cpu__scaled_mm") == 1
+    compiled = torch._inductor.aoti_load_package(path)(x)
+    with torch.no_grad():
+        eager = module(x)
+        set_fp8_gemm(module, "dequantized")
+        deq = module(x)
+    same_path, dequantized = rel_l2(compiled, eager), rel_l2(compiled, deq)
+    print(f"AOTI per-row FP8: vs eager scaled_mm rel L2 {same_path:.2e}, vs dequantized {dequantized:.2e}")
+    assert rel_l2(compiled, eager) < 1e-6
+    assert rel_l2(compiled, deq) < 1e-2

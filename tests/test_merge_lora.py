@@ -258,6 +258,7 @@ print((peak[0] - baseline) / 1024)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_merge_memory_stays_far_below_the_checkpoint_size(tmp_path):
     """A 286 MiB FP32 checkpoint merges with < 120 MiB of extra anonymous memory (measured 80 MiB).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import scene_image
 from typer.testing import CliRunner
 
@@ -12,6 +13,8 @@ from fe2e_deploy.cli import app
 from fe2e_deploy.config import load_model_config
 from fe2e_deploy.model_files import DEMO_MODEL_DIR
 from fe2e_deploy.reference import FE2EPipeline
+
+pytestmark = pytest.mark.slow
 
 runner = CliRunner()
 

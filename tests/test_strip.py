@@ -53,6 +53,7 @@ def test_stripped_maps_equal_the_reference_pipeline(stripped_fp32, tiny_pipeline
     np.testing.assert_allclose(got.normals, want.normals, atol=2e-3, rtol=0)
 
 
+@pytest.mark.slow
 def test_bf16_strip_stays_close_to_the_fp32_reference(tiny_dir, tiny_config, tiny_pipeline, tmp_path):
     """BF16 matmuls (FP32 norms/RoPE/residual): depth within 0.01, normals within 0.05 (measured 2e-3, 2e-2)."""
     strip_tiny(tiny_dir, tiny_config, tmp_path / "bf16", dtype=torch.bfloat16)
@@ -105,6 +106,7 @@ def test_strip_refuses_to_overwrite_and_loads_strictly(stripped_fp32, tiny_dir, 
         load_stripped(broken)
 
 
+@pytest.mark.slow
 def test_strip_cli_and_infer_with_the_stripped_folder(tiny_dir, tmp_path):
     out = tmp_path / "s"
     args = ["strip", "-o", str(out), "--model-config", str(tiny_dir / "model_config.json")]

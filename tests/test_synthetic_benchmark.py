@@ -106,6 +106,7 @@ def test_peak_memory_sees_allocations_outside_torch_counters():
     assert peak - baseline >= 60 * 2**20, (baseline, peak)
 
 
+@pytest.mark.slow
 def test_benchmark_cli_writes_one_json_line_per_engine(tmp_path):
     out = tmp_path / "bench.jsonl"
     args = ["benchmark", "--synthetic-weights", "tiny", "--device", "cpu", "--resolution", "32x32"]

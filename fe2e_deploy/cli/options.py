@@ -19,7 +19,7 @@ from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, parse_r
 
 ENGINE_HELP = (
     "Engine: a model folder (official files, as init-tiny writes), a stripped folder, an export folder or its "
-    "fe2e_WxH.onnx, an AOTInductor .pt2 or engine folder, or a TensorRT .plan."
+    "fe2e_WxH.onnx, an AOTInductor engine folder, or a TensorRT .plan."
 )
 
 Device = Annotated[str, typer.Option(help="Torch device: auto (cuda when a GPU is visible, else cpu), cpu or cuda.")]
