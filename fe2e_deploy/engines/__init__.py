@@ -21,7 +21,6 @@ Engines read artifacts; they never import the stages that build them.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,10 +109,7 @@ def load_engine(
     timer = NO_TIMER if timer is None else timer
     options = EngineOptions.of(options, **fields)
     kind = engine_kind(path)
-    if options.device == "auto":
-        from ..kernels import resolve_device  # noqa: PLC0415  (torch)
-
-        options = replace(options, device=resolve_device("auto"))
+    options = options.resolved()
     if kind == "tensorrt":
         from .tensorrt import TensorRTEngine  # noqa: PLC0415  (optional TensorRT extra)
 

@@ -47,7 +47,7 @@ class Engine:
     marks_stages: bool = False
 
     def __init__(self, options: EngineOptions | None = None, timer: NoTimer | StageTimer = NO_TIMER):
-        options = options or EngineOptions()
+        options = (options or EngineOptions()).resolved()
         self.options = options
         self.device = torch.device(options.device)
         self.timer = timer

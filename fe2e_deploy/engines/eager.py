@@ -50,7 +50,7 @@ class EagerEngine(Engine):
 
         ``options.processing_res`` defaults to the size the model was trained at, when it has one (the demo model).
         """
-        options = EngineOptions.of(options, **fields)
+        options = EngineOptions.of(options, **fields).resolved()
         precision = parse_precision(options.dtype or "fp32", DTYPE_PRECISIONS)
         if options.processing_res is None and files.processing_res is not None:
             options = replace(options, processing_res=files.processing_res)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from ..errors import InvalidInput
 from ..graph_io import check_size
@@ -55,6 +55,14 @@ class EngineOptions:
             raise InvalidInput(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.weight_streaming_budget is not None:
             parse_budget(self.weight_streaming_budget)
+
+    def resolved(self) -> EngineOptions:
+        """These options with ``device="auto"`` made cuda (a GPU is visible) or cpu."""
+        if self.device != "auto":
+            return self
+        from ..kernels import resolve_device  # noqa: PLC0415  (torch)
+
+        return replace(self, device=resolve_device("auto"))
 
     @classmethod
     def of(cls, options: EngineOptions | None = None, **fields_: object) -> EngineOptions:

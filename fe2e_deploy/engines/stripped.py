@@ -48,7 +48,7 @@ class StrippedEngine(Engine):
         if isinstance(folder, StrippedModel):
             self.model = folder
         else:
-            self.model = load_stripped(folder, options.device, options.progress)
+            self.model = load_stripped(folder, self.device, options.progress)
         if dtype is not None:  # a stripped folder may run in another precision than it was stored in
             self.model.dit.cast_weights(torch_dtype(dtype))
         self.compile_mode = compile_mode
