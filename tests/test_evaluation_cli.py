@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -287,3 +288,70 @@ def test_evaluate_protocols_and_split_files(tiny_dir, tmp_path):
     assert missing.exit_code == 2 and "no.txt" in missing.output
     no_layout = runner.invoke(app, evaluate_args(tiny_dir, root, "depth", "--dataset-kind", "nyu"))
     assert no_layout.exit_code == 2 and "--split-file" in no_layout.output
+
+
+# -- OASIS .pkl ground truth that cannot be unpickled: that sample is unreadable, the run goes on -----------
+
+
+class RunsCode:
+    """Pickles to a call of ``os.system``: what a hostile .pkl would hold."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os  # noqa: PLC0415
+
+        return (os.system, (self.command,))
+
+
+def test_evaluate_reports_corrupt_and_hostile_oasis_pickles_as_unreadable(tiny_dir, tmp_path):
+    root = tmp_path / "oasis"
+    (root / "val").mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    _, normals = plane()
+    box = {"min_y": 5, "max_y": 40, "min_x": 6, "max_x": 50, "normal": normals[5:41, 6:51].astype(np.float32)}
+    good = pickle.dumps(box)
+    payloads = {"a": good, "b": good[: len(good) // 2], "c": pickle.dumps(RunsCode(f"touch {marker}"))}
+    rng = np.random.default_rng(2)
+    for stem, payload in payloads.items():
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(root / "val" / f"{stem}_img.png")
+        (root / "val" / f"{stem}_normal.pkl").write_bytes(payload)
+    split = tmp_path / "split.txt"
+    split.write_text("".join(f"val/{stem}_img.png\n" for stem in payloads))
+    out = tmp_path / "report.json"
+    extra = ["--dataset-kind", "oasis", "--split-file", str(split), "--json", str(out)]
+    result = runner.invoke(app, evaluate_args(tiny_dir, root, "normals", *extra))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 1, result.output
+    assert not marker.exists()  # the hostile pickle never ran
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["per_image"]] == ["val/a_img.png"]
+    assert [r["name"] for r in report["unreadable"]] == ["val/b_img.png", "val/c_img.png"]
+    for stem, entry in zip("bc", report["unreadable"], strict=True):
+        assert f"{stem}_normal.pkl" in entry["reason"] and f"{stem}_normal.pkl" in result.output
+    assert "posix.system is not allowed" in report["unreadable"][1]["reason"]
+    assert all(math.isfinite(report["metrics"][k]) for k in NORMAL_METRICS)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",  # EOFError
+        b"\x80\x05\x95garbage",  # UnpicklingError
+        b"\x80\x04K\x01\x94h\x05.",  # a memo key that is not there
+        pickle.dumps([1, 2, 3]),  # not a dict
+        pickle.dumps({"min_y": 0, "max_y": 3, "min_x": 0, "max_x": 3, "normal": np.zeros(3)}),  # 1-D normals
+        pickle.dumps({"min_y": 0, "max_y": 3, "min_x": 0, "max_x": 3, "normal": np.ones((2, 2, 3))}),  # box != roi
+    ],
+)
+def test_every_bad_oasis_pickle_is_an_unreadable_sample(tmp_path, payload):
+    from fe2e_deploy.files.images import UnreadableInput  # noqa: PLC0415
+
+    (tmp_path / "val").mkdir()
+    Image.new("RGB", (W, H)).save(tmp_path / "val" / "a_img.png")
+    (tmp_path / "val" / "a_normal.pkl").write_bytes(payload)
+    (tmp_path / "split.txt").write_text("val/a_img.png\n")
+    data = open_dataset(tmp_path, "normals", "oasis", split_file=tmp_path / "split.txt")
+    with pytest.raises(UnreadableInput, match="a_normal.pkl"):
+        data.load(data.items[0])

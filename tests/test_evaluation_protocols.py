@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,172 @@ def test_marigold_tar_is_read_in_place(tmp_path):
     (tmp_path / "bad.txt").write_text(bad)
     with pytest.raises(FileNotFoundError, match=r"dpth\.npy: depth ground truth not found"):
         open_dataset(archive, "depth", "diode", split_file=tmp_path / "bad.txt")
+
+
+# -- non-finite ground truth is invalid in every loader ---------------------------------------------------------
+
+POISON = {(20, 30): np.nan, (25, 35): np.inf, (30, 45): -np.inf}  # pixels with valid GT in every set below
+
+
+def write_generic_set(root: Path, task: str, mask: bool = False) -> Path:
+    """Two 64 x 48 samples of the generic layout with .npy GT (and .npy masks); returns sample 0's GT file."""
+    for i in range(2):
+        rgb, depth, normals = scene(64, 48, seed=20 + i)
+        save_rgb(root / "rgb" / f"s{i}.png", rgb)
+        for sub, array in (("depth", depth), ("normals", normals), ("mask", np.ones((48, 64)))):
+            if sub in (task, "mask" if mask else None):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+                np.save(root / sub / f"s{i}.npy", array.astype(np.float32))
+    return root / task / "s0.npy"
+
+
+def ground_truth_file(root: Path, case: str, split: Path | None) -> Path:
+    """The GT file that gets the non-finite pixels."""
+    if case in ("nyu-npy", "ibims-exr", "oasis-pkl"):
+        dataset, names = NORMAL_SETS[case.split("-")[0]]
+        image = root / names[1 if case == "nyu-npy" else 0]  # nyuv2: sample 1 is the .npy one
+        suffix = {"nyu-npy": ".npy", "ibims-exr": ".exr", "oasis-pkl": ".pkl"}[case]
+        return image.with_name(image.name[: image.name.rindex("_img")] + "_normal" + suffix)
+    return root / split.read_text().split()[1]  # eth3d, diode: the first line's depth
+
+
+def set_pixels(path: Path, values: dict, shape: tuple[int, int], normals: bool) -> None:
+    """Write ``values`` (``{(y, x): v}``) into a GT file; normals get ``v`` in their x channel (0: all three)."""
+
+    def edit(array: np.ndarray, dy: int = 0, dx: int = 0) -> np.ndarray:
+        for (y, x), v in values.items():
+            if normals and v == 0:
+                array[y - dy, x - dx, :] = 0.0
+            elif normals:
+                array[y - dy, x - dx, 0] = v
+            else:
+                array[y - dy, x - dx, ...] = v
+        return array
+
+    if path.suffix == ".npy":
+        np.save(path, edit(np.load(path)))
+    elif path.suffix == ".pkl":
+        box = pickle.loads(path.read_bytes())
+        box["normal"] = edit(box["normal"], box["min_y"], box["min_x"])
+        path.write_bytes(pickle.dumps(box))
+    elif path.suffix == ".exr":
+        import OpenEXR  # noqa: PLC0415
+
+        from fe2e_deploy.evaluation.official_layouts import read_exr_rgb  # noqa: PLC0415
+
+        header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+        OpenEXR.File(header, {"RGB": edit(read_exr_rgb(path))}).write(str(path))
+    else:  # ETH3D's raw float32
+        edit(np.fromfile(path, dtype=np.float32).reshape(shape)).tofile(path)
+
+
+NON_FINITE_CASES = {  # case: task, kind, how the GT is stored
+    "generic-depth": ("depth", "generic"),
+    "generic-depth-diode-mask": ("depth", "diode"),  # the mask alone is the valid region
+    "generic-normals": ("normals", "generic"),
+    "eth3d-raw": ("depth", "eth3d"),
+    "diode-npy": ("depth", "diode"),
+    "diode-tar": ("depth", "diode"),
+    "nyu-npy": ("normals", "nyu"),
+    "ibims-exr": ("normals", "ibims"),
+    "oasis-pkl": ("normals", "oasis"),
+}
+
+
+def non_finite_dataset(root: Path, case: str, how: str):
+    """``case``'s dataset with the POISON pixels: ``clean`` (untouched), ``poisoned`` (NaN, +Inf, -Inf) or
+    ``masked`` (made invalid the loader's own way: zero GT, or DIODE's mask)."""
+    task, kind = NON_FINITE_CASES[case]
+    split = None
+    if case.startswith("generic"):
+        gt = write_generic_set(root, task, mask=kind == "diode")
+    elif task == "depth":
+        split = write_depth_set(root, kind)
+        gt = ground_truth_file(root, case, split)
+    else:
+        dataset, names = NORMAL_SETS[kind]
+        write_normal_set(root, dataset, names)
+        split = root.parent / f"{case}.txt"
+        split.write_text("\n".join(names) + "\n")
+        gt = ground_truth_file(root, case, split)
+    shape = {"eth3d-raw": (330, 1290)}.get(case, (0, 0))
+    if how == "poisoned":
+        set_pixels(gt, POISON, shape, task == "normals")
+    elif how == "masked" and kind == "diode":
+        mask = gt.with_name(gt.name.replace("_depth.npy", "_depth_mask.npy")) if split else gt.parent.parent / "mask"
+        mask = mask / gt.name if mask.is_dir() else mask
+        set_pixels(mask, dict.fromkeys(POISON, 0.0), shape, False)
+    elif how == "masked":
+        set_pixels(gt, dict.fromkeys(POISON, 0.0), shape, task == "normals")
+    if case == "diode-tar":
+        archive = root.parent / f"{root.name}.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(root, arcname=".")
+        root = archive
+    return open_dataset(root, task, kind, split_file=split)
+
+
+@pytest.mark.parametrize("case", list(NON_FINITE_CASES))
+def test_non_finite_ground_truth_is_invalid_in_every_loader(tmp_path, case):
+    """NaN, +Inf and -Inf GT pixels are left out, exactly as if the loader had found no GT there."""
+    if case == "ibims-exr":
+        pytest.importorskip("OpenEXR")
+    task = NON_FINITE_CASES[case][0]
+    data = {how: non_finite_dataset(tmp_path / how / "data", case, how) for how in ("clean", "poisoned", "masked")}
+    valid = {how: sum(int(s.valid.sum()) for s in d) for how, d in data.items()}
+    assert valid["poisoned"] == valid["masked"] == valid["clean"] - len(POISON), valid
+    for protocol in ("fe2e", "infer"):
+        poisoned, masked = (
+            evaluate_engine(ImageEngine(), data[how], task, progress=False, protocol=protocol)
+            for how in ("poisoned", "masked")
+        )
+        keys = DEPTH_METRICS if task == "depth" else NORMAL_METRICS
+        assert all(np.isfinite(poisoned["metrics"][k]) for k in keys), poisoned["metrics"]
+        for key in keys:
+            assert poisoned["metrics"][key] == pytest.approx(masked["metrics"][key], rel=1e-12, abs=0), (protocol, key)
+
+
+# -- a truncated Marigold tar ------------------------------------------------------------------------------------
+
+
+def diode_tar(tmp_path: Path) -> tuple[Path, Path, int]:
+    """DIODE's two samples as a tar read in place, its split list, and an offset in the middle of the data of
+    the second sample's depth (the archive's fifth of six files)."""
+    root = tmp_path / "diode"
+    split = write_depth_set(root, "diode")
+    archive = tmp_path / "diode_val.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname=".")
+    with tarfile.open(archive) as tar:
+        member = tar.getmember("./" + split.read_text().splitlines()[1].split()[1])
+    return archive, split, member.offset_data + member.size // 2
+
+
+def test_a_tar_truncated_inside_a_member_is_one_line_naming_it(tmp_path):
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    import fe2e_deploy.cli.evaluate_cmd  # noqa: F401, PLC0415  registers the command
+    from fe2e_deploy.cli import app  # noqa: PLC0415
+
+    archive, split, cut = diode_tar(tmp_path)
+    archive.write_bytes(archive.read_bytes()[:cut])
+    with pytest.raises(ValueError, match=r"diode_val\.tar: truncated or corrupt tar archive"):
+        open_dataset(archive, "depth", "diode", split_file=split)
+    args = ["evaluate", "--engine", str(tmp_path / "no-model"), "--dataset", str(archive), "--task", "depth"]
+    result = CliRunner().invoke(app, [*args, "--dataset-kind", "diode", "--split-file", str(split), "--no-progress"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(archive) in errors[0] and "truncated" in errors[0], result.output
+
+
+def test_a_member_cut_short_after_indexing_is_one_unreadable_sample(tmp_path):
+    """The archive shrinks while it is read (a copy still being written): that sample alone is reported."""
+    archive, split, cut = diode_tar(tmp_path)
+    data = open_dataset(archive, "depth", "diode", split_file=split)
+    archive.write_bytes(archive.read_bytes()[:cut])  # the same file, which the dataset holds open
+    report = evaluate_engine(ImageEngine(), data, "depth", progress=False, protocol="fe2e")
+    assert [r["name"] for r in report["per_image"]] == [data.items[0].name]
+    (entry,) = report["unreadable"]
+    assert entry["name"] == data.items[1].name
+    assert str(archive) in entry["reason"] and "_001_010_depth.npy" in entry["reason"], entry["reason"]

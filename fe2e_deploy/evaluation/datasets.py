@@ -39,7 +39,7 @@ from ..files.images import (
     reason_without_path,
 )
 from .kinds import DATASET_KINDS, KB_CROP_HW, KITTI_EIGEN_CROP, NYU_EIGEN_CROP, TASKS, DatasetKind
-from .metrics import normal_valid_mask
+from .metrics import finite_pixels, normal_valid_mask
 from .official_layouts import (
     TarFolder,
     bundled_split,
@@ -79,7 +79,7 @@ class Sample:
     name: str
     image: Image.Image  # RGB
     gt: np.ndarray  # depth [H, W] metres, or normals [H, W, 3] (float32 in the official layouts, else float64)
-    valid: np.ndarray  # [H, W] bool: GT valid (in range / non-zero), inside the mask and the evaluation crop
+    valid: np.ndarray  # [H, W] bool: GT valid (finite, in range / non-zero), inside the mask and the evaluation crop
 
 
 @dataclass
@@ -109,7 +109,16 @@ class EvalDataset:
         return out
 
     def load(self, item: Item) -> Sample:
-        """One sample; a file that cannot be read (or does not fit the others) is :class:`UnreadableInput`."""
+        """One sample; a file that cannot be read (or does not fit the others) is :class:`UnreadableInput`.
+
+        Every layout's samples pass here: pixels with non-finite GT (NaN, +/-Inf) are never valid.
+        """
+        sample = self._read(item)
+        sample.valid = sample.valid & finite_pixels(sample.gt)
+        return sample
+
+    def _read(self, item: Item) -> Sample:
+        """The sample as its layout's loader reads it (validity by the benchmark's own rules)."""
         read = open_image if self.archive is None else partial(read_input, "image", read=self._archive_image)
         image = read(item.image)
         if self.layout == "dsine-split":
@@ -177,7 +186,7 @@ def read_depth(path: Path, png_scale: float) -> np.ndarray:
     depth = np.squeeze(depth)
     if depth.ndim != 2:
         raise InvalidInput(f"{path}: depth must be [H, W], got shape {depth.shape}")
-    return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)
+    return depth  # NaN and +/-Inf are kept (and are invalid: :meth:`EvalDataset.load`)
 
 
 def read_normals(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

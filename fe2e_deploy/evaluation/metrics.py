@@ -70,9 +70,18 @@ def align_depth(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, alignment: 
     return 1.0 / np.maximum(pred * scale + shift, MIN_DISPARITY)
 
 
+def finite_pixels(gt: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: the pixels whose ground truth (depth ``[H, W]`` or normals ``[H, W, C]``) is finite.
+
+    The one rule for non-finite GT (NaN, +/-Inf: never valid), applied to every dataset's samples.
+    """
+    finite = np.isfinite(np.asarray(gt))
+    return finite.all(axis=-1) if finite.ndim == 3 else finite
+
+
 def depth_valid_mask(gt: np.ndarray, min_depth: float, max_depth: float, mask: np.ndarray | None = None) -> np.ndarray:
     """Pixels with ``min_depth < gt < max_depth`` (finite) and inside ``mask``."""
-    valid = np.isfinite(gt) & (gt > min_depth) & (gt < max_depth)
+    valid = finite_pixels(gt) & (gt > min_depth) & (gt < max_depth)
     return valid if mask is None else valid & mask
 
 
@@ -126,7 +135,8 @@ def normalize(v: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 def normal_valid_mask(gt: np.ndarray, mask: np.ndarray | None = None, eps: float = 1e-6) -> np.ndarray:
     """GT normals with a finite, non-zero vector, inside ``mask``."""
     gt = np.asarray(gt)
-    valid = np.isfinite(gt).all(axis=-1) & (np.linalg.norm(np.nan_to_num(gt), axis=-1) > eps)
+    finite = finite_pixels(gt)
+    valid = finite & (np.linalg.norm(np.where(finite[..., None], gt, 0.0), axis=-1) > eps)
     return valid if mask is None else valid & mask
 
 

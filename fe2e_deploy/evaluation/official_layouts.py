@@ -20,8 +20,10 @@ negated, valid where non-zero). Everything is decoded in float32, as there.
 from __future__ import annotations
 
 import io
+import lzma
 import pickle
 import tarfile
+import zlib
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +31,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidInput, MissingInput
+from ..files.images import UnreadableInput
+
+#: What reading a damaged tar archive raises (plain, or compressed with gzip, bz2 or xz).
+ARCHIVE_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, lzma.LZMAError)
 
 NORMAL_SUFFIXES = {"nyuv2": (".png", ".npy"), "scannet": (".png", ".npy"), "ibims": (".exr",), "sintel": (".exr",)}
 NORMAL_SUFFIXES["oasis"] = (".pkl",)
@@ -82,18 +88,26 @@ class TarFolder:
         self.path = path
         try:
             self.tar = tarfile.open(path)  # noqa: SIM115  kept open while the dataset is read
-        except (OSError, tarfile.TarError) as exc:
+        except ARCHIVE_ERRORS as exc:
             raise InvalidInput(f"{path}: not a readable tar archive ({exc})") from None
-        self.members = {m.name.removeprefix("./"): m for m in self.tar.getmembers() if m.isfile()}
+        try:  # the index: every member's header, found past the data of the one before it
+            self.members = {m.name.removeprefix("./"): m for m in self.tar.getmembers() if m.isfile()}
+        except ARCHIVE_ERRORS as exc:
+            self.tar.close()
+            raise InvalidInput(f"{path}: truncated or corrupt tar archive ({exc})") from None
 
     def has(self, rel: str) -> bool:
         return rel in self.members
 
     def open(self, rel: str) -> io.BytesIO:
-        """The member's bytes; FileNotFoundError names the archive and the member."""
+        """The member's bytes; FileNotFoundError names the archive and the member, and a member that cannot be
+        read (cut short, corrupt) is :class:`UnreadableInput`: that sample alone fails."""
         if rel not in self.members:
             raise MissingInput(f"{self.path}: no member {rel!r}")
-        return io.BytesIO(self.tar.extractfile(self.members[rel]).read())
+        try:
+            return io.BytesIO(self.tar.extractfile(self.members[rel]).read())
+        except ARCHIVE_ERRORS as exc:
+            raise UnreadableInput(f"{self.path}: member {rel!r} is truncated or corrupt ({exc})") from None
 
 
 def read_marigold_depth(source: Path | io.BytesIO, kind: str, image_size: tuple[int, int]) -> np.ndarray:
@@ -176,12 +190,22 @@ def read_oasis_normals(path: Path, image_size: tuple[int, int]) -> tuple[np.ndar
     """OASIS: a dict with the box (``min_y``, ``max_y``, ``min_x``, ``max_x``, inclusive) and its ``normal``."""
     width, height = image_size
     with open(path, "rb") as f:
-        data = _ArrayUnpickler(f).load()
+        try:
+            data = _ArrayUnpickler(f).load()
+        except OSError:
+            raise
+        except Exception as exc:  # whatever a corrupt or refused pickle raises, the file is bad
+            raise InvalidInput(f"{path}: not a readable OASIS normal file ({type(exc).__name__}: {exc})") from None
     try:
         y0, y1, x0, x1 = (int(data[k]) for k in ("min_y", "max_y", "min_x", "max_x"))
-        roi = np.asarray(data["normal"])
-    except (KeyError, TypeError, ValueError):
+        roi = np.asarray(data["normal"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError, IndexError):
         raise InvalidInput(f"{path}: expected a dict with min_y, max_y, min_x, max_x and normal") from None
+    box = (y1 - y0 + 1, x1 - x0 + 1, 3)
+    if roi.shape != box or min(y0, x0) < 0 or y1 >= height or x1 >= width:
+        raise InvalidInput(
+            f"{path}: normals {roi.shape} do not fill the box {box[:2]} at ({y0}, {x0}) of the {height} x {width} image"
+        )
     normal = np.zeros((height, width, 3))
     normal[y0 : y1 + 1, x0 : x1 + 1, :] = roi
     normal = normal.astype(np.float32)
