@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
+from ..errors import InvalidInput
 from ..resolution import MAX_PROCESSING_PIXELS, parse_resolution
 from . import options
 from .app import app, report_images, user_errors
@@ -29,8 +31,13 @@ def batch(
     images: str = typer.Argument(
         ..., help="Images: a local folder, or any pyarrow filesystem URI the cluster can read (s3://, gs://, hdfs://)."
     ),
-    output_dir: Path = typer.Option(
-        ..., "--output-dir", "-o", help="Output folder, the same layout as infer's (shared by all workers' nodes)."
+    output_dir: str = typer.Option(
+        ...,
+        "--output-dir",
+        "-o",
+        help="Where the maps go, written by the workers: a folder all workers' nodes share, or a pyarrow "
+        "filesystem URI (s3://bucket/prefix; S3-compatible servers: "
+        "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http). Each output appears complete or not at all.",
     ),
     engine: Path = typer.Option(..., help=ENGINE_HELP + " Every worker opens it once: a path all nodes can read."),
     address: str = typer.Option(
@@ -49,19 +56,48 @@ def batch(
     output_res: OutputResOption = "input",
     png_compression: PngCompression = 1,
     npy_dtype: NpyDtype = "float32",
+    output_format: str = typer.Option(
+        "files",
+        help="files: infer's layout, one file per map (--outputs, --npy-dtype). parquet: shard files of one row per "
+        "image (key, source, height, width, depth float16 and normals as raw bytes). webdataset: tar shards with "
+        "KEY.depth.npy, KEY.normals.npy, KEY.json (and KEY.depth.png, KEY.normals.png with --previews). Shards "
+        "are listed in _manifests/ as they finish; a rerun skips the images listed there.",
+    ),
+    shard_size: int = typer.Option(
+        None,
+        help="Images per shard (parquet, webdataset; default 64: ~400 MB at 1024x768). A shard is what a rerun "
+        "resumes from and what a failed worker redoes.",
+    ),
+    normals_dtype: str = typer.Option(
+        "float16", help="Normals in shards: float16, or uint8 holding (n + 1) / 2 * 255 as infer's normals PNG."
+    ),
+    previews: bool = typer.Option(
+        False, "--previews", help="Shards also hold 8-bit PNG previews of each image's depth (colour) and normals."
+    ),
     overwrite: Overwrite = False,
     progress: Progress = True,
 ) -> None:
-    """Predict every image under IMAGES on a Ray cluster and write infer's files to --output-dir.
+    """Predict every image under IMAGES on a Ray cluster and write the maps to --output-dir.
 
-    Ray tasks decode the images; a pool of --workers engine workers predicts and writes them
-    (atomically). Resumable: images whose outputs all exist are skipped (--overwrite replaces
-    them). A worker that dies is restarted and its images run again; unreadable images are reported
-    and skipped (exit code 1 at the end). Needs: pip install 'fe2e-deploy[ray]'.
+    A pool of --workers engine workers predicts and writes them: infer's files, or shards
+    (--output-format), each complete or not at all, in a folder or an object store. Resumable:
+    finished images are skipped (--overwrite predicts them again; for shards it deletes the old ones
+    first). A worker that dies is restarted and its images run again; unreadable images are reported
+    and skipped (exit code 1 at the end); a write error stops the job (exit code 2). Without
+    --address a local Ray starts on 127.0.0.1 and ends with the command, even if it is killed.
+    Needs: pip install 'fe2e-deploy\\[ray]'.
     """
     with user_errors():
         from ..cluster.batch import run_batch  # noqa: PLC0415
+        from ..cluster.shards import OUTPUT_FORMATS, ShardOptions  # noqa: PLC0415
         from ..engines.options import EngineOptions  # noqa: PLC0415
+
+        if output_format not in OUTPUT_FORMATS:
+            raise InvalidInput(f"--output-format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+        shards = None
+        if output_format != "files":
+            shards = ShardOptions(output_format, normals_dtype=normals_dtype, previews=previews)
+            shards = replace(shards, shard_size=shard_size or shards.shard_size, png_compression=png_compression)
 
         settings = EngineOptions(  # each worker opens the engine on its own device (cuda with GPUs, else cpu)
             dtype=dtype,
@@ -79,6 +115,7 @@ def batch(
             cpus_per_worker=cpus_per_worker,
             options=settings,
             outputs=options.output_options(outputs, output_res, png_compression, npy_dtype),
+            shards=shards,
             overwrite=overwrite,
             progress=progress,
         )

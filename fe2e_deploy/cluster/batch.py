@@ -1,48 +1,69 @@
-"""``batch``: ``infer`` over a Ray cluster, as a Ray Data job (files in, the same output files out).
+"""``batch``: ``infer`` over a Ray cluster, as a Ray Data job (files or shards out, local or in an object store).
 
 Follow an image: the driver lists the images (:func:`list_images`: a local folder or any pyarrow
-filesystem URI) and plans their outputs with ``infer``'s own :func:`~fe2e_deploy.infer.plan_outputs`
-(the same names; images whose outputs all exist are skipped: the job resumes). Ray tasks read and
-decode the files (:func:`decode_images`); an actor pool of :class:`PredictWorker` (one engine per
-worker, opened once) pre-processes, predicts and writes each image's files with ``infer``'s
-:func:`~fe2e_deploy.files.outputs.write_prediction` (atomically), and returns one status row per
-image to the driver, which shows progress and sums up like ``infer``.
+filesystem URI) and plans the work, then Ray runs it on an actor pool (one engine per worker, opened
+once); each worker returns one status row per image to the driver, which shows progress and sums up
+like ``infer``. Where the outputs go is an :class:`~fe2e_deploy.cluster.stores.OutputStore`: a local
+(or shared) folder, or an object store (``s3://bucket/prefix``); every output appears complete or not
+at all.
 
-Faults: Ray Data restarts a worker whose process dies and runs its batch again on a live worker
-(actor pools default to ``max_restarts=-1, max_task_retries=-1``); files are replaced atomically, so a
-batch that ran twice still leaves one complete set of files per image, and only the run that finished
-reports it. An image that cannot be read or processed is reported failed, not fatal. A write error
-(disk full) stops the job, as in ``infer``.
+- ``files`` (default): ``infer``'s files and names. The driver plans with ``infer``'s
+  :func:`~fe2e_deploy.infer.plan_outputs` (in an object store: one listing instead of a look at each
+  file); images whose outputs all exist are skipped. Ray tasks read and decode the images
+  (:func:`decode_images`); :class:`PredictWorker` predicts and writes each image's files.
+- ``parquet`` / ``webdataset``: shards of ``--shard-size`` images with a manifest each
+  (:mod:`~fe2e_deploy.cluster.shards`). The driver reads the manifests (not the outputs), skips the
+  images they list and hands each remaining shard to one :class:`ShardWorker` call, which reads its
+  images (a reader thread ahead of the engine), predicts them and writes the shard, then its manifest.
+
+Faults: Ray Data restarts a worker whose process dies and runs its batch (or shard) again on a live
+worker (actor pools default to ``max_restarts=-1, max_task_retries=-1``); outputs are replaced
+atomically, so work done twice still leaves one complete copy, and only the run that finished reports
+it. An image that cannot be read or processed is reported failed, not fatal. A write error (disk full,
+no permission, a file where a folder must go) stops the job in one line (exit code 2), as in ``infer``.
 
 The maps are written by the workers, where they are computed (shipping full-size maps to the driver
-would cost ~16 bytes per pixel through the object store): OUT must be a folder every worker can
-write, e.g. a shared file system on a multi-node cluster.
+would cost ~16 bytes per pixel through the object store): OUT must be a place every worker can write
+(a shared file system or an object store on a multi-node cluster). A local cluster started here dies
+with this process, even by ``kill -9`` (:mod:`~fe2e_deploy.cluster.fate`).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import tempfile
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..engines.options import EngineOptions
-from ..errors import ImageError, InvalidInput, MissingInput, UserError
-from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, read_image, unreadable_image
-from ..files.outputs import OutputOptions, output_paths, write_prediction
+from ..errors import ImageError, InvalidInput, MissingInput, NotAFolder, UserError, describe
+from ..files.images import IMAGE_SUFFIXES, READ_ERRORS, find_images, read_image, unreadable_image
+from ..files.outputs import OutputOptions, output_names, output_paths, write_prediction
 from .ray_setup import connect, import_ray, torch_threads
+from .shards import Sample, ShardOptions, image_key, manifest_name, open_shard, read_state
+from .stores import OutputStore, is_uri
 
 #: The status of the rows of a worker whose engine could not be opened: the job stops with its reason.
 ENGINE_ERROR = "engine-error"
+#: The status of the rows of a batch or shard whose outputs could not be written: the job stops with its reason.
+WRITE_ERROR = "write-error"
 
 #: The most images in one block of the input list (see :func:`input_blocks`).
 IMAGES_PER_BLOCK = 64
 
 #: CPUs of one decoding task: decoding is short; a small share keeps it from starving the workers.
 DECODE_CPUS = 0.25
+
+
+class OutputWriteError(UserError, OSError):
+    """A worker could not write outputs (a full disk, no permission, a file in the way, the store refused)."""
 
 
 @dataclass
@@ -56,6 +77,7 @@ class BatchReport:
     workers: int = 0
     total_seconds: float = 0.0
     ray_start_seconds: float = 0.0  # starting a local Ray (0 when joining a running cluster)
+    done_before: str = "all outputs exist"  # why images are skipped, in the summary
 
     @property
     def predicted(self) -> int:
@@ -67,7 +89,7 @@ class BatchReport:
         rate = self.predicted / job if job > 0 else 0.0
         start = f", {self.ray_start_seconds:.1f} s of it starting Ray" if self.ray_start_seconds else ""
         return (
-            f"{len(self.written)} image(s) written, {completed}{len(self.skipped)} skipped (all outputs exist), "
+            f"{len(self.written)} image(s) written, {completed}{len(self.skipped)} skipped ({self.done_before}), "
             f"{len(self.failed)} failed; {self.total_seconds:.1f} s with {self.workers} worker(s){start}; "
             f"{rate:.2f} images/s after the start"
         )
@@ -89,17 +111,22 @@ class ImageSource:
         return fs.FileSystem.from_uri(self.uri)[0]
 
 
-def is_uri(text: str) -> bool:
-    return "://" in text
-
-
-def list_images(images: str | Path, output_dir: Path) -> tuple[ImageSource, list[Path]]:
-    """The .jpg/.jpeg/.png files under ``images`` (a folder or a pyarrow URI), sorted, outside ``output_dir``."""
+def list_images(images: str | Path, store: OutputStore) -> tuple[ImageSource, list[Path]]:
+    """The .jpg/.jpeg/.png files under ``images`` (a folder or a pyarrow URI), sorted, outside the outputs;
+    refuses a folder with none and an output place that cannot be written, before anything starts."""
     text = str(images)
     if not is_uri(text):
         from ..infer import check_infer_paths  # noqa: PLC0415
 
-        return ImageSource(text), check_infer_paths(Path(text), output_dir)
+        if store.local:
+            return ImageSource(text), check_infer_paths(Path(text), Path(store.root))
+        if Path(text).is_file():
+            raise NotAFolder(f"{text}: is a file; give the folder that holds the images")
+        found = find_images(text)
+        if not found:
+            raise MissingInput(f"{text}: no .jpg/.jpeg/.png images found")
+        store.check_writable()
+        return ImageSource(text), found
     from pyarrow import fs  # noqa: PLC0415
 
     try:
@@ -113,10 +140,22 @@ def list_images(images: str | Path, output_dir: Path) -> tuple[ImageSource, list
         if info.type == fs.FileType.File and PurePosixPath(info.path).suffix.lower() in IMAGE_SUFFIXES
     )
     if isinstance(filesystem, fs.LocalFileSystem):  # file://: outputs written inside the input are not inputs
-        found = [p for p in found if not Path(p).resolve().is_relative_to(output_dir.resolve())]
+        if store.local:
+            found = [p for p in found if not Path(p).resolve().is_relative_to(Path(store.root).resolve())]
+    elif not store.local and store.uri.split("://")[0] == text.split("://")[0]:  # the same store: its outputs
+        found = [p for p in found if not p.is_relative_to(store.root)]
     if not found:
         raise MissingInput(f"{text}: no .jpg/.jpeg/.png images found")
+    store.check_writable()
     return ImageSource(root, text), [Path(p) for p in found]
+
+
+def read_source(path: str, filesystem) -> np.ndarray:
+    """One image file (local, or through ``filesystem``) as an 8-bit RGB array; raises READ_ERRORS."""
+    if filesystem is None:
+        return np.asarray(read_image(Path(path)))
+    with filesystem.open_input_file(str(path)) as f:
+        return np.asarray(read_image(io.BytesIO(f.readall())))
 
 
 def decode_images(batch: dict[str, np.ndarray], source: ImageSource) -> dict[str, np.ndarray]:
@@ -129,12 +168,7 @@ def decode_images(batch: dict[str, np.ndarray], source: ImageSource) -> dict[str
     images, errors = [], []
     for path in batch["source"]:
         try:
-            if filesystem is None:
-                image = read_image(Path(path))
-            else:
-                with filesystem.open_input_file(str(path)) as f:
-                    image = read_image(io.BytesIO(f.readall()))
-            images.append(np.asarray(image))
+            images.append(read_source(path, filesystem))
             errors.append("")
         except READ_ERRORS as exc:
             images.append(np.zeros((1, 1, 3), np.uint8))
@@ -151,36 +185,53 @@ def _object_array(items: list) -> np.ndarray:
     return array
 
 
-class PredictWorker:
-    """One Ray actor: opens the engine once, then predicts and writes batches of decoded images."""
+def _rows(sources: Iterable[str], status: list[str], reasons: list[str]) -> dict[str, np.ndarray]:
+    """One row per image for the driver: its source, status (written/completed/failed/...) and reason."""
+    return {
+        "source": np.array(list(sources), dtype=object),
+        "status": np.array(status, dtype=object),
+        "reason": np.array(reasons, dtype=object),
+    }
 
-    def __init__(
-        self,
-        engine: str,
-        output_dir: str,
-        outputs: OutputOptions,
-        options: EngineOptions,
-        threads: int | None = None,
-    ) -> None:
+
+class EngineWorker:
+    """A Ray actor's engine, opened once; an engine that cannot be opened is answered on every call."""
+
+    def __init__(self, engine: str, store: OutputStore, options: EngineOptions, threads: int | None) -> None:
         import torch  # noqa: PLC0415
 
         from ..engines import load_engine  # noqa: PLC0415
 
         if threads:
             torch.set_num_threads(threads)
-        self.output_dir, self.outputs = Path(output_dir), outputs
+        self.store = store
         self.engine_error = ""  # a missing or corrupt engine: every batch answers it, the driver stops the job
         try:
             self.engine = load_engine(engine, options)
         except UserError as exc:  # not raised: Ray would show the worker's traceback, not the reason
             self.engine_error = str(exc) or type(exc).__name__
 
+
+class PredictWorker(EngineWorker):
+    """The ``files`` format: predicts batches of decoded images and writes each image's files."""
+
+    def __init__(
+        self,
+        engine: str,
+        store: OutputStore,
+        outputs: OutputOptions,
+        options: EngineOptions,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(engine, store, options, threads)
+        self.outputs = outputs
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image  # noqa: PLC0415
 
         count = len(batch["source"])
         if self.engine_error:
-            return self._rows(batch, [ENGINE_ERROR] * count, [self.engine_error] * count)
+            return _rows(batch["source"], [ENGINE_ERROR] * count, [self.engine_error] * count)
         status, reasons = ["failed"] * count, list(batch["error"])
         ready, prepared = [], []
         for i in range(count):
@@ -198,19 +249,112 @@ class PredictWorker:
             except ImageError as exc:  # maps with NaN or Inf: nothing written
                 reasons[i] = str(exc)
                 continue
-            paths = output_paths(self.output_dir, Path(batch["rel"][i]), str(batch["name"][i]), self.outputs.kinds)
-            write_prediction(paths, prediction, self.outputs)  # atomically, folders made as needed
+            try:
+                self._write(Path(batch["rel"][i]), str(batch["name"][i]), prediction)
+            except OSError as exc:  # the system's or the store's: the driver stops the job with it
+                return _rows(batch["source"], [WRITE_ERROR] * count, [describe(exc)] * count)
             status[i] = "completed" if batch["completing"][i] else "written"
-        return self._rows(batch, status, reasons)
+        return _rows(batch["source"], status, reasons)
 
-    @staticmethod
-    def _rows(batch: dict[str, np.ndarray], status: list[str], reasons: list[str]) -> dict[str, np.ndarray]:
-        """One row per image for the driver: its source, status (written/completed/failed) and reason."""
-        return {
-            "source": batch["source"],
-            "status": np.array(status, dtype=object),
-            "reason": np.array(reasons, dtype=object),
-        }
+    def _write(self, rel: Path, name: str, prediction) -> None:
+        """``infer``'s files of one image: in place in a local folder, else written aside and uploaded."""
+        kinds = self.outputs.kinds
+        if self.store.local:
+            write_prediction(output_paths(self.store.root, rel, name, kinds), prediction, self.outputs)
+            return
+        with tempfile.TemporaryDirectory(prefix="fe2e-batch-") as folder:
+            paths = output_paths(folder, rel, name, kinds)
+            write_prediction(paths, prediction, self.outputs)
+            for path in paths.values():
+                self.store.put_file(path, path.relative_to(folder).as_posix())
+
+
+def read_ahead(read: Callable, items: list, ahead: int, threads: int = 1) -> Iterator:
+    """``read(item)`` for each item, in order, computed by ``threads`` threads at most ``ahead`` items ahead."""
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        items = iter(items)
+        for item in items:
+            pending.append(pool.submit(read, item))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for item in items:
+                pending.append(pool.submit(read, item))
+                break
+            yield result
+
+
+class ShardWorker(EngineWorker):
+    """The shard formats: each call writes whole shards (one input row each), reading their images itself."""
+
+    def __init__(
+        self,
+        engine: str,
+        store: OutputStore,
+        source: ImageSource,
+        shards: ShardOptions,
+        output_res: str,
+        options: EngineOptions,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(engine, store, options, threads)
+        self.source, self.shards, self.output_res = source, shards, output_res
+        self.batch_size = options.batch_size or 1
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = [
+            self._shard(int(index), [str(s) for s in sources], [str(k) for k in keys])
+            for index, sources, keys in zip(batch["shard"], batch["sources"], batch["keys"], strict=True)
+        ]
+        return {column: np.concatenate([part[column] for part in parts]) for column in ("source", "status", "reason")}
+
+    def _prepare(self, path: str):
+        """Read and pre-process one image (in the reader thread): its Prepared, or why it cannot be."""
+        from PIL import Image  # noqa: PLC0415
+
+        try:
+            image = read_source(path, self._filesystem)
+        except READ_ERRORS as exc:
+            return unreadable_image(exc, None if self._filesystem else Path(path))
+        try:
+            return self.engine.prepare(Image.fromarray(image))
+        except ImageError as exc:
+            return str(exc)
+
+    def _shard(self, index: int, sources: list[str], keys: list[str]) -> dict[str, np.ndarray]:
+        count = len(sources)
+        if self.engine_error:
+            return _rows(sources, [ENGINE_ERROR] * count, [self.engine_error] * count)
+        self._filesystem = self.source.filesystem()
+        root = PurePosixPath(self.source.root)
+        status, reasons = ["failed"] * count, [""] * count
+        ahead = read_ahead(self._prepare, sources, 2 * self.batch_size)
+        try:
+            with open_shard(self.store, index, self.shards) as shard:
+                for start in range(0, count, self.batch_size):
+                    chunk = range(start, min(count, start + self.batch_size))
+                    items = {i: next(ahead) for i in chunk}
+                    for i, item in items.items():
+                        if isinstance(item, str):
+                            reasons[i] = item
+                    ready = [i for i in chunk if not reasons[i]]
+                    finishes = self.engine.predict_prepared([items[i] for i in ready], output_res=self.output_res)
+                    for i, finish in zip(ready, finishes, strict=True):
+                        try:
+                            prediction = finish()
+                        except ImageError as exc:  # maps with NaN or Inf: not in the shard
+                            reasons[i] = str(exc)
+                            continue
+                        rel = PurePosixPath(sources[i]).relative_to(root).as_posix()
+                        shard.add(Sample.of(keys[i], rel, prediction, self.shards))
+                        status[i] = "written"
+        except OSError as exc:  # writing the shard or its manifest: the driver stops the job with it
+            return _rows(sources, [WRITE_ERROR] * count, [describe(exc)] * count)
+        finally:
+            ahead.close()
+        return _rows(sources, status, reasons)
 
 
 def input_blocks(images: int, workers: int) -> int:
@@ -227,6 +371,92 @@ def default_worker_cpus(total_cpus: float, workers: int, gpus_per_worker: float)
     return max(0.25, round(0.75 * total_cpus / workers * 4) / 4)
 
 
+@dataclass
+class FileJob:
+    """An image of the ``files`` format: its outputs are named after ``name``; ``completing``: some exist."""
+
+    path: Path
+    name: str
+    completing: bool
+
+
+def plan_files(
+    found: list[Path], root: Path, store: OutputStore, kinds: tuple[str, ...], overwrite: bool, report: BatchReport
+) -> list[FileJob]:
+    """The images to predict in the ``files`` format; skipped (all outputs exist) and clashing ones to ``report``.
+
+    A local folder is planned by ``infer``'s :func:`~fe2e_deploy.infer.plan_outputs`; an object store from one
+    listing of the outputs (a request per output would take hours at a million images).
+    """
+    from ..infer import InferReport, plan_outputs  # noqa: PLC0415
+
+    if store.local:
+        planned = InferReport()
+        jobs = plan_outputs(found, root, Path(store.root), kinds, overwrite, planned)
+        report.skipped += [(str(p), r) for p, r in planned.skipped]
+        report.failed += [(str(p), r) for p, r in planned.failed]
+        return [FileJob(job.path, job.name, job.completing) for job in jobs]
+    existing = set() if overwrite else set(store.list())
+    names = output_names(path.relative_to(root) for path in found)
+    jobs = []
+    for path in found:
+        rel = path.relative_to(root)
+        outputs = [p.as_posix() for p in output_paths("", rel, names[rel], kinds).values()]
+        there = [o for o in outputs if o in existing]
+        if len(there) == len(outputs):
+            reason = f"all its outputs exist, e.g. {store.describe(there[0])} (pass --overwrite to replace)"
+            report.skipped.append((str(path), reason))
+        else:
+            jobs.append(FileJob(path, names[rel], bool(there)))
+    return jobs
+
+
+@dataclass
+class ShardJob:
+    """One shard to write: its number and its images (paths as read, keys as stored)."""
+
+    index: int
+    sources: list[str]
+    keys: list[str]
+
+
+def plan_shards(
+    found: list[Path], root: Path, store: OutputStore, shards: ShardOptions, overwrite: bool, report: BatchReport
+) -> list[ShardJob]:
+    """The shards to write: the images no manifest lists (all with ``overwrite``), ``shards.shard_size`` per shard.
+
+    Shard files without a manifest (a killed run's) are removed; ``overwrite`` removes every shard and
+    manifest first. Images whose keys clash fail (see :func:`~fe2e_deploy.cluster.shards.image_key`).
+    """
+    state = read_state(store, shards)
+    stale = state.orphans + ([m.shard for m in state.manifests] if overwrite else [])
+    for name in stale:
+        store.delete(name)
+    if overwrite:
+        for manifest in state.manifests:
+            store.delete(manifest_name(manifest.shard))
+    done = {} if overwrite else state.done()
+    names = output_names(path.relative_to(root) for path in found)
+    owners: dict[str, Path] = {}
+    pending: list[tuple[str, str]] = []
+    for path in found:
+        rel = path.relative_to(root)
+        key = image_key(PurePosixPath(rel.as_posix()), names[rel])
+        if key in owners:
+            report.failed.append((str(path), f"its key {key!r} is that of {owners[key]}"))
+            continue
+        owners[key] = path
+        if key in done:
+            report.skipped.append((str(path), f"in {store.describe(done[key])} (pass --overwrite to predict again)"))
+        else:
+            pending.append((str(path), key))
+    size = shards.shard_size
+    return [
+        ShardJob(state.next_index + n, [s for s, _ in part], [k for _, k in part])
+        for n, part in enumerate(pending[i : i + size] for i in range(0, len(pending), size))
+    ]
+
+
 def run_batch(
     engine: str | Path,
     images: str | Path,
@@ -238,21 +468,23 @@ def run_batch(
     cpus_per_worker: float | None = None,
     options: EngineOptions | None = None,
     outputs: OutputOptions | None = None,
+    shards: ShardOptions | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> BatchReport:
-    """Predict every image under ``images`` on a Ray cluster and write ``infer``'s files to ``output_dir``.
+    """Predict every image under ``images`` on a Ray cluster and write the maps to ``output_dir``.
 
-    ``address``: an existing cluster ("auto" or ``HOST:PORT``); None starts a local one for the job.
-    ``workers`` actors each open ``engine`` once, on ``gpus_per_worker`` GPUs (0: CPU) and
-    ``cpus_per_worker`` CPUs (default :func:`default_worker_cpus`); ``options`` open the engine in each
-    worker (their device is the worker's: cuda with GPUs, else cpu), ``options.batch_size`` images per engine
-    call. Images whose outputs all exist are skipped unless ``overwrite``.
+    ``output_dir``: a local folder or a pyarrow filesystem URI. ``shards`` None: ``infer``'s files
+    (``outputs`` says which); else shards of that format. ``address``: an existing cluster ("auto" or
+    ``HOST:PORT``); None starts a local one for the job (it dies with this process). ``workers`` actors
+    each open ``engine`` once, on ``gpus_per_worker`` GPUs (0: CPU) and ``cpus_per_worker`` CPUs (default
+    :func:`default_worker_cpus`); ``options`` open the engine in each worker (their device is the
+    worker's: cuda with GPUs, else cpu), ``options.batch_size`` images per engine call. Finished images
+    are skipped unless ``overwrite``.
     """
     from tqdm import tqdm  # noqa: PLC0415
 
     from ..engines import engine_kind  # noqa: PLC0415
-    from ..infer import InferReport, plan_outputs  # noqa: PLC0415
 
     options = options or EngineOptions()
     batch_size = options.batch_size or 1
@@ -262,34 +494,52 @@ def run_batch(
         raise InvalidInput("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     outputs = outputs or OutputOptions()
     engine_kind(engine)  # a missing or unsupported engine fails before Ray starts (a corrupt one in the workers)
-    output_dir = Path(output_dir).absolute()
     start = time.perf_counter()
-    source, found = list_images(images, output_dir)
-    planned = InferReport()
-    jobs = plan_outputs(found, Path(source.root), output_dir, outputs.kinds, overwrite, planned)
-    report = BatchReport(skipped=[(str(p), r) for p, r in planned.skipped], workers=workers)
-    report.failed = [(str(p), r) for p, r in planned.failed]
+    store = OutputStore.parse(output_dir)
+    source, found = list_images(images, store)
+    report = BatchReport(workers=workers)
+    root = Path(source.root)
+    if shards is None:
+        jobs: list = plan_files(found, root, store, outputs.kinds, overwrite, report)
+        count = len(jobs)
+    else:
+        report.done_before = "in finished shards"
+        jobs = plan_shards(found, root, store, shards, overwrite, report)
+        count = sum(len(job.sources) for job in jobs)
     if jobs:
         ray = import_ray()
         t0 = time.perf_counter()
-        started = connect(address)
-        report.ray_start_seconds = time.perf_counter() - t0 if started else 0.0
+        guard = None
+        if address is None and not ray.is_initialized():
+            from .fate import guard_local_cluster  # noqa: PLC0415
+
+            guard = guard_local_cluster()
         try:
-            cpus = cpus_per_worker or default_worker_cpus(
-                ray.cluster_resources().get("CPU", 1.0), workers, gpus_per_worker
-            )
-            worker = {  # PredictWorker's arguments
-                "engine": str(Path(engine).absolute()),
-                "output_dir": str(output_dir),
-                "outputs": outputs,
-                "options": replace(options, device="cuda" if gpus_per_worker > 0 else "cpu"),
-                "threads": torch_threads(cpus, gpus_per_worker),
-            }
-            dataset = image_dataset(ray, jobs, source, worker, workers, gpus_per_worker, cpus, batch_size)
-            collect(dataset, report, tqdm(total=len(jobs), disable=not progress, desc="batch", unit="img"))
+            started = connect(address)
+            report.ray_start_seconds = time.perf_counter() - t0 if started else 0.0
+            try:
+                cpus = cpus_per_worker or default_worker_cpus(
+                    ray.cluster_resources().get("CPU", 1.0), workers, gpus_per_worker
+                )
+                worker = {  # the workers' arguments
+                    "engine": str(Path(engine).absolute()),
+                    "store": store,
+                    "options": replace(options, device="cuda" if gpus_per_worker > 0 else "cpu"),
+                    "threads": torch_threads(cpus, gpus_per_worker),
+                }
+                pool = {"workers": workers, "gpus": gpus_per_worker, "cpus": cpus}
+                if shards is None:
+                    dataset = image_dataset(ray, jobs, source, {**worker, "outputs": outputs}, batch_size, **pool)
+                else:
+                    settings = {"source": source, "shards": shards, "output_res": outputs.resolution}
+                    dataset = shard_dataset(ray, jobs, {**worker, **settings}, **pool)
+                collect(dataset, report, tqdm(total=count, disable=not progress, desc="batch", unit="img"))
+            finally:
+                if started:
+                    ray.shutdown()
         finally:
-            if started:
-                ray.shutdown()
+            if guard is not None:
+                guard.stop()
     order = {str(path): i for i, path in enumerate(found)}
     for items in (report.written, report.completed):
         items.sort(key=order.__getitem__)
@@ -298,45 +548,52 @@ def run_batch(
     return report
 
 
-def image_dataset(
-    ray, jobs, source: ImageSource, worker: dict, workers: int, gpus: float, cpus: float, batch_size: int
-):
-    """The Ray Data pipeline: the planned images -> decoding tasks -> a pool of ``workers`` PredictWorkers
-    (built with ``worker``), each on ``gpus`` GPUs and ``cpus`` CPUs; one status row per image comes out."""
-    from ray.data import ActorPoolStrategy, DataContext  # noqa: PLC0415
+def image_dataset(ray, jobs: list[FileJob], source: ImageSource, worker: dict, batch_size: int, **pool):
+    """The ``files`` pipeline: the planned images -> decoding tasks -> a pool of PredictWorkers (built with
+    ``worker``; ``pool``: their number, GPUs and CPUs each); one status row per image comes out."""
+    from ray.data import DataContext  # noqa: PLC0415
 
     DataContext.get_current().enable_progress_bars = False  # ours counts images, theirs blocks
     root = Path(source.root)
     rows = [
-        {
-            "source": str(job.path),
-            "rel": str(job.path.relative_to(root)),
-            "name": job.name,
-            "completing": job.completing,
-        }
-        for job in jobs
+        {"source": str(j.path), "rel": str(j.path.relative_to(root)), "name": j.name, "completing": j.completing}
+        for j in jobs
     ]
     return (
-        ray.data.from_items(rows, override_num_blocks=input_blocks(len(rows), workers))
+        ray.data.from_items(rows, override_num_blocks=input_blocks(len(rows), pool["workers"]))
         .map_batches(decode_images, fn_kwargs={"source": source}, batch_size=batch_size, num_cpus=DECODE_CPUS)
-        .map_batches(
-            PredictWorker,
-            fn_constructor_kwargs=worker,
-            compute=ActorPoolStrategy(size=workers),
-            batch_size=batch_size,
-            num_cpus=cpus,
-            num_gpus=gpus,
-        )
+        .map_batches(PredictWorker, fn_constructor_kwargs=worker, batch_size=batch_size, **_actor_pool(**pool))
     )
 
 
+def shard_dataset(ray, jobs: list[ShardJob], worker: dict, **pool):
+    """The shard pipeline: one row per shard -> a pool of ShardWorkers, one shard per call; one status row
+    per image comes out."""
+    from ray.data import DataContext  # noqa: PLC0415
+
+    DataContext.get_current().enable_progress_bars = False
+    rows = [{"shard": job.index, "sources": job.sources, "keys": job.keys} for job in jobs]
+    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        ShardWorker, fn_constructor_kwargs=worker, batch_size=1, **_actor_pool(**pool)
+    )
+
+
+def _actor_pool(workers: int, gpus: float, cpus: float) -> dict:
+    from ray.data import ActorPoolStrategy  # noqa: PLC0415
+
+    return {"compute": ActorPoolStrategy(size=workers), "num_cpus": cpus, "num_gpus": gpus}
+
+
 def collect(dataset, report: BatchReport, bar) -> None:
-    """Run the pipeline, sorting its rows into ``report`` as they come; an engine a worker cannot open stops it."""
+    """Run the pipeline, sorting its rows into ``report`` as they come; an engine a worker cannot open, or
+    outputs it cannot write, stop it."""
     with bar:
         for row in dataset.iter_rows():
             status = row["status"]
             if status == ENGINE_ERROR:
                 raise InvalidInput(f"a worker could not open the engine: {row['reason']}")
+            if status == WRITE_ERROR:
+                raise OutputWriteError(f"a worker could not write the outputs: {row['reason']}")
             if status == "written":
                 report.written.append(row["source"])
             elif status == "completed":

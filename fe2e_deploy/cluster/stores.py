@@ -1,0 +1,170 @@
+"""Where ``batch`` writes: a local folder, or a folder behind a pyarrow filesystem URI (``s3://``, ``gs://``...).
+
+Every object appears complete or not at all:
+
+- a local folder (also ``file://``): written to a hidden temporary beside it, then renamed
+  (:func:`fe2e_deploy.files.atomic.atomic_path`);
+- an object store (S3, GCS, Azure): the complete data is ready in a local file before the upload
+  starts, and the store shows an object only once its upload completes (a single PUT, or the
+  completion of a multipart upload). pyarrow has no way to abandon an upload (apache/arrow#40502:
+  closing an output stream completes it, even after an error), so an upload interrupted on our
+  side (an exception between two parts) is deleted right after; a process killed during an upload
+  leaves an incomplete multipart upload, which the store never shows;
+- any other filesystem (HDFS...): written under a temporary name in the same folder, then moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path, PurePosixPath
+
+from ..errors import InvalidInput
+from ..files.atomic import atomic_path, check_writable_dir
+
+#: pyarrow filesystems (``type_name``) whose objects appear only when their upload completes.
+OBJECT_STORES = ("s3", "gcs", "abfs")
+
+
+def is_uri(text: str) -> bool:
+    return "://" in text
+
+
+@cache
+def _filesystem(uri: str):
+    """The pyarrow filesystem of ``uri`` (one per process and URI: its connections are reused)."""
+    from pyarrow import fs  # noqa: PLC0415
+
+    return fs.FileSystem.from_uri(uri)[0]
+
+
+@dataclass(frozen=True)
+class OutputStore:
+    """An output folder: ``root`` is a local path (``uri`` None) or the filesystem's path of ``uri``."""
+
+    root: str
+    uri: str | None = None
+
+    @classmethod
+    def parse(cls, text: str | Path) -> OutputStore:
+        """A local folder or a filesystem URI (``file://`` URIs are local folders)."""
+        text = str(text)
+        if not is_uri(text):
+            return cls(str(Path(text).absolute()))
+        from pyarrow import fs  # noqa: PLC0415
+
+        try:
+            filesystem, root = fs.FileSystem.from_uri(text)
+        except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
+            raise InvalidInput(f"{text}: not an output folder or filesystem URI pyarrow can open ({exc})") from None
+        if isinstance(filesystem, fs.LocalFileSystem):
+            return cls(str(Path(root).absolute()))
+        return cls(root.rstrip("/"), text)
+
+    @property
+    def local(self) -> bool:
+        return self.uri is None
+
+    def filesystem(self):
+        from pyarrow import fs  # noqa: PLC0415
+
+        return fs.LocalFileSystem() if self.uri is None else _filesystem(self.uri)
+
+    def path(self, rel: str) -> str:
+        """The filesystem path of ``rel`` (a ``/``-separated path under the folder)."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def describe(self, rel: str = "") -> str:
+        """``rel`` as the user named the folder (for messages)."""
+        if self.uri is None:
+            return str(Path(self.root) / rel)
+        scheme = self.uri.split("://", 1)[0]
+        return f"{scheme}://{self.path(rel)}"
+
+    def check_writable(self) -> None:
+        """Prove that objects can be written here before any long work (creates a local folder)."""
+        if self.uri is None:
+            check_writable_dir(self.root)
+            return
+        probe = ".write-test"
+        self.put_bytes(probe, b"")
+        self.filesystem().delete_file(self.path(probe))
+
+    def list(self, rel: str = "", recursive: bool = True) -> list[str]:
+        """The files under ``rel`` (paths relative to the folder), in one listing; none when it does not exist."""
+        from pyarrow import fs  # noqa: PLC0415
+
+        selector = fs.FileSelector(self.path(rel), recursive=recursive, allow_not_found=True)
+        root = PurePosixPath(self.root)
+        return sorted(
+            PurePosixPath(info.path).relative_to(root).as_posix()
+            for info in self.filesystem().get_file_info(selector)
+            if info.type == fs.FileType.File
+        )
+
+    def read_bytes(self, rel: str) -> bytes:
+        if self.uri is None:
+            return (Path(self.root) / rel).read_bytes()
+        with self.filesystem().open_input_stream(self.path(rel)) as stream:
+            return stream.readall()
+
+    def delete(self, rel: str) -> None:
+        if self.uri is None:
+            (Path(self.root) / rel).unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.filesystem().delete_file(self.path(rel))
+
+    @contextlib.contextmanager
+    def staged(self, rel: str) -> Iterator[Path]:
+        """Yield a local path to write ``rel`` to; when the block succeeds it becomes ``rel``, complete."""
+        if self.uri is None:
+            with atomic_path(Path(self.root) / rel) as tmp:
+                yield tmp
+            return
+        with tempfile.TemporaryDirectory(prefix="fe2e-batch-") as folder:
+            tmp = Path(folder) / PurePosixPath(rel).name
+            yield tmp
+            self.put_file(tmp, rel)
+
+    def put_bytes(self, rel: str, data: bytes) -> None:
+        """``data`` as ``rel``, complete or not at all."""
+        with self.staged(rel) as tmp:
+            tmp.write_bytes(data)
+
+    def put_file(self, local: str | Path, rel: str) -> None:
+        """A copy of the finished local file ``local`` as ``rel``, complete or not at all."""
+        local = Path(local)
+        if self.uri is None:
+            with atomic_path(Path(self.root) / rel) as tmp:
+                shutil.copyfile(local, tmp)
+            return
+        filesystem, target = self.filesystem(), self.path(rel)
+        if filesystem.type_name not in OBJECT_STORES:  # a file system that shows a file while it is written
+            parent = PurePosixPath(target).parent
+            tmp = str(parent / f".{PurePosixPath(target).name}.tmp{os.getpid()}")
+            filesystem.create_dir(str(parent), recursive=True)
+            self._stream(local, filesystem, tmp)
+            filesystem.move(tmp, target)
+            return
+        self._stream(local, filesystem, target)
+
+    @staticmethod
+    def _stream(local: Path, filesystem, target: str) -> None:
+        """Upload the finished file ``local`` as ``target``; an interrupted upload is deleted (see the module)."""
+        stream = filesystem.open_output_stream(target)
+        try:
+            with local.open("rb") as source:
+                stream.upload(source)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stream.close()  # completes the upload with what was sent: delete it
+            with contextlib.suppress(Exception):
+                filesystem.delete_file(target)
+            raise
+        stream.close()
