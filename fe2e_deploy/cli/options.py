@@ -40,6 +40,13 @@ MaxProcessingPixels = Annotated[
         "--processing-res is refused, and an image FE2E's rule keeps at a larger size (over 6048x4032) fails alone."
     ),
 ]
+MaxImagePixels = Annotated[
+    int | None,
+    typer.Option(
+        help="Largest input image in pixels (width x height), read from its header before it is decoded: a larger "
+        "one is refused (a small PNG can decode to gigabytes, and the maps come back at its size)."
+    ),
+]
 BatchSize = Annotated[
     int,
     typer.Option(

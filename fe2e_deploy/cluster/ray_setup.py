@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 
 from ..errors import InvalidInput
 
@@ -61,3 +68,67 @@ def keep_on_loopback(ray) -> None:
 def torch_threads(cpus: float, gpus: float) -> int | None:
     """Torch threads of a CPU worker or replica with ``cpus`` CPUs (at least 1); None beside a GPU (torch decides)."""
     return max(1, round(cpus)) if gpus == 0 else None
+
+
+@contextlib.contextmanager
+def signals_to_driver_only() -> Iterator[None]:
+    """Start a local cluster (``ray.init``) inside this block so that a signal to this process's group reaches this
+    process only, and a stop while it starts leaves nothing behind.
+
+    Ray spawns its daemons (GCS, raylet, which starts the agents) in the driver's process group, so a SIGTERM to
+    the group (systemd without ``KillMode=mixed``, ``timeout``, ``kill -- -PGID``) killed them under a running
+    driver, which then waited ~60 s for the dead GCS. Here each process Ray spawns leads a process group of its
+    own (as Ray does on Windows); Ray's kernel fate-sharing still ends them if this process dies. ``ray.init`` and
+    Ray's core worker install SIGTERM handlers in the driver (``sys.exit(15)``; a C++ abort, exit code 134): this
+    process's Python handlers are put back afterwards, and a SIGTERM that ``ray.init`` turned into an exit is
+    raised as KeyboardInterrupt. If the block fails (a stop while Ray starts), the process groups it spawned are
+    killed: ``ray.init`` may not have recorded them yet, and the agents the raylet started outlive it by a minute.
+    Main thread only (where Python handles signals); Linux only (elsewhere Ray's reaper needs one group).
+    """
+    from ray._private import services, utils  # noqa: PLC0415
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    original = services.ConsolePopen
+    spawned: list[subprocess.Popen] = []
+
+    def own_group(*args, **kwargs) -> subprocess.Popen:
+        process = original(*args, process_group=0, **kwargs)
+        spawned.append(process)
+        return process
+
+    if sys.platform.startswith("linux") and utils.detect_fate_sharing_support():
+        services.ConsolePopen = own_group
+    try:
+        yield
+    except BaseException as exc:
+        for process in spawned:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+        if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:  # ray.init's SIGTERM handler: a stop
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        services.ConsolePopen = original
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def check_listen_address(host: str, port: int, try_bind: bool = True) -> None:
+    """Refuse (one line) a port out of range, a host that is no address, and, with ``try_bind``, an address this
+    machine cannot listen on (in use, not one of its addresses), before Ray starts."""
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"--port {port}: must be 1-65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InvalidInput(f"--host {host!r}: not an address or a known host name ({exc})") from None
+    if not try_bind:
+        return
+    with socket.socket(family, kind, proto) as probe:  # no SO_REUSEADDR: Ray Serve's proxy binds without it too
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InvalidInput(f"--port {port}: {host}:{port} is in use (another server?)") from None
+            raise InvalidInput(f"--host {host!r}: cannot listen on {host}:{port} ({exc.strerror})") from None

@@ -20,6 +20,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 #: and normal maps come back at its size (16 bytes per pixel in float32).
 MAX_IMAGE_PIXELS = 100_000_000
 
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed, refused from its header (before it is decoded)."""
+
+
 #: Pillow modes of 16-bit grayscale PNGs (and their byte orders).
 _UINT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -27,7 +31,8 @@ _UINT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 def read_image(path: Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open and fully decode an image (a path or binary file; truncated files fail here), as RGB (:func:`to_rgb`).
 
-    Raises ValueError for an image over ``max_pixels`` (before decoding it) or with no pixels.
+    Raises :class:`ImageTooLarge` (a ValueError) for an image over ``max_pixels``, before decoding it, and
+    ValueError for one with no pixels.
     """
     with warnings.catch_warnings():
         # Pillow warns from 89 MP and refuses from 179 MP; the limit here is ours, and an error
@@ -35,11 +40,11 @@ def read_image(path: Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
         try:
             image = Image.open(path)
         except Image.DecompressionBombError as exc:  # far over the limit here
-            raise InvalidInput(f"image is over the limit of {max_pixels / 1e6:.0f} megapixels: {exc}") from None
+            raise ImageTooLarge(f"image is over the limit of {max_pixels / 1e6:.0f} megapixels: {exc}") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
-            raise InvalidInput(
+            raise ImageTooLarge(
                 f"image is {width}x{height} = {width * height / 1e6:.0f} megapixels, over the limit of "
                 f"{max_pixels / 1e6:.0f} megapixels (a decompression bomb?); resize it first"
             )
