@@ -78,9 +78,15 @@ class Server:
     log: Path
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
+def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``serve`` in a session of its own (as a service manager starts it: a signal to its group is the stop)."""
-    return subprocess.Popen([*SERVE, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [*SERVE, *args],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=os.environ | (env or {}),
+    )
 
 
 def wait_up(proc: subprocess.Popen, url: str, log: Path, limit_s: float = 240) -> None:
@@ -108,13 +114,13 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def server(tiny_dir, tmp_path_factory):
     """``serve --max-batch-size 16 --batch-wait-ms 1000`` (a request waits up to 1 s for 15 others) with its own
-    local Ray, a 2 s body timeout and 20 /predict requests at once."""
+    local Ray (Ray's token auth off), a 2 s body timeout and 20 /predict requests at once."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     args = ["--engine", str(tiny_dir), "--port", str(port), "--processing-res", "64x48", "--cpus-per-replica", "1"]
     args += ["--max-batch-size", "16", "--batch-wait-ms", "1000", "--max-body-mb", "1"]
     args += ["--body-timeout-s", str(BODY_TIMEOUT_S), "--max-ongoing-requests", str(MAX_ONGOING)]
-    proc = start(args, log)
+    proc = start(args, log, {"RAY_AUTH_MODE": "disabled"})  # the campaign's worst case: nothing may be reachable
     url = f"http://127.0.0.1:{port}"
     wait_up(proc, url, log)
     yield Server(proc, url, port, log)
@@ -158,7 +164,7 @@ def test_nothing_listens_beyond_loopback(server):
             continue
         listening += [(c.laddr.ip, c.laddr.port, name) for c in sockets if c.status == psutil.CONN_LISTEN]
     assert any("ServeReplica" in name for *_, name in listening), listening  # the replica's servers are seen
-    assert (("127.0.0.1", server.port) in {(ip, port) for ip, port, _ in listening}), listening
+    assert ("127.0.0.1", server.port) in {(ip, port) for ip, port, _ in listening}, listening
     assert [s for s in listening if s[0] not in LOOPBACK] == []
     outside = non_loopback_address()
     if outside is None:

@@ -25,7 +25,7 @@ def serve(
     port: int = typer.Option(8000, help="HTTP port (1-65535), tried before Ray starts."),
     max_batch_size: int = typer.Option(8, help="Most requests one engine call takes (dynamic batching)."),
     batch_wait_ms: float = typer.Option(10.0, help="How long a request waits for others to batch with (ms)."),
-    max_ongoing_requests: int = typer.Option(
+    max_ongoing_requests: int | None = typer.Option(
         None,
         help="Requests to /predict one replica holds at once (reading, waiting for a batch, in the engine, "
         "encoding; default: 2 x --max-batch-size, at least --max-batch-size); more are answered 503 with "
@@ -57,11 +57,10 @@ def serve(
     one-line JSON reason: 400/413/422 bad request or image (--max-image-pixels default 6048x4032),
     408 body too slow, 503 busy or too slow (with Retry-After). Ctrl-C or SIGTERM (to the process or
     its group) stops: requests in progress finish, then Ray stops; exit code 0. Needs:
-    pip install 'fe2e-deploy[ray]'.
+    pip install 'fe2e-deploy\\[ray]'.
     """
     # Installed first: a stop during the start-up (Ray starting, replicas opening the engine) also stops cleanly.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     started = False
     try:
         with user_errors():
@@ -127,6 +126,8 @@ def serve(
             from ..cluster.serve import stop_serve  # noqa: PLC0415
 
             stop_serve()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def check_options(**values: float | None) -> None:

@@ -151,13 +151,20 @@ def token_auth_enabled() -> bool:
 def cluster_exposure(node_addresses: set[str], token_auth: bool) -> str | None:
     """Why serving on these nodes is unsafe, or None: nodes on network addresses need Ray's token auth (their
     internal servers, which unpickle what they receive, listen there)."""
-    exposed = sorted(a for a in node_addresses if not ipaddress.ip_address(a).is_loopback)
+    exposed = sorted(a for a in node_addresses if not _is_loopback(a))
     if not exposed or token_auth:
         return None
     return (
         f"the Ray cluster's nodes listen on {', '.join(exposed)} without Ray's token authentication: anyone who "
         "reaches them can run code; start the cluster with RAY_AUTH_MODE=token (Ray >= 2.60), or use a local one"
     )
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name
+        return address == "localhost"
 
 
 @serve.deployment

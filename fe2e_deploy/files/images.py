@@ -20,6 +20,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 #: and normal maps come back at its size (16 bytes per pixel in float32).
 MAX_IMAGE_PIXELS = 100_000_000
 
+
 class ImageTooLarge(ImageError):
     """An image with more pixels than allowed, refused from its header (before it is decoded)."""
 
