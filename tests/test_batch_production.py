@@ -7,25 +7,43 @@ its workers see them); the driver-kill test starts its own, in a subprocess. The
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import scene_image
+from PIL import Image
 from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
+from pyarrow import fs  # noqa: E402
+from pyarrow import parquet as pq  # noqa: E402
+
 from fe2e_deploy.cli import app  # noqa: E402
+from fe2e_deploy.cluster.batch import run_batch  # noqa: E402
 from fe2e_deploy.cluster.ray_setup import connect  # noqa: E402
+from fe2e_deploy.cluster.shards import ShardManifest, ShardOptions  # noqa: E402
+from fe2e_deploy.cluster.stores import upload  # noqa: E402
+from fe2e_deploy.engines import EngineOptions, load_engine  # noqa: E402
+from fe2e_deploy.files.outputs import OutputOptions  # noqa: E402
+from fe2e_deploy.infer import run_infer  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RES = ["--processing-res", "64x48"]
+OPTIONS = EngineOptions(processing_res=(64, 48))
+NPY_OUTPUTS = OutputOptions(("depth_npy", "normals_npy"))
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -64,6 +82,10 @@ def batch_args(images: str | Path, out: str | Path, tiny_dir: Path, *more: str) 
     return [*args, "--no-progress", *more]
 
 
+def files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error:")]
 
@@ -76,7 +98,7 @@ def test_a_write_error_is_one_line_and_exit_code_2(cluster, tiny_dir, images, tm
     (out / "depth_npy").write_text("a file in the way")
     result = CliRunner().invoke(app, batch_args(images, out, tiny_dir, "--outputs", "depth_npy"))
     assert result.exit_code == 2, (result.output, result.exception)
-    assert "Traceback" not in result.output
+    assert "UserCodeException" not in result.output
     [line] = error_lines(result.output)
     assert "depth_npy" in line and "File exists" in line, line
 
@@ -115,3 +137,194 @@ def test_a_killed_driver_takes_its_local_cluster_with_it(tiny_dir, tmp_path):
     for p in alive:  # leave nothing behind, then fail
         p.kill()
     assert not alive, [(p.pid, p.name()) for p in alive]
+
+
+def shard_maps(out: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """key -> (depth, normals) of every Parquet shard under ``out``."""
+    table = pq.read_table(out)  # the dataset reader skips _manifests/
+    maps = {}
+    for row in table.to_pylist():
+        shape = (row["height"], row["width"])
+        depth = np.frombuffer(row["depth"], "<f2").reshape(shape)
+        maps[row["key"]] = (depth, np.frombuffer(row["normals"], "<f2").reshape(*shape, 3))
+    return maps
+
+
+def tar_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+KEYS = [*(f"scene{i}" for i in range(6)), "sub/scene6"]
+
+
+@pytest.fixture(scope="module")
+def files_out(tiny_dir, images, tmp_path_factory) -> Path:
+    """``infer``'s float32 .npy maps (one torch thread, as the batch workers): what the outputs are compared with."""
+    out = tmp_path_factory.mktemp("files_out")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = run_infer(load_engine(tiny_dir, OPTIONS), images, out, outputs=NPY_OUTPUTS, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(report.written) == 7 and not report.failed
+    return out
+
+
+def reference(files_out: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    return np.load(files_out / "depth_npy" / f"{key}_depth.npy"), np.load(
+        files_out / "normals_npy" / f"{key}_normals.npy"
+    )
+
+
+def test_parquet_shards_hold_the_maps_and_resume_from_their_manifests(cluster, tiny_dir, images, files_out, tmp_path):
+    out = tmp_path / "out"
+    shards = ShardOptions("parquet", shard_size=3)
+    report = run_batch(tiny_dir, images, out, cpus_per_worker=0.5, options=OPTIONS, shards=shards, progress=False)
+    assert len(report.written) == 7 and not report.failed
+    assert sorted(p.name for p in out.iterdir()) == ["_manifests", *(f"shard-00000{i}.parquet" for i in range(3))]
+    maps = shard_maps(out)
+    assert sorted(maps) == KEYS
+    for key, (depth, normals) in maps.items():  # float16: within half a step of the float32 maps
+        want_depth, want_normals = reference(files_out, key)
+        np.testing.assert_allclose(depth, want_depth, rtol=0, atol=5e-4)
+        np.testing.assert_allclose(normals, want_normals, rtol=0, atol=5e-4)
+    manifest = ShardManifest.from_json(json.loads((out / "_manifests" / "shard-000001.json").read_text()))
+    assert manifest.keys == KEYS[3:6] and manifest.shard == "shard-000001.parquet"
+    assert manifest.shard_bytes == (out / "shard-000001.parquet").stat().st_size
+
+    # a shard without its manifest (a run killed between the two) is removed; its images go into a new shard
+    (out / "_manifests" / "shard-000001.json").unlink()
+    again = run_batch(tiny_dir, images, out, cpus_per_worker=0.5, options=OPTIONS, shards=shards, progress=False)
+    assert [Path(p).stem for p in again.written] == ["scene3", "scene4", "scene5"] and len(again.skipped) == 4
+    assert sorted(p.name for p in out.glob("*.parquet")) == [f"shard-00000{i}.parquet" for i in (0, 2, 3)]
+    assert sorted(shard_maps(out)) == KEYS
+
+    # resuming reads the manifests only, never a shard (here: made unreadable); nothing to do, so no Ray
+    (out / "shard-000000.parquet").write_bytes(b"not parquet")
+    idle = run_batch(tiny_dir, images, out, options=OPTIONS, shards=shards, progress=False)
+    assert len(idle.skipped) == 7 and not idle.written and idle.ray_start_seconds == 0
+    assert "in finished shards" in idle.summary()
+
+
+def test_webdataset_shards_through_the_command_line(cluster, tiny_dir, images, files_out, tmp_path):
+    out = tmp_path / "out"
+    args = batch_args(images, out, tiny_dir, "--output-format", "webdataset", "--normals-dtype", "uint8")
+    result = CliRunner().invoke(app, [*args, "--previews", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "7 image(s) written, 0 skipped (in finished shards), 0 failed" in result.output
+    members = tar_members(out / "shard-000000.tar")  # one shard: the default holds 64 images
+    suffixes = ["depth.npy", "normals.npy", "depth.png", "normals.png", "json"]
+    assert list(members) == [f"{key}.{suffix}" for key in KEYS for suffix in suffixes]  # grouped by key
+    for key in KEYS:
+        want_depth, want_normals = reference(files_out, key)
+        depth = np.load(io.BytesIO(members[f"{key}.depth.npy"]))
+        normals = np.load(io.BytesIO(members[f"{key}.normals.npy"]))
+        assert depth.dtype == np.float16 and normals.dtype == np.uint8 and normals.shape == (48, 64, 3)
+        np.testing.assert_allclose(depth, want_depth, rtol=0, atol=5e-4)
+        assert np.abs(normals / 255.0 * 2 - 1 - want_normals).max() <= 2 / 255 + 1e-3
+        assert Image.open(io.BytesIO(members[f"{key}.depth.png"])).size == (64, 48)
+        info = json.loads(members[f"{key}.json"])
+        assert info == {"source": "sub/scene6.jpg" if key == "sub/scene6" else f"{key}.png", "height": 48, "width": 64}
+    mixed = CliRunner().invoke(app, [*batch_args(images, out, tiny_dir, "--output-format", "parquet")])
+    assert mixed.exit_code == 2 and "holds webdataset shards" in error_lines(mixed.output)[0], mixed.output
+
+
+def test_a_shard_that_cannot_be_written_is_one_line_and_exit_code_2(cluster, tiny_dir, images, tmp_path):
+    out = tmp_path / "out"
+    (out / "shard-000000.parquet").mkdir(parents=True)  # a folder where the shard must go
+    (out / "shard-000000.parquet" / "keep").write_text("")
+    result = CliRunner().invoke(app, batch_args(images, out, tiny_dir, "--output-format", "parquet"))
+    assert result.exit_code == 2, (result.output, result.exception)
+    [line] = error_lines(result.output)
+    assert "shard-000000.parquet: Is a directory" in line and "UserCodeException" not in result.output, line
+    assert not (out / "_manifests").exists() or not list((out / "_manifests").iterdir())
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 API server on 127.0.0.1 (moto) with a bucket; yields the query that points pyarrow at it."""
+    server_module = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        assert host == "127.0.0.1"
+        query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        filesystem = fs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
+        )
+        filesystem.create_dir("bucket")
+        yield filesystem, query
+    finally:
+        server.stop()
+
+
+def s3_keys(filesystem, prefix: str) -> list[str]:
+    infos = filesystem.get_file_info(fs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    return sorted(i.path.removeprefix(prefix + "/") for i in infos if i.type == fs.FileType.File)
+
+
+def test_batch_from_and_to_an_s3_server_resumes(cluster, s3, tiny_dir, images, files_out):
+    filesystem, query = s3
+    for path in sorted(images.rglob("*.*")):
+        with filesystem.open_output_stream(f"bucket/in/{path.relative_to(images).as_posix()}") as f:
+            f.write(path.read_bytes())
+    source = f"s3://bucket/in{query}"
+
+    # infer's files, one object each, the same maps as on a local disk
+    report = run_batch(
+        tiny_dir,
+        source,
+        f"s3://bucket/files{query}",
+        cpus_per_worker=0.5,
+        options=OPTIONS,
+        outputs=NPY_OUTPUTS,
+        progress=False,
+    )
+    assert len(report.written) == 7 and not report.failed
+    assert s3_keys(filesystem, "bucket/files") == files_under(files_out)  # nothing else: no temporaries
+    with filesystem.open_input_file("bucket/files/normals_npy/sub/scene6_normals.npy") as f:
+        got = np.load(io.BytesIO(f.readall()))
+    np.testing.assert_allclose(got, reference(files_out, "sub/scene6")[1], rtol=0, atol=1e-6)
+    filesystem.delete_file("bucket/files/depth_npy/scene2_depth.npy")
+    again = run_batch(
+        tiny_dir,
+        source,
+        f"s3://bucket/files{query}",
+        cpus_per_worker=0.5,
+        options=OPTIONS,
+        outputs=NPY_OUTPUTS,
+        progress=False,
+    )
+    assert [Path(p).name for p in again.completed] == ["scene2.png"] and len(again.skipped) == 6
+    assert s3_keys(filesystem, "bucket/files") == files_under(files_out)
+
+    # Parquet shards and their manifests; a rerun skips every image from the manifests
+    shards = ShardOptions("parquet", shard_size=4)
+    target = f"s3://bucket/shards{query}"
+    report = run_batch(tiny_dir, source, target, cpus_per_worker=0.5, options=OPTIONS, shards=shards, progress=False)
+    assert len(report.written) == 7 and not report.failed
+    names = ["_manifests/shard-000000.json", "_manifests/shard-000001.json", "shard-000000.parquet"]
+    assert s3_keys(filesystem, "bucket/shards") == [*names, "shard-000001.parquet"]
+    table = pq.read_table("bucket/shards", filesystem=filesystem)
+    assert sorted(table.column("key").to_pylist()) == KEYS
+    idle = run_batch(tiny_dir, source, target, options=OPTIONS, shards=shards, progress=False)
+    assert len(idle.skipped) == 7 and not idle.written and idle.ray_start_seconds == 0
+
+
+def test_an_interrupted_upload_leaves_no_object(s3):
+    """pyarrow completes an upload when its stream closes, even after an error: the partial object is deleted."""
+    filesystem, _ = s3
+
+    class Failing(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() > 0:
+                raise OSError("the source broke")
+            return super().read(min(size, 1000) if size and size > 0 else 1000)
+
+    with pytest.raises(OSError, match="the source broke"):
+        upload(Failing(b"x" * 5000), filesystem, "bucket/partial/object.bin")
+    assert s3_keys(filesystem, "bucket/partial") == []

@@ -1,4 +1,6 @@
-"""Where ``batch`` writes: a local folder, or a folder behind a pyarrow filesystem URI (``s3://``, ``gs://``...).
+"""Where ``batch`` reads and writes: a local folder, or a folder behind a pyarrow filesystem URI (``s3://``...).
+
+:class:`ImageSource` reads the images; :class:`OutputStore` writes the outputs.
 
 Every object appears complete or not at all:
 
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from ..errors import InvalidInput
 from ..files.atomic import atomic_path, check_writable_dir
@@ -156,15 +159,34 @@ class OutputStore:
 
     @staticmethod
     def _stream(local: Path, filesystem, target: str) -> None:
-        """Upload the finished file ``local`` as ``target``; an interrupted upload is deleted (see the module)."""
-        stream = filesystem.open_output_stream(target)
-        try:
-            with local.open("rb") as source:
-                stream.upload(source)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                stream.close()  # completes the upload with what was sent: delete it
-            with contextlib.suppress(Exception):
-                filesystem.delete_file(target)
-            raise
-        stream.close()
+        with local.open("rb") as source:
+            upload(source, filesystem, target)
+
+
+def upload(source: BinaryIO, filesystem, target: str) -> None:
+    """Upload everything ``source`` holds as ``target``; an interrupted upload is deleted (see the module)."""
+    stream = filesystem.open_output_stream(target)
+    try:
+        stream.upload(source)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            stream.close()  # completes the upload with what was sent: delete it
+        with contextlib.suppress(Exception):
+            filesystem.delete_file(target)
+        raise
+    stream.close()
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where the images are: a local folder, or a folder behind a pyarrow filesystem URI (``s3://...``)."""
+
+    root: str  # the folder (a local path, or the filesystem's path for a URI)
+    uri: str | None = None  # the URI given, when not local
+
+    def filesystem(self):
+        """The pyarrow filesystem that reads ``root`` (None: a local folder, read with plain file calls)."""
+        if self.uri is None:
+            return None
+
+        return _filesystem(self.uri)
