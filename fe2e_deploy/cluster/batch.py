@@ -49,6 +49,9 @@ from .workers import ENGINE_ERROR, WRITE_ERROR, PredictWorker, ShardWorker, deco
 #: The most images in one block of the input list (see :func:`input_blocks`).
 IMAGES_PER_BLOCK = 64
 
+#: The most shards in one block of the shard list: a worker that dies redoes its block (each shard whole).
+SHARDS_PER_BLOCK = 4
+
 #: CPUs of one decoding task: decoding is short; a small share keeps it from starving the workers.
 DECODE_CPUS = 0.25
 
@@ -341,7 +344,8 @@ def shard_dataset(ray, jobs: list[ShardJob], worker: dict, **pool):
 
     DataContext.get_current().enable_progress_bars = False
     rows = [{"shard": job.index, "sources": job.sources, "keys": job.keys} for job in jobs]
-    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+    blocks = max(1, min(len(rows), max(4 * pool["workers"], math.ceil(len(rows) / SHARDS_PER_BLOCK))))
+    return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         ShardWorker, fn_constructor_kwargs=worker, batch_size=1, **_actor_pool(**pool)
     )
 

@@ -26,7 +26,7 @@ from ..engines.options import EngineOptions
 from ..errors import ImageError, UserError, describe
 from ..files.images import READ_ERRORS, read_image, unreadable_image
 from ..files.outputs import OutputOptions, output_paths, write_prediction
-from .shards import Sample, ShardOptions, open_shard
+from .shards import OpenShard, Sample, ShardOptions, open_shard
 from .stores import ImageSource, OutputStore
 
 #: The status of the rows of a worker whose engine could not be opened: the job stops with its reason.
@@ -215,7 +215,18 @@ class ShardWorker(EngineWorker):
         except ImageError as exc:
             return str(exc)
 
+    def _add(self, shard: OpenShard, finish: Callable, key: str, rel: str) -> str:
+        """Finish one image's maps and add them to ``shard`` (in the writer thread); why not, or ""."""
+        try:
+            prediction = finish()
+        except ImageError as exc:  # maps with NaN or Inf: not in the shard
+            return str(exc)
+        shard.add(Sample.of(key, rel, prediction, self.shards))
+        return ""
+
     def _shard(self, index: int, sources: list[str], keys: list[str]) -> dict[str, np.ndarray]:
+        """Write shard ``index``: a reader thread reads and prepares images ahead of the engine, a writer thread
+        finishes and adds their maps behind it (in order), so on a GPU the engine runs back to back."""
         count = len(sources)
         if self.engine_error:
             return _rows(sources, [ENGINE_ERROR] * count, [self.engine_error] * count)
@@ -223,25 +234,29 @@ class ShardWorker(EngineWorker):
         root = PurePosixPath(self.source.root)
         status, reasons = ["failed"] * count, [""] * count
         ahead = read_ahead(self._prepare, sources, 2 * self.batch_size)
+        behind: deque = deque()  # (image, its writer future), oldest first
+
+        def settle(keep: int) -> None:
+            while len(behind) > keep:
+                i, future = behind.popleft()
+                reasons[i] = future.result()  # raises the writer's OSError
+                status[i] = "failed" if reasons[i] else "written"
+
         try:
-            with open_shard(self.store, index, self.shards) as shard:
+            with open_shard(self.store, index, self.shards) as shard, ThreadPoolExecutor(1) as writer:
                 for start in range(0, count, self.batch_size):
                     chunk = range(start, min(count, start + self.batch_size))
                     items = {i: next(ahead) for i in chunk}
-                    for i, item in items.items():
-                        if isinstance(item, str):
-                            reasons[i] = item
-                    ready = [i for i in chunk if not reasons[i]]
+                    ready = [i for i in chunk if not isinstance(items[i], str)]
+                    for i in chunk:
+                        if i not in ready:
+                            reasons[i] = items[i]
                     finishes = self.engine.predict_prepared([items[i] for i in ready], output_res=self.output_res)
                     for i, finish in zip(ready, finishes, strict=True):
-                        try:
-                            prediction = finish()
-                        except ImageError as exc:  # maps with NaN or Inf: not in the shard
-                            reasons[i] = str(exc)
-                            continue
                         rel = PurePosixPath(sources[i]).relative_to(root).as_posix()
-                        shard.add(Sample.of(keys[i], rel, prediction, self.shards))
-                        status[i] = "written"
+                        behind.append((i, writer.submit(self._add, shard, finish, keys[i], rel)))
+                    settle(2 * self.batch_size)  # at most this many finished maps wait for the writer
+                settle(0)
         except OSError as exc:  # writing the shard or its manifest: the driver stops the job with it
             return _rows(sources, [WRITE_ERROR] * count, [write_error(exc)] * count)
         finally:
