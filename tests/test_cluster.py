@@ -147,11 +147,14 @@ def test_batch_survives_a_worker_killed_mid_run(cluster, tiny_dir, tmp_path):
     thread.start()
     deadline = time.monotonic() + 240
     pids, written_before = set(), 0
-    while time.monotonic() < deadline and not (len(pids) == 2 and written_before):  # both workers up, under way
+    # A worker up and the job under way. Not "both workers up": on a loaded machine the second worker can start
+    # after the first has written every image (a missed kill, seen in a fresh-clone run); a lone worker killed is
+    # restarted by Ray Data just the same.
+    while time.monotonic() < deadline and not (pids and written_before):
         time.sleep(0.02)
         pids = ray_worker_pids()
         written_before = len(list(out.glob("depth_npy/*.npy")))
-    assert len(pids) == 2 and 0 < written_before < 12, (pids, written_before)
+    assert pids and 0 < written_before < 12, (pids, written_before)
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=300)
