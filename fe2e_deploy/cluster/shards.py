@@ -182,7 +182,10 @@ class ParquetWriter:
             columns += [("depth_png", pa.binary()), ("normals_png", pa.binary())]
         layout = {"depth": "float16 [height, width]", "normals": f"{options.normals_dtype} [height, width, 3]"}
         self.schema = pa.schema(columns, metadata={"fe2e": json.dumps(layout)})
-        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        small = ["key", "source", "height", "width"]  # dictionaries and min/max of the maps' bytes are useless
+        self.writer = pq.ParquetWriter(
+            path, self.schema, compression="zstd", use_dictionary=small[:2], write_statistics=small
+        )
         self.rows: list[Sample] = []
 
     def add(self, sample: Sample) -> None:
