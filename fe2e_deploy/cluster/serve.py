@@ -306,9 +306,13 @@ def start_serve(
     cpus_per_replica: float = 1.0,
     gpus_per_replica: float = 0.0,
     drain_timeout_s: float = 30.0,
+    proxy_location: str = "EveryNode",
 ) -> str:
     """Deploy the app (``replicas`` replicas) on the cluster at ``address`` (None: a local one) and return its
     URL. Returns once every replica has opened its engine.
+
+    ``proxy_location``: Ray Serve's HTTP proxies, on every node with a replica (``EveryNode``: each node answers
+    at ``host:port``, behind a load balancer) or on the head node only (``HeadOnly``).
 
     The address is checked first (a local cluster's port is tried). A local cluster is started so that a signal
     to this process's group reaches this process only (:func:`~.ray_setup.signals_to_driver_only`): stop it with
@@ -326,12 +330,13 @@ def start_serve(
         if problem:
             raise InvalidInput(problem)
         serve.start(
+            proxy_location=proxy_location,
             http_options={
                 "host": host,
                 "port": port,
                 # Ray's own bound (its 408 is plain text): the app answers first, in JSON
                 "request_timeout_s": options.body_timeout_s + options.request_timeout_s + 10,
-            }
+            },
         )
         limit = options.ongoing_limit
         deployment = FE2EService.options(
