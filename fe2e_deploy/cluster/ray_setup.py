@@ -32,9 +32,9 @@ def import_ray():
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join the cluster at ``address`` ("auto": the one this machine runs), or start a local one.
 
-    A local cluster advertises and binds 127.0.0.1 only (no traffic leaves the machine) and has no
-    dashboard. Returns True when this call started Ray (the caller shuts it down); a process already
-    connected (a test's cluster, a notebook) is used as it is.
+    A local cluster is always a new one (never another process's), advertises and binds 127.0.0.1 only
+    (no traffic leaves the machine) and has no dashboard. Returns True when this call started Ray (the
+    caller shuts it down); a process already connected (a test's cluster, a notebook) is used as it is.
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -44,7 +44,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         keep_on_loopback(ray)
-        ray.init(num_cpus=num_cpus, _node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False)
+        # address="local": a new cluster even when RAY_ADDRESS or /tmp/ray/ray_current_cluster (written by `ray start`
+        # and by ray.cluster_utils) names a running one, which ray.init() without an address would join
+        ray.init(
+            address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False
+        )
         addresses = {node["NodeManagerAddress"] for node in ray.nodes()}
         if addresses != {LOOPBACK}:
             ray.shutdown()
