@@ -31,6 +31,7 @@ psutil = pytest.importorskip("psutil")
 from pyarrow import fs  # noqa: E402
 from pyarrow import parquet as pq  # noqa: E402
 
+from fe2e_deploy.artifacts.contract import ContractError  # noqa: E402
 from fe2e_deploy.cli import app  # noqa: E402
 from fe2e_deploy.cluster.batch import run_batch  # noqa: E402
 from fe2e_deploy.cluster.ray_setup import connect  # noqa: E402
@@ -206,6 +207,9 @@ def test_parquet_shards_hold_the_maps_and_resume_from_their_manifests(cluster, t
     idle = run_batch(tiny_dir, images, out, options=OPTIONS, shards=shards, progress=False)
     assert len(idle.skipped) == 7 and not idle.written and idle.ray_start_seconds == 0
     assert "in finished shards" in idle.summary()
+    (out / "_manifests" / "shard-000002.json").write_text('{"format": "fe2e-batch-shard", "format_version": 1}')
+    with pytest.raises(ContractError, match=r"shard-000002\.json: field .* is missing"):
+        run_batch(tiny_dir, images, out, options=OPTIONS, shards=shards, progress=False)
 
 
 def test_webdataset_shards_through_the_command_line(cluster, tiny_dir, images, files_out, tmp_path):
@@ -301,6 +305,8 @@ def test_batch_from_and_to_an_s3_server_resumes(cluster, s3, tiny_dir, images, f
     )
     assert [Path(p).name for p in again.completed] == ["scene2.png"] and len(again.skipped) == 6
     assert s3_keys(filesystem, "bucket/files") == files_under(files_out)
+    local_in = run_batch(tiny_dir, images, f"s3://bucket/files{query}", outputs=NPY_OUTPUTS, progress=False)
+    assert len(local_in.skipped) == 7 and local_in.ray_start_seconds == 0  # local images, outputs in S3: all there
 
     # Parquet shards and their manifests; a rerun skips every image from the manifests
     shards = ShardOptions("parquet", shard_size=4)
