@@ -385,6 +385,31 @@ def test_sigterm_during_start_up_stops_cleanly(tiny_dir, tmp_path):
     assert alive(seen) == []
 
 
+def test_kill_9_of_serve_takes_its_local_cluster_with_it(tiny_dir, tmp_path):
+    """kill -9 of serve (the OOM killer, a crashed supervisor): no Ray process of the cluster it started remains
+    20 s later (Ray's dashboard and runtime-env agents would wait ~60 s for the dead GCS)."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = start(["--engine", str(tiny_dir), "--port", str(port), "--processing-res", "64x48"], log)
+    try:
+        wait_up(proc, f"http://127.0.0.1:{port}", log)
+        processes = tree(proc.pid)[1:]
+        names = " ".join(p.name() for p in processes)
+        assert "raylet" in names and "gcs_server" in names and "Agent" in names, names
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 20
+    left = processes
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = alive(left)
+    for p in left:  # leave nothing behind, then fail
+        p.kill()
+    assert not left, [(p.pid, p.name()) for p in left]
+
+
 def test_sigterm_to_the_group_drains_requests_in_progress_and_stops_fast(server, scene):
     """M4, L3: SIGTERM to serve's whole process group (systemd, timeout, kill -- -PGID) while requests wait in a
     batch: they are answered 200, serve exits 0 within seconds and leaves no Ray process. (Runs last: it stops

@@ -280,11 +280,9 @@ def run_batch(
     if jobs:
         ray = import_ray()
         t0 = time.perf_counter()
-        guard = None
-        if address is None and not ray.is_initialized():
-            from .fate import guard_local_cluster  # noqa: PLC0415
+        from .fate import guard_if_starting  # noqa: PLC0415
 
-            guard = guard_local_cluster()
+        guard = guard_if_starting(address)
         try:
             started = connect(address)
             report.ray_start_seconds = time.perf_counter() - t0 if started else 0.0

@@ -135,5 +135,13 @@ def guard_local_cluster() -> ClusterGuard | None:
     return ClusterGuard(process)
 
 
+def guard_if_starting(address: str | None) -> ClusterGuard | None:
+    """:func:`guard_local_cluster` when this process is about to start a local cluster (no ``address``, not
+    connected yet); None when it joins one (a cluster it did not start is not its to end)."""
+    import ray  # noqa: PLC0415
+
+    return guard_local_cluster() if address is None and not ray.is_initialized() else None
+
+
 if __name__ == "__main__":
     watch(int(sys.argv[1]), sys.argv[2])

@@ -39,6 +39,7 @@ from ..engines.base import Prepared
 from ..engines.options import EngineOptions
 from ..errors import ImageError, InvalidInput, describe, is_user_error
 from ..files.images import READ_ERRORS, ImageTooLarge, read_image, unreadable_image
+from .fate import ClusterGuard, guard_if_starting
 from .ray_setup import check_listen_address, connect, signals_to_driver_only
 from .responses import RequestFailed, check_request, encode_prediction
 
@@ -58,6 +59,8 @@ RETRY_AFTER_S = 1
 
 #: Whether :func:`start_serve` connected this process to Ray (then :func:`stop_serve` disconnects it).
 _own_ray = False
+#: The watchdog of the local cluster :func:`start_serve` started (:mod:`~fe2e_deploy.cluster.fate`).
+_guard: ClusterGuard | None = None
 
 api = FastAPI(title="fe2e-deploy", description="FE2E depth and surface normals")
 
@@ -319,8 +322,9 @@ def start_serve(
     :func:`stop_serve`. A cluster on network addresses without Ray's token auth is refused
     (:func:`cluster_exposure`); so is an engine a replica cannot open (one line: the replica's reason).
     """
-    global _own_ray  # noqa: PLW0603
+    global _own_ray, _guard  # noqa: PLW0603
     check_listen_address(host, port, try_bind=address is None)
+    _guard = guard_if_starting(address)  # a local cluster ends with this process, even by kill -9
     with signals_to_driver_only():
         _own_ray = connect(address)
     import ray  # noqa: PLC0415
@@ -379,15 +383,16 @@ def stop_serve() -> None:
     """Delete the app, letting requests in progress finish (the deployment's ``graceful_shutdown_timeout_s``);
     other apps on a shared cluster keep running. A local Ray :func:`start_serve` started stops (a process that
     was connected already, a test's or a notebook's, stays connected)."""
-    global _own_ray  # noqa: PLW0603
+    global _own_ray, _guard  # noqa: PLW0603
     import ray  # noqa: PLC0415
 
-    if not ray.is_initialized():
-        return
     try:
-        if APP_NAME in serve.status().applications:
+        if ray.is_initialized() and APP_NAME in serve.status().applications:
             serve.delete(APP_NAME)
     finally:
         if _own_ray:
             ray.shutdown()
             _own_ray = False
+        if _guard is not None:  # Ray is down (or never started): the watchdog has nothing to kill
+            _guard.stop()
+            _guard = None
