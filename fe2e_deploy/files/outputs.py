@@ -5,6 +5,9 @@
 ``OUT/depth_colored/<rel>/<stem>_depth_colored.png``  Spectral colour map (near red, far blue)
 ``OUT/normals_npy/<rel>/<stem>_normals.npy``    float32 [H, W, 3] unit vectors
 ``OUT/normals_png/<rel>/<stem>_normals.png``    8-bit RGB, (n + 1) / 2 * 255
+and on request (:data:`EXTRA_KINDS`): ``pointcloud/<rel>/<stem>_points.ply`` (:mod:`.pointcloud`),
+``depth_exr/<rel>/<stem>_depth.exr`` and ``normals_exr/<rel>/<stem>_normals.exr`` (float32, :mod:`.exr`), and with
+metric depth (``--align-to``) ``alignment/<rel>/<stem>_alignment.json`` (the fit, :mod:`~fe2e_deploy.metric_align`).
 ``<rel>`` is the image's sub-folder inside the input folder. ``<stem>`` is the image's file name
 without its suffix, unless that would collide in its folder (:func:`output_names`: ``x.jpg`` next to
 ``x.png`` -> ``x.jpg_depth.npy`` and ``x.png_depth.npy``). Every file is written atomically, and the
@@ -14,6 +17,7 @@ maps are converted a band of rows at a time, so writing costs little memory beyo
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from ..processing import Prediction, row_bands
 from .atomic import atomic_path
 from .colormaps import depth_preview, normals_preview
 from .png import write_png
+from .pointcloud import CameraOptions
 
 OUTPUT_KINDS = {
     "depth_npy": "_depth.npy",
@@ -34,6 +39,27 @@ OUTPUT_KINDS = {
     "normals_npy": "_normals.npy",
     "normals_png": "_normals.png",
 }
+#: Outputs written only when asked for in ``--outputs`` (``alignment``: added by ``--align-to``).
+EXTRA_KINDS = {
+    "pointcloud": "_points.ply",
+    "depth_exr": "_depth.exr",
+    "normals_exr": "_normals.exr",
+    "alignment": "_alignment.json",
+}
+ALL_KINDS = OUTPUT_KINDS | EXTRA_KINDS
+#: What ``--outputs`` accepts.
+SELECTABLE_KINDS = tuple(k for k in ALL_KINDS if k != "alignment")
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What some outputs need beside the maps: the image (point-cloud colours), its EXIF 35 mm focal length, and
+    with ``--align-to`` the metric depth and its fit (depth outputs become metric; the preview stays relative)."""
+
+    image: object = None  # PIL image or uint8 [H, W, 3] array
+    focal_35mm: float | None = None
+    metric_depth: np.ndarray | None = None
+    alignment: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -45,17 +71,22 @@ class OutputOptions:
     ``match_input_resolution=False``). ``png_compression``: zlib level 0-9 of the PNGs; it changes the
     file size and the time to write, never the pixels (default 1: fast; 6 was the old default).
     ``npy_dtype``: ``float32`` (exact) or ``float16`` (half the bytes, ~3 significant digits).
+    ``camera``: intrinsics and ``--max-points`` of the ``pointcloud`` output.
     """
 
     kinds: tuple[str, ...] = tuple(OUTPUT_KINDS)
     resolution: str = "input"
     png_compression: int = 1
     npy_dtype: str = "float32"
+    camera: CameraOptions = CameraOptions()
 
     def __post_init__(self) -> None:
-        unknown = [k for k in self.kinds if k not in OUTPUT_KINDS]
+        unknown = [k for k in self.kinds if k not in ALL_KINDS]
         if unknown or not self.kinds:
-            raise InvalidInput(f"--outputs {','.join(self.kinds)}: choose one or more of {', '.join(OUTPUT_KINDS)}")
+            raise InvalidInput(f"--outputs {','.join(self.kinds)}: choose one or more of {', '.join(SELECTABLE_KINDS)}")
+        from .exr import check_exr_available  # noqa: PLC0415
+
+        check_exr_available(self.kinds)
         if self.resolution not in ("input", "processing"):
             raise InvalidInput(f"--output-res {self.resolution!r}: choose input or processing")
         if not 0 <= self.png_compression <= 9:
@@ -83,25 +114,66 @@ def output_paths(
     """The output files (of ``kinds``, default all five) of the image at ``rel_image`` (relative to the
     input folder), named after ``name`` (its entry in :func:`output_names`; default: the image's stem)."""
     name = rel_image.stem if name is None else name
-    return {kind: Path(out_dir) / kind / rel_image.parent / f"{name}{OUTPUT_KINDS[kind]}" for kind in kinds}
+    return {kind: Path(out_dir) / kind / rel_image.parent / f"{name}{ALL_KINDS[kind]}" for kind in kinds}
 
 
-def write_prediction(paths: dict[str, Path], pred: Prediction, options: OutputOptions = OutputOptions()) -> None:
+def write_prediction(
+    paths: dict[str, Path], pred: Prediction, options: OutputOptions = OutputOptions(), extras: Extras | None = None
+) -> None:
     """Write the files of ``paths`` (kind -> path) to temporaries first, then rename them: a failure leaves
-    none behind. Thread-safe (writers run in parallel in ``infer``)."""
+    none behind. Thread-safe (writers run in parallel in ``infer``). ``extras``: see :class:`Extras`; with a
+    metric depth, ``depth_npy``/``depth_exr`` hold it and ``depth_png16`` holds it x 1000 (millimetres for
+    metres, clipped to 0..65535), while ``depth_colored`` stays the preview of FE2E's relative depth."""
+    extras = extras or Extras()
     depth = np.asarray(pred.depth, dtype=np.float32)  # no copies: the maps may be large
     normals = np.asarray(pred.normals, dtype=np.float32)
+    metric = None if extras.metric_depth is None else np.asarray(extras.metric_depth, dtype=np.float32)
     level = options.png_compression
     npy = np.float16 if options.npy_dtype == "float16" else np.float32
     with contextlib.ExitStack() as stack:
         tmp = {kind: stack.enter_context(atomic_path(path)) for kind, path in paths.items()}
         if "depth_npy" in tmp:
-            np.save(tmp["depth_npy"], depth.astype(npy, copy=False))
+            np.save(tmp["depth_npy"], (depth if metric is None else metric).astype(npy, copy=False))
         if "normals_npy" in tmp:
             np.save(tmp["normals_npy"], normals.astype(npy, copy=False))
         for kind in ("depth_png16", "depth_colored", "normals_png"):
             if kind in tmp:
-                write_png(tmp[kind], png_pixels(kind, depth, normals), level)
+                if kind == "depth_png16" and metric is not None:
+                    pixels = _banded(metric, (), np.uint16, lambda band: np.round(band * 1000).clip(0, 65535))
+                else:
+                    pixels = png_pixels(kind, depth, normals)
+                write_png(tmp[kind], pixels, level)
+        if "depth_exr" in tmp or "normals_exr" in tmp:
+            from .exr import write_exr  # noqa: PLC0415  (optional dependency)
+
+            if "depth_exr" in tmp:
+                write_exr(tmp["depth_exr"], depth if metric is None else metric)
+            if "normals_exr" in tmp:
+                write_exr(tmp["normals_exr"], normals)
+        if "pointcloud" in tmp:
+            _write_pointcloud(tmp["pointcloud"], depth, normals, metric, options.camera, extras)
+        if "alignment" in tmp:
+            tmp["alignment"].write_text(json.dumps(extras.alignment, indent=2) + "\n")
+
+
+def _write_pointcloud(
+    path: Path, depth: np.ndarray, normals: np.ndarray, metric: np.ndarray | None, camera, extras: Extras
+) -> None:
+    """The ``pointcloud`` output: see :mod:`.pointcloud` (z, intrinsics and their precedence)."""
+    from .pointcloud import (  # noqa: PLC0415
+        cloud_depth,
+        header_comments,
+        map_colors,
+        point_cloud,
+        resolve_intrinsics,
+        write_ply,
+    )
+
+    height, width = depth.shape
+    intrinsics = resolve_intrinsics(camera, width, height, extras.focal_35mm)
+    z, note = cloud_depth(depth, metric)
+    points = point_cloud(z, normals, map_colors(extras.image, width, height), intrinsics, camera.max_points)
+    write_ply(path, points, header_comments(note, intrinsics))
 
 
 def png_pixels(kind: str, depth: np.ndarray, normals: np.ndarray) -> np.ndarray:
