@@ -1,0 +1,283 @@
+"""``infer`` on videos: a clip's frames streamed through the engine, its maps written as preview videos and files.
+
+Per video (named after its path relative to the input folder, like an image):
+
+``OUT/depth_video/<rel>/<name>_depth.mp4``      depth preview (Spectral, near red), one frame per frame processed
+``OUT/normals_video/<rel>/<name>_normals.mp4``  normals preview ((n + 1) / 2 * 255)
+``OUT/<kind>/<rel>/<name>/<name>_<i:06d><suffix>``  per-frame files, on request: depth_png16, depth_npy, normals_npy
+
+A decoder thread decodes and pre-processes frames ahead of the engine (at most ``prefetch`` wait);
+the engine runs them in batches; writer threads finish the maps (upsampling on CPU engines) in
+parallel; one sequencing thread takes them in frame order, aligns the depth over time
+(:mod:`fe2e_deploy.temporal`) and encodes the previews and per-frame files. Memory stays bounded
+whatever the clip's length. Videos are written under temporary names and per-frame folders are staged
+beside their target: a video that fails (undecodable, no frame, an engine error) leaves nothing under
+its final names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .engines import Engine
+from .engines.base import Finish, Prepared
+from .errors import ImageError, InvalidInput
+from .files.atomic import staged_folder
+from .files.colormaps import depth_preview, normals_preview
+from .files.outputs import OUTPUT_KINDS, OutputOptions, output_names, png_pixels
+from .files.png import write_png
+from .files.video import FrameRange, VideoError, VideoWriter, encoder, expected_frames, iter_frames, probe
+from .processing import Prediction
+from .temporal import TEMPORAL_MODES, TemporalAligner
+
+#: Per-frame outputs a video can have (``--outputs``), besides its two preview videos.
+FRAME_KINDS = ("depth_png16", "depth_npy", "normals_npy")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """What ``infer`` does with videos: which frames (``frames``), ``temporal`` (align or none) and the per-frame
+    ``kinds`` (a subset of :data:`FRAME_KINDS`) written besides the preview videos."""
+
+    frames: FrameRange = field(default_factory=FrameRange)
+    temporal: str = "align"
+    kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.temporal not in TEMPORAL_MODES:
+            raise InvalidInput(f"--temporal {self.temporal!r}: choose {' or '.join(TEMPORAL_MODES)}")
+        unknown = [k for k in self.kinds if k not in FRAME_KINDS]
+        if unknown:
+            raise InvalidInput(f"per-frame video outputs {unknown}: choose among {', '.join(FRAME_KINDS)}")
+
+
+@dataclass
+class VideoJob:
+    path: Path
+    name: str
+    videos: dict[str, Path]  # "depth_video" / "normals_video" -> file
+    folders: dict[str, Path]  # per-frame kind -> folder
+    completing: bool
+    expected: int | None = None  # frames, from the headers
+
+
+def video_paths(out_dir: Path, rel: Path, name: str, kinds: tuple[str, ...]) -> tuple[dict, dict]:
+    """The preview videos and per-frame folders of the video at ``rel`` (relative to the input folder)."""
+    suffix = encoder()[1]
+    videos = {
+        "depth_video": out_dir / "depth_video" / rel.parent / f"{name}_depth{suffix}",
+        "normals_video": out_dir / "normals_video" / rel.parent / f"{name}_normals{suffix}",
+    }
+    return videos, {kind: out_dir / kind / rel.parent / name for kind in kinds}
+
+
+def plan_videos(videos: list[Path], root: Path, out_dir: Path, options: VideoOptions, overwrite: bool, report) -> list:
+    """The videos to run; those whose outputs all exist are skipped (``report.skipped``) unless ``overwrite``."""
+    names = output_names(path.relative_to(root) for path in videos)
+    jobs = []
+    for path in videos:
+        rel = path.relative_to(root)
+        files, folders = video_paths(out_dir, rel, names[rel], options.kinds)
+        existing = [p for p in [*files.values(), *folders.values()] if p.exists()]
+        if len(existing) == len(files) + len(folders) and not overwrite:
+            report.skipped.append((path, f"all its outputs exist, e.g. {existing[0]} (pass --overwrite to replace)"))
+        else:
+            jobs.append(VideoJob(path, names[rel], files, folders, bool(existing) and not overwrite))
+    return jobs
+
+
+def estimate_frames(job: VideoJob, options: VideoOptions) -> int:
+    """Frames the progress bar expects for ``job`` (from the headers; 0 when unreadable or unknown)."""
+    try:
+        job.expected = expected_frames(probe(job.path), options.frames)
+    except VideoError:
+        job.expected = None
+    return job.expected or 0
+
+
+_DONE = object()
+
+
+def run_video(
+    engine: Engine,
+    job: VideoJob,
+    options: VideoOptions,
+    outputs: OutputOptions,
+    write_pool: ThreadPoolExecutor,
+    writers: int,
+    prefetch: int,
+    progress: Callable[[], None],
+    timers: dict[str, float],
+) -> int:
+    """Predict every selected frame of one video and write its outputs; returns the frames written.
+
+    Raises :class:`ImageError` (the video fails alone; nothing under its final names) or a write error.
+    """
+    info = probe(job.path)
+    fps = info.fps / options.frames.stride
+    frames: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def offer(item: object) -> bool:
+        """Put ``item`` in the bounded queue unless the run stopped (then False)."""
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                frames.put(item, timeout=0.1)
+                return True
+        return False
+
+    def decode() -> None:
+        """The decoder thread: frames decoded and pre-processed ahead of the engine, in order."""
+        try:
+            t0 = time.perf_counter()
+            for image in iter_frames(job.path, options.frames):
+                item = engine.prepare(image)
+                timers["read"] += time.perf_counter() - t0
+                if not offer(item):
+                    return
+                t0 = time.perf_counter()
+            offer(_DONE)
+        except BaseException as exc:  # noqa: BLE001  (handed to the main thread, raised there)
+            offer(exc)
+
+    aligner = TemporalAligner() if options.temporal == "align" else None
+    with contextlib.ExitStack() as stack:
+        staged = {kind: stack.enter_context(staged_folder(path, overwrite=True)) for kind, path in job.folders.items()}
+        writers_ = {kind: VideoWriter(path, fps) for kind, path in job.videos.items()}
+        sequencer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="infer-video"))
+        count = 0
+
+        def emit(index: int, finishing: Future) -> None:
+            """In frame order: align the depth, encode the previews, write the per-frame files."""
+            prediction: Prediction = finishing.result()
+            t0 = time.perf_counter()
+            depth = prediction.depth if aligner is None else aligner.align(prediction.depth)
+            writers_["depth_video"].write(depth_preview(depth))
+            writers_["normals_video"].write(normals_preview(prediction.normals))
+            write_frame_files(staged, job.name, index, depth, prediction.normals, outputs)
+            timers["write"] += time.perf_counter() - t0
+            progress()
+
+        thread = threading.Thread(target=decode, name="infer-video-decode", daemon=True)
+        thread.start()
+        try:
+            pending: deque[Future] = deque()
+            batch: list[Prepared] = []
+            done = False
+            while not done or batch:
+                if not done:
+                    item = frames.get()
+                    if item is _DONE:
+                        done = True
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        batch.append(item)
+                if batch and (len(batch) == engine.batch_size or done):
+                    t0 = time.perf_counter()
+                    finishes = engine.predict_prepared(batch, output_res=outputs.resolution)
+                    timers["predict"] += time.perf_counter() - t0
+                    for finish in finishes:
+                        while len(pending) > 2 * max(writers, 1):
+                            pending.popleft().result()
+                        finishing = write_pool.submit(_finish, finish) if writers else _resolved(finish)
+                        pending.append(sequencer.submit(emit, count, finishing))
+                        count += 1
+                    batch = []
+            while pending:
+                pending.popleft().result()
+            for writer in writers_.values():
+                writer.close()
+        except BaseException:
+            stop.set()
+            sequencer.shutdown(wait=True, cancel_futures=True)  # nothing encodes any more
+            for writer in writers_.values():
+                writer.abort()
+            raise
+        finally:
+            stop.set()
+            thread.join()
+    return count
+
+
+def _finish(finish: Finish) -> Prediction:
+    return finish()
+
+
+def _resolved(finish: Finish) -> Future:
+    future: Future = Future()
+    try:
+        future.set_result(finish())
+    except ImageError as exc:
+        future.set_exception(exc)
+    return future
+
+
+def write_frame_files(
+    folders: dict[str, Path], name: str, index: int, depth: np.ndarray, normals: np.ndarray, outputs: OutputOptions
+) -> None:
+    """Frame ``index``'s per-frame files into the (staged) folders of their kinds."""
+    stem = f"{name}_{index:06d}"
+    npy = np.float16 if outputs.npy_dtype == "float16" else np.float32
+    if "depth_npy" in folders:
+        np.save(folders["depth_npy"] / f"{stem}{OUTPUT_KINDS['depth_npy']}", depth.astype(npy, copy=False))
+    if "normals_npy" in folders:
+        np.save(folders["normals_npy"] / f"{stem}{OUTPUT_KINDS['normals_npy']}", normals.astype(npy, copy=False))
+    if "depth_png16" in folders:
+        path = folders["depth_png16"] / f"{stem}{OUTPUT_KINDS['depth_png16']}"
+        write_png(path, png_pixels("depth_png16", depth, normals), outputs.png_compression)
+
+
+def run_videos(
+    engine: Engine,
+    jobs: list[VideoJob],
+    options: VideoOptions,
+    outputs: OutputOptions,
+    write_pool: ThreadPoolExecutor,
+    writers: int,
+    prefetch: int,
+    bar,
+    report,
+    lock: threading.Lock,
+) -> None:
+    """Run :func:`run_video` on each job; a video that fails is reported (``report.failed``) and the run goes on.
+    ``bar`` (tqdm) counts frames; ``report`` is ``infer``'s :class:`~fe2e_deploy.infer.InferReport`."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    for job in jobs:
+        timers = {"read": 0.0, "predict": 0.0, "write": 0.0}
+        done = [0]
+
+        def progress(done: list[int] = done) -> None:
+            done[0] += 1
+            bar.update()
+
+        try:
+            count = run_video(engine, job, options, outputs, write_pool, writers, prefetch, progress, timers)
+        except ImageError as exc:
+            reason = str(exc) if isinstance(exc, VideoError) else f"frame {done[0]}: {exc} (nothing written)"
+            with lock:
+                report.failed.append((job.path, reason))
+            tqdm.write(f"warning: skipping {job.path}: {reason}")
+        else:
+            with lock:
+                (report.completed if job.completing else report.written).append(job.path)
+                report.videos += 1
+                report.frames += count
+        finally:
+            report.read_seconds += timers["read"]
+            report.predict_seconds += timers["predict"]
+            report.write_seconds += timers["write"]
+        if bar.total is not None and done[0] != (job.expected or 0):  # the headers' estimate was off
+            bar.total += done[0] - (job.expected or 0)
+            bar.refresh()

@@ -1,0 +1,106 @@
+"""Temporal consistency of `infer` on videos: the scene-clip benchmark of BENCHMARKS.md ("Videos").
+
+For each clip of :mod:`fe2e_deploy.scene_clips` (rendered with exact depth), runs `infer` on the demo
+model with ``--temporal align`` and ``--temporal none`` (``--outputs depth_npy``) and reports:
+
+- AbsRel with ONE scale/shift (FE2E's log-depth alignment) fitted for the whole clip (per shot on the
+  ``cut`` clip), against the mean of per-frame fits;
+- flicker: mean over consecutive frames and pixels of |change of the aligned log prediction - change of
+  the true log depth| (aligned with the clip's one fit; the pair across a cut left out).
+
+    python scripts/video_temporal_benchmark.py build/video_clips [--frames 48] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fe2e_deploy.evaluation.metrics import LOG_DEPTH_MAX, align_depth, depth_metrics, fit_scale_shift
+from fe2e_deploy.scene_clips import CLIPS, write_clip
+
+
+def clip_metrics(pred: np.ndarray, gt: np.ndarray, shots: list[slice]) -> dict[str, float]:
+    """One-fit (per shot) and per-frame AbsRel, and flicker, of predictions against depth (both ``[T, H, W]``)."""
+    valid = gt > 0
+    log_gt = np.log(np.where(valid, gt, 1.0))
+    aligned = np.empty(pred.shape, np.float64)
+    for shot in shots:
+        scale, shift = fit_scale_shift(pred[shot], log_gt[shot], valid[shot])
+        aligned[shot] = np.minimum(pred[shot] * scale + shift, LOG_DEPTH_MAX)
+    one = [depth_metrics(np.exp(aligned[t]), gt[t], valid[t])["abs_rel"] for t in range(len(pred))]
+    per = [depth_metrics(align_depth(pred[t], gt[t], valid[t]), gt[t], valid[t])["abs_rel"] for t in range(len(pred))]
+    starts = {shot.start for shot in shots}
+    steps = []
+    for t in range(1, len(pred)):
+        if t in starts:
+            continue
+        both = valid[t] & valid[t - 1]
+        change = (aligned[t] - aligned[t - 1]) - (log_gt[t] - log_gt[t - 1])
+        steps.append(np.abs(change[both]).mean())
+    return {"one_fit": float(np.mean(one)), "per_frame": float(np.mean(per)), "flicker": float(np.mean(steps))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--clips", default=",".join(CLIPS))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from fe2e_deploy.engines.eager import EagerEngine
+    from fe2e_deploy.engines.options import EngineOptions
+    from fe2e_deploy.files.outputs import OutputOptions
+    from fe2e_deploy.files.video import FrameRange
+    from fe2e_deploy.infer import run_infer
+    from fe2e_deploy.model_files import ModelFiles
+    from fe2e_deploy.video_infer import VideoOptions
+
+    engine = EagerEngine.from_model_files(ModelFiles.resolve(None, None, None, None, None), EngineOptions(device="cpu"))
+    results = {}
+    with engine:
+        for kind in args.clips.split(","):
+            video, depth_path = write_clip(args.work / "clips", kind, args.frames)
+            gt = np.load(depth_path)
+            shots = [slice(0, len(gt))] if kind != "cut" else [slice(0, len(gt) // 2), slice(len(gt) // 2, len(gt))]
+            row = {}
+            for mode in ("none", "align"):
+                out = args.work / f"out_{mode}"
+                t0 = time.perf_counter()
+                report = run_infer(
+                    engine,
+                    video,
+                    out,
+                    overwrite=True,
+                    progress=False,
+                    outputs=OutputOptions(kinds=("depth_npy",)),
+                    images=[],
+                    videos=[video],
+                    video=VideoOptions(FrameRange(), mode, ("depth_npy",)),
+                )
+                assert not report.failed, report.failed
+                files = sorted((out / "depth_npy" / kind).glob("*_depth.npy"))
+                pred = np.stack([np.load(f) for f in files]).astype(np.float64)
+                row[mode] = clip_metrics(pred, gt, shots)
+                row[mode]["seconds"] = round(time.perf_counter() - t0, 1)
+            results[kind] = row
+            a, n = row["align"], row["none"]
+            print(
+                f"{kind:6s} none: one-fit {n['one_fit']:.4f} per-frame {n['per_frame']:.4f} "
+                f"({n['one_fit'] / n['per_frame']:.3f}x) flicker {n['flicker']:.4f} | "
+                f"align: one-fit {a['one_fit']:.4f} "
+                f"({a['one_fit'] / a['per_frame']:.3f}x) flicker {a['flicker']:.4f} "
+                f"({n['flicker'] / a['flicker']:.2f}x lower)",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
