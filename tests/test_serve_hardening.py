@@ -301,6 +301,20 @@ def test_an_image_with_too_many_pixels_is_refused_from_its_header(server):
     assert time.monotonic() - start < 1.0  # not decoded (25 MP take seconds here)
 
 
+def test_format_ply_answers_a_point_cloud_and_a_video_body_is_415(server, scene):
+    """Issue 23: ``format=ply`` (with ``fov``) is infer's point cloud; a video body is refused with 415, one line."""
+    from plyfile import PlyData  # noqa: PLC0415
+
+    status, headers, body = request(server.url + "/predict?format=ply&fov=90&output_res=processing", scene)
+    assert status == 200 and headers["content-type"] == "application/x-ply"
+    ply = PlyData.read(io.BytesIO(body))
+    assert len(ply["vertex"].data) == 64 * 48 and any("--fov 90" in c for c in ply.comments)
+    status, _, body = request(server.url + "/predict", b"\x00\x00\x00\x18ftypmp42" + bytes(2000))
+    assert status == 415 and "video (MP4/MOV)" in json_error(body)
+    status, _, body = request(server.url + "/predict?format=ply&intrinsics=1,2", scene)
+    assert status == 400 and "intrinsics" in json_error(body)
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [

@@ -12,14 +12,15 @@ from . import options
 from .app import app, report_images, user_errors
 from .options import (
     ENGINE_HELP,
+    AlignToOption,
     BatchSize,
     Device,
     DitOption,
     Dtype,
-    EndSeconds,
-    FrameStride,
+    FovOption,
+    IntrinsicsOption,
     LoraOption,
-    MaxFrames,
+    MaxPointsOption,
     MaxProcessingPixels,
     ModelConfigOption,
     NpyDtype,
@@ -30,8 +31,6 @@ from .options import (
     ProcessingRes,
     Progress,
     PromptOption,
-    StartSeconds,
-    TemporalOption,
     VaeOption,
     WeightStreamingBudget,
 )
@@ -39,11 +38,7 @@ from .options import (
 
 @app.command("infer")
 def infer(
-    images_dir: Path = typer.Argument(
-        ...,
-        help="Folder of .jpg/.jpeg/.png images and/or videos (.mp4/.mov/.mkv/.webm/.avi/.m4v), searched "
-        "recursively; or one video file.",
-    ),
+    images_dir: Path = typer.Argument(..., help="Folder of .jpg/.jpeg/.png images, searched recursively."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Output folder (sub-folders mirror the input)."),
     engine: Path = typer.Option(None, help=ENGINE_HELP + " Exclusive with the model file options."),
     model_config: ModelConfigOption = None,
@@ -67,11 +62,10 @@ def infer(
     writers: int = typer.Option(
         None, help="Threads encoding and writing outputs beside the engine (default: cores - 1, at most 4)."
     ),
-    frame_stride: FrameStride = 1,
-    max_frames: MaxFrames = None,
-    start: StartSeconds = 0.0,
-    end: EndSeconds = None,
-    temporal: TemporalOption = "align",
+    intrinsics: IntrinsicsOption = None,
+    fov: FovOption = None,
+    max_points: MaxPointsOption = None,
+    align_to: AlignToOption = None,
     overwrite: Overwrite = False,
     progress: Progress = True,
 ) -> None:
@@ -83,21 +77,27 @@ def infer(
     written by threads beside the engine. Images that cannot be read or processed are reported and
     skipped (exit code 1 at the end).
 
-    Videos are streamed frame by frame (never whole in memory; audio dropped) and get depth_video/ and
-    normals_video/ previews (H.264, one frame per frame processed, at the clip's fps / --frame-stride), plus
-    per-frame folders for depth_png16, depth_npy and normals_npy when --outputs names them. --temporal align
-    (default) puts every frame's depth in one scale/shift for the clip; normals need no alignment. A video
-    that cannot be decoded fails alone; its outputs appear under their names only when complete.
+    Images: --outputs pointcloud writes a binary PLY per image (see --intrinsics; z is relative, exp of FE2E's
+    log depth, unless --align-to makes it metric); --align-to fits each image's depth to known metric depths.
     """
     with user_errors():
-        from ..infer import check_infer_inputs, run_infer  # noqa: PLC0415  (heavy imports only when the command runs)
+        from ..infer import check_infer_paths, run_infer  # noqa: PLC0415  (heavy imports only when the command runs)
 
         settings = options.engine_options(
             device, dtype, processing_res, max_processing_pixels, batch_size, progress, weight_streaming_budget
         )  # checked before anything is loaded
-        written = options.output_options(outputs, output_res, png_compression, npy_dtype)
-        video = options.video_options(outputs, frame_stride, max_frames, start, end, temporal)
-        root, images, videos = check_infer_inputs(images_dir, output_dir)  # before loading a model
+        written = options.output_options(outputs, output_res, png_compression, npy_dtype, intrinsics, fov, max_points)
+        images = check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
+        if align_to is not None:  # an image without known depths refuses the run, before the model is loaded
+            from ..metric_align import find_align_files  # noqa: PLC0415
+
+            find_align_files(align_to, [image.relative_to(images_dir) for image in images])
+        if "pointcloud" in written.kinds and intrinsics is None and fov is None:
+            typer.echo(
+                "note: point clouds of images without an EXIF focal length assume a 60 deg horizontal field of "
+                "view (give --intrinsics or --fov)",
+                err=True,
+            )
         if engine is not None:
             if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)) or cfg_batch:
                 raise InvalidInput(
@@ -115,14 +115,13 @@ def infer(
         with runner:
             report = run_infer(
                 runner,
-                root,
+                images_dir,
                 output_dir,
                 overwrite=overwrite,
                 progress=progress,
                 outputs=written,
                 writers=writers,
                 images=images,
-                videos=videos,
-                video=video,
+                align_to=align_to,
             )
     report_images(report)

@@ -77,7 +77,9 @@ OutputsOption = Annotated[
     str,
     typer.Option(
         help="What to write, comma-separated: depth_npy, depth_png16, depth_colored, normals_npy, normals_png "
-        "(default all; skipping the ones you do not need saves most of the host time).",
+        "(default all; skipping the ones you do not need saves most of the host time). Only when named: pointcloud "
+        "(binary PLY: x, y, z, colour, normal per pixel; see --intrinsics), depth_exr, normals_exr (float32 "
+        "OpenEXR; pip install 'fe2e-deploy[exr]').",
     ),
 ]
 OutputResOption = Annotated[
@@ -90,17 +92,30 @@ PngCompression = Annotated[
 ]
 NpyDtype = Annotated[str, typer.Option(help="Dtype of the .npy maps: float32 (exact) or float16 (half size).")]
 
-# -- videos (infer) --
-FrameStride = Annotated[int, typer.Option(help="Videos: process every N-th frame (the preview videos run at fps / N).")]
-MaxFrames = Annotated[int | None, typer.Option(help="Videos: process at most this many frames per video.")]
-StartSeconds = Annotated[float, typer.Option("--start", help="Videos: first second to process (default 0).")]
-EndSeconds = Annotated[float | None, typer.Option("--end", help="Videos: stop at this second (default: the end).")]
-TemporalOption = Annotated[
-    str,
+# -- point clouds and metric depth (infer) --
+IntrinsicsOption = Annotated[
+    str | None,
     typer.Option(
-        help="Videos: align (each frame's depth fitted, robustly, onto the previous aligned frame: one scale/shift "
-        "for the whole clip, reset at scene cuts) or none (per-frame maps, each with its own scale/shift). "
-        "Normals need no alignment (camera-space unit vectors, no scale or shift)."
+        help="Point clouds: camera intrinsics fx,fy,cx,cy in pixels of the output maps (OpenCV: integers are pixel "
+        "centres). Precedence: --intrinsics, --fov, the image's EXIF 35 mm focal length, a 60 deg horizontal default."
+    ),
+]
+FovOption = Annotated[
+    float | None,
+    typer.Option(help="Point clouds: horizontal field of view in degrees (principal point at the centre)."),
+]
+MaxPointsOption = Annotated[
+    int | None,
+    typer.Option(help="Point clouds: keep at most N points, drawn with a fixed seed (the same points every run)."),
+]
+AlignToOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Metric depth: a folder with one file of known depths per image, named after its stem (<stem>.npy as "
+        "N x 3 u,v,depth or a dense HxW map with NaN/0 invalid, or <stem>.csv with the header u,v,depth; u,v in "
+        "pixels of the input image). Scale and shift are fitted robustly in FE2E's log-depth space; depth_npy, "
+        "depth_exr, depth_png16 (x1000, mm for m) and point clouds become metric; the fit goes to alignment/. An "
+        "image without a file refuses the run; one with too few valid points (< 4) fails alone."
     ),
 ]
 
@@ -135,23 +150,23 @@ def processing_res(text: str | None, max_pixels: int = MAX_PROCESSING_PIXELS) ->
     return size
 
 
-def output_options(outputs: str, output_res: str, png_compression: int, npy_dtype: str):
-    """``--outputs/--output-res/--png-compression/--npy-dtype`` as an ``OutputOptions`` (checked)."""
+def output_options(
+    outputs: str,
+    output_res: str,
+    png_compression: int,
+    npy_dtype: str,
+    intrinsics: str | None = None,
+    fov: float | None = None,
+    max_points: int | None = None,
+):
+    """``--outputs/--output-res/--png-compression/--npy-dtype`` (and the point cloud's ``--intrinsics/--fov/
+    --max-points``) as an ``OutputOptions`` (checked)."""
     from ..files.outputs import OUTPUT_KINDS, OutputOptions  # noqa: PLC0415  (numpy: not at start-up)
+    from ..files.pointcloud import CameraOptions, parse_intrinsics  # noqa: PLC0415
 
     kinds = tuple(OUTPUT_KINDS) if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
-    return OutputOptions(kinds, output_res, png_compression, npy_dtype)
-
-
-def video_options(outputs: str, stride: int, max_frames: int | None, start: float, end: float | None, temporal: str):
-    """The video flags as a ``VideoOptions`` (checked): per-frame kinds are those of ``--outputs`` that apply
-    to frames (none by default: a video gets its two preview videos)."""
-    from ..files.video import FrameRange  # noqa: PLC0415
-    from ..video_infer import FRAME_KINDS, VideoOptions  # noqa: PLC0415
-
-    named = () if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
-    kinds = tuple(k for k in named if k in FRAME_KINDS)
-    return VideoOptions(FrameRange(stride, max_frames, start, end), temporal, kinds)
+    camera = CameraOptions(parse_intrinsics(intrinsics), fov, max_points)
+    return OutputOptions(kinds, output_res, png_compression, npy_dtype, camera)
 
 
 def device(name: str) -> str:

@@ -52,9 +52,12 @@ def serve(
     """Serve POST /predict (the image file as the body) and GET /healthz until Ctrl-C or SIGTERM.
 
     /predict query parameters: format=npz (default: depth [H, W] and normals [H, W, 3], float32),
-    npy or png; map=depth|normals (npy, png) or depth_colored (png); output_res=input|processing.
+    npy, png or ply; map=depth|normals (npy, png) or depth_colored (png); output_res=input|processing.
+    format=ply: infer's point cloud (binary PLY, relative depth), with fov=DEGREES (horizontal) or
+    intrinsics=fx,fy,cx,cy (pixels of the maps), else the image's EXIF focal length, else 60 deg; max_points=N.
+    A video body (MP4/MOV, MKV/WebM, AVI...) is answered 415: videos go through infer or batch.
     Requests that arrive together are batched into one engine call. Every error is answered with a
-    one-line JSON reason: 400/413/422 bad request or image (--max-image-pixels default 6048x4032),
+    one-line JSON reason: 400/413/415/422 bad request or image (--max-image-pixels default 6048x4032),
     408 body too slow, 503 busy or too slow (with Retry-After). Ctrl-C or SIGTERM (to the process or
     its group) stops: requests in progress finish, then Ray stops; exit code 0. Needs:
     pip install 'fe2e-deploy\\[ray]'.

@@ -1,4 +1,5 @@
-"""What ``serve`` answers: a prediction encoded as the request asks (.npz, .npy or PNG), and the request's checks.
+"""What ``serve`` answers: a prediction encoded as the request asks (.npz, .npy, PNG or a PLY point cloud), and the
+request's checks (a video body is refused: 415).
 
 Plain functions, no Ray: the HTTP app (:mod:`.serve`) calls them and tests use them directly.
 """
@@ -9,8 +10,20 @@ import io
 
 import numpy as np
 
+from ..errors import InvalidInput
 from ..files.outputs import png_pixels
 from ..files.png import png_bytes
+from ..files.pointcloud import (
+    CameraOptions,
+    cloud_depth,
+    exif_focal_35mm,
+    header_comments,
+    map_colors,
+    parse_intrinsics,
+    ply_bytes,
+    point_cloud,
+    resolve_intrinsics,
+)
 from ..processing import Prediction
 
 #: ``format`` -> (maps it can carry, media type).
@@ -18,7 +31,10 @@ FORMATS = {
     "npz": (("both",), "application/x-npz"),
     "npy": (("depth", "normals"), "application/x-npy"),
     "png": (("depth", "normals", "depth_colored"), "image/png"),
+    "ply": (("pointcloud",), "application/x-ply"),
 }
+#: ISO media major brands of still images (HEIF/AVIF share the ``ftyp`` box with MP4/MOV): not videos.
+IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"avif")
 #: The PNG output kind (:func:`~fe2e_deploy.files.outputs.png_pixels`) of each ``map`` of ``format=png``.
 PNG_KINDS = {"depth": "depth_png16", "normals": "normals_png", "depth_colored": "depth_colored"}
 
@@ -45,10 +61,63 @@ def check_request(fmt: str, what: str | None, output_res: str) -> str:
     return what
 
 
-def encode_prediction(prediction: Prediction, fmt: str, what: str, png_compression: int = 1) -> tuple[bytes, str]:
+def video_container(body: bytes) -> str | None:
+    """The video container ``body`` starts like (MP4/MOV ``ftyp``, Matroska/WebM EBML, AVI ``RIFF....AVI``, FLV,
+    MPEG-PS), or None (an image, or anything else: left to the image decoder)."""
+    if body[4:8] == b"ftyp" and body[8:12] not in IMAGE_BRANDS:
+        return "MP4/MOV"
+    if body.startswith(b"\x1a\x45\xdf\xa3"):
+        return "Matroska/WebM"
+    if body.startswith(b"RIFF") and body[8:12] == b"AVI ":
+        return "AVI"
+    if body.startswith(b"FLV\x01"):
+        return "FLV"
+    if body.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
+        return "MPEG"
+    return None
+
+
+def check_not_video(body: bytes) -> None:
+    """:class:`RequestFailed` (415) for a video body: videos go through ``infer`` or ``batch``."""
+    container = video_container(body)
+    if container is not None:
+        raise RequestFailed(
+            f"the body is a video ({container}); /predict takes one image: run videos through "
+            "fe2e-deploy infer or batch",
+            415,
+        )
+
+
+def camera_options(intrinsics: str | None, fov: float | None, max_points: int | None) -> CameraOptions:
+    """``format=ply``'s query parameters as :class:`CameraOptions`, or :class:`RequestFailed` (400)."""
+    try:
+        return CameraOptions(parse_intrinsics(intrinsics), fov, max_points)
+    except InvalidInput as exc:
+        raise RequestFailed(str(exc).replace("--max-points", "max_points").replace("--", "")) from None
+
+
+def encode_prediction(
+    prediction: Prediction,
+    fmt: str,
+    what: str,
+    png_compression: int = 1,
+    image=None,
+    camera: CameraOptions | None = None,
+    exif_source: bytes | None = None,
+) -> tuple[bytes, str]:
     """The response body and its media type: ``npz`` (``depth`` [H, W] and ``normals`` [H, W, 3], float32),
-    ``npy`` (one map, float32) or ``png`` (the same pixels as ``infer``'s PNG files)."""
+    ``npy`` (one map, float32), ``png`` (the same pixels as ``infer``'s PNG files) or ``ply`` (``infer``'s point
+    cloud: colours of ``image``, intrinsics from ``camera``, else the EXIF focal length of ``exif_source``, the
+    request body, else the default field of view)."""
     buffer = io.BytesIO()
+    if fmt == "ply":
+        camera = camera or CameraOptions()
+        height, width = prediction.depth.shape
+        intrinsics = resolve_intrinsics(camera, width, height, exif_focal_35mm(exif_source))
+        z, note = cloud_depth(np.asarray(prediction.depth, dtype=np.float32), None)
+        normals = np.asarray(prediction.normals, dtype=np.float32)
+        points = point_cloud(z, normals, map_colors(image, width, height), intrinsics, camera.max_points)
+        return ply_bytes(points, header_comments(note, intrinsics)), FORMATS[fmt][1]
     if fmt == "npz":
         np.savez(buffer, depth=prediction.depth.astype(np.float32), normals=prediction.normals.astype(np.float32))
         body = buffer.getvalue()

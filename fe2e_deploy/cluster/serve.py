@@ -1,9 +1,11 @@
 """``serve``: depth and normals over HTTP, as a Ray Serve app with dynamic batching and replicas.
 
-Follow a request: ``POST /predict`` (the image file as the body; ``format=npz|npy|png``, ``map=``,
-``output_res=`` as query parameters, checked first by :func:`~.responses.check_request`) is admitted
+Follow a request: ``POST /predict`` (the image file as the body; ``format=npz|npy|png|ply``, ``map=``,
+``output_res=`` as query parameters, checked first by :func:`~.responses.check_request`; ``format=ply`` also
+takes ``fov=``, ``intrinsics=fx,fy,cx,cy`` and ``max_points=``) is admitted
 if the replica holds fewer than ``max_ongoing_requests`` (else 503 with ``Retry-After``), read up to
-the body limit (else 413) within ``body_timeout_s`` (else 408), its image size checked from the
+the body limit (else 413) within ``body_timeout_s`` (else 408), refused if it is a video (415), its image size
+checked from the
 header (over ``max_image_pixels``: 413), decoded and pre-processed in a thread (an unreadable image:
 400; a size the engine cannot run: 422), then waits at most ``batch_wait_s`` in
 :meth:`FE2EService.predict_batch` (Ray Serve's ``@serve.batch``) for other requests to the same
@@ -41,7 +43,7 @@ from ..errors import ImageError, InvalidInput, describe, is_user_error
 from ..files.images import READ_ERRORS, ImageTooLarge, read_image, unreadable_image
 from .fate import ClusterGuard, guard_if_starting
 from .ray_setup import check_listen_address, connect, signals_to_driver_only
-from .responses import RequestFailed, check_request, encode_prediction
+from .responses import RequestFailed, camera_options, check_not_video, check_request, encode_prediction
 
 #: The app's name in Ray Serve (``serve.get_app_handle(APP_NAME)``).
 APP_NAME = "fe2e"
@@ -209,7 +211,14 @@ class FE2EService:
 
     @api.post("/predict")
     async def predict(
-        self, request: Request, format: str = "npz", map: str | None = None, output_res: str = "input"
+        self,
+        request: Request,
+        format: str = "npz",
+        map: str | None = None,
+        output_res: str = "input",
+        fov: float | None = None,
+        intrinsics: str | None = None,
+        max_points: int | None = None,
     ) -> Response:
         limit = self.options.ongoing_limit
         if self.ongoing >= limit:
@@ -221,14 +230,16 @@ class FE2EService:
         self.ongoing += 1
         try:
             what = check_request(format, map, output_res)
+            camera = camera_options(intrinsics, fov, max_points) if format == "ply" else None
             body = await self._read_body(request)
+            check_not_video(body)
             async with asyncio.timeout(self.options.request_timeout_s):
-                prepared = await asyncio.to_thread(self._prepare, body)
+                prepared, image = await asyncio.to_thread(self._prepare, body, format == "ply")
                 prediction = await self.predict_batch((prepared, output_res))
                 if isinstance(prediction, ImageError):  # maps with NaN or Inf
                     raise RequestFailed(str(prediction), 500)
                 content, media_type = await asyncio.to_thread(
-                    encode_prediction, prediction, format, what, self.options.png_compression
+                    encode_prediction, prediction, format, what, self.options.png_compression, image, camera, body
                 )
         except RequestFailed as exc:
             return error(str(exc), exc.status)
@@ -265,7 +276,8 @@ class FE2EService:
             raise RequestFailed("empty body: send the image file as the request body")
         return b"".join(chunks)
 
-    def _prepare(self, body: bytes) -> Prepared:
+    def _prepare(self, body: bytes, keep_image: bool = False) -> tuple[Prepared, object]:
+        """The image pre-processed, and the decoded image itself when ``keep_image`` (a point cloud's colours)."""
         limit = self.options.max_image_pixels
         try:
             image = read_image(io.BytesIO(body), max_pixels=limit)  # the size is checked before decoding
@@ -274,7 +286,7 @@ class FE2EService:
         except READ_ERRORS as exc:
             raise RequestFailed(unreadable_image(exc, None)) from None
         try:
-            return self.engine.prepare(image)
+            return self.engine.prepare(image), image if keep_image else None
         except ImageError as exc:  # a size the engine was not built for, too many pixels
             raise RequestFailed(str(exc), 422) from None
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..engines.options import EngineOptions
 from ..errors import ImageError, UserError, describe
 from ..files.images import READ_ERRORS, read_image, unreadable_image
-from ..files.outputs import OutputOptions, output_paths, write_prediction
+from ..files.outputs import Extras, OutputOptions, output_paths, write_prediction
 from .shards import OpenShard, Sample, ShardOptions, open_shard
 from .stores import ImageSource, OutputStore
 
@@ -142,21 +142,23 @@ class PredictWorker(EngineWorker):
                 reasons[i] = str(exc)
                 continue
             try:
-                self._write(Path(batch["rel"][i]), str(batch["name"][i]), prediction)
+                self._write(Path(batch["rel"][i]), str(batch["name"][i]), prediction, batch["image"][i])
             except OSError as exc:  # the system's or the store's: the driver stops the job with it
                 return _rows(batch["source"], [WRITE_ERROR] * count, [write_error(exc)] * count)
             status[i] = "completed" if batch["completing"][i] else "written"
         return _rows(batch["source"], status, reasons)
 
-    def _write(self, rel: Path, name: str, prediction) -> None:
-        """``infer``'s files of one image: in place in a local folder, else written aside and uploaded."""
+    def _write(self, rel: Path, name: str, prediction, image: np.ndarray | None = None) -> None:
+        """``infer``'s files of one image: in place in a local folder, else written aside and uploaded. ``image``
+        colours a point cloud (intrinsics: the default field of view; batch has no --intrinsics/--fov)."""
         kinds = self.outputs.kinds
+        extras = Extras(image=image)
         if self.store.local:
-            write_prediction(output_paths(self.store.root, rel, name, kinds), prediction, self.outputs)
+            write_prediction(output_paths(self.store.root, rel, name, kinds), prediction, self.outputs, extras)
             return
         with tempfile.TemporaryDirectory(prefix="fe2e-batch-") as folder:
             paths = output_paths(folder, rel, name, kinds)
-            write_prediction(paths, prediction, self.outputs)
+            write_prediction(paths, prediction, self.outputs, extras)
             for path in paths.values():
                 self.store.put_file(path, path.relative_to(folder).as_posix())
 
