@@ -38,6 +38,7 @@ from .files.outputs import Extras, OutputOptions, output_names, output_paths, wr
 from .files.pointcloud import exif_focal_35mm
 from .metric_align import align_depth_map, find_align_files
 from .processing import Prediction
+from .video_infer import VideoOptions, estimate_frames, plan_videos, run_videos
 
 
 @dataclass
@@ -48,6 +49,8 @@ class InferReport:
     completed: list[Path] = field(default_factory=list)  # some of its outputs were missing: all rewritten
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # all its outputs exist
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    videos: int = 0  # videos among written/completed
+    frames: int = 0  # their frames that went through the engine
     predict_seconds: float = 0.0  # in engine.predict_batch (main thread)
     read_seconds: float = 0.0  # decoding, summed over reader threads
     write_seconds: float = 0.0  # encoding and writing, summed over writer threads
@@ -55,8 +58,8 @@ class InferReport:
 
     @property
     def predicted(self) -> int:
-        """Images that went through the engine (written or completed)."""
-        return len(self.written) + len(self.completed)
+        """Images and video frames that went through the engine (written or completed)."""
+        return len(self.written) + len(self.completed) - self.videos + self.frames
 
     @property
     def seconds_per_image(self) -> float:
@@ -69,6 +72,8 @@ class InferReport:
 
     def summary(self) -> str:
         completed = f"{len(self.completed)} completed (some outputs were missing), " if self.completed else ""
+        if self.videos:
+            completed += f"(of these {self.videos} video(s), {self.frames} frames), "
         return (
             f"{len(self.written)} image(s) written, {completed}"
             f"{len(self.skipped)} skipped (all outputs exist), {len(self.failed)} failed; "
@@ -102,6 +107,27 @@ def check_infer_paths(input_dir: str | Path, output_dir: str | Path) -> list[Pat
         raise MissingInput(f"{input_dir}: no .jpg/.jpeg/.png images found")
     check_writable_dir(output_dir)
     return images
+
+
+def check_infer_inputs(input_path: str | Path, output_dir: str | Path) -> tuple[Path, list[Path], list[Path]]:
+    """(root, images, videos) of ``infer``: a folder's images and videos (outside ``output_dir``), or one video
+    file (root: its folder). Refuses an empty folder and an output folder that cannot be written, before any model
+    is loaded."""
+    from .files.video import find_videos, is_video  # noqa: PLC0415
+
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    if input_path.is_file():
+        if not is_video(input_path):
+            raise NotAFolder(f"{input_path}: is a file; give the folder that holds the images, or a video")
+        check_writable_dir(output_dir)
+        return input_path.parent, [], [input_path]
+    out_resolved = output_dir.resolve()
+    images = [p for p in find_images(input_path) if not p.resolve().is_relative_to(out_resolved)]
+    videos = [p for p in find_videos(input_path) if not p.resolve().is_relative_to(out_resolved)]
+    if not images and not videos:
+        raise MissingInput(f"{input_path}: no .jpg/.jpeg/.png images or videos found")
+    check_writable_dir(output_dir)
+    return input_path, images, videos
 
 
 def plan_outputs(
@@ -177,6 +203,8 @@ def run_infer(
     writers: int | None = None,
     prefetch: int | None = None,
     images: list[Path] | None = None,
+    videos: list[Path] | None = None,
+    video: VideoOptions | None = None,
     align_to: str | Path | None = None,
 ) -> InferReport:
     """Predict every image under ``input_dir`` and write its maps; an image that fails is reported, not fatal.
@@ -186,7 +214,8 @@ def run_infer(
     :func:`default_threads`; 0 writers = write in the main thread); ``prefetch`` decoded images wait at
     most (default ``2 * batch_size + readers``). ``images``: what :func:`check_infer_paths` returned, when the
     caller already checked the folders (else they are checked here). A write error (disk full...) stops the
-    run and is raised.
+    run and is raised. ``videos`` (:func:`check_infer_inputs`; found here when ``images`` is None) run after the
+    images, frame by frame (:mod:`fe2e_deploy.video_infer`, options ``video``); a video that fails is reported.
     """
     batch_size = engine.batch_size
     outputs = outputs or OutputOptions()
@@ -197,7 +226,11 @@ def run_infer(
         raise InvalidInput(f"readers must be >= 1 and writers >= 0 (got {readers}, {writers})")
     prefetch = prefetch or 2 * batch_size + readers
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    images = check_infer_paths(input_dir, output_dir) if images is None else images
+    if images is None:
+        input_dir, images, videos = check_infer_inputs(input_dir, output_dir)
+    elif input_dir.is_file():  # a single video
+        input_dir = input_dir.parent
+    videos, video = videos or [], video or VideoOptions()
     report = InferReport()
     start = time.perf_counter()
     if align_to is not None and "alignment" not in outputs.kinds:  # the fit of each image goes beside its maps
@@ -207,7 +240,10 @@ def run_infer(
         files = find_align_files(align_to, [job.path.relative_to(input_dir) for job in jobs])
         for job in jobs:
             job.align_file = files[job.path.relative_to(input_dir)]
-    bar = tqdm(total=len(images), desc=f"infer ({engine.name})", unit="img", disable=not progress)
+    video_jobs = plan_videos(videos, input_dir, output_dir, video, overwrite, report)
+    frames = sum(estimate_frames(job, video) for job in video_jobs)
+    unit = "frame" if videos else "img"
+    bar = tqdm(total=len(images) + frames, desc=f"infer ({engine.name})", unit=unit, disable=not progress)
     bar.update(len(images) - len(jobs))
     for path, reason in report.failed:
         tqdm.write(f"warning: skipping {path}: {reason}")
@@ -298,8 +334,9 @@ def run_infer(
                         writes.append(write_pool.submit(write, job, finish))
                 batch = []
         drain(0)
+        run_videos(engine, video_jobs, video, outputs, write_pool, writers, prefetch, bar, report, lock)
     bar.close()
-    order = {path: i for i, path in enumerate(images)}  # writers finish in any order: report in input order
+    order = {path: i for i, path in enumerate([*images, *videos])}  # writers finish in any order: report in input order
     report.written.sort(key=order.__getitem__)
     report.completed.sort(key=order.__getitem__)
     report.failed.sort(key=lambda item: order[item[0]])

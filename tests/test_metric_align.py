@@ -145,3 +145,5 @@ def test_infer_refuses_a_run_with_a_missing_align_file_before_loading(tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "no .npy/.csv of known depths for 1 image(s) (a.png)" in result.output
     assert not (tmp_path / "out" / "depth_npy").exists()
+    result = runner.invoke(app, ["infer", str(images), "-o", str(tmp_path / "out"), "--outputs", "alignment"])
+    assert result.exit_code == 2 and "written by --align-to" in result.output

@@ -17,9 +17,12 @@ from .options import (
     Device,
     DitOption,
     Dtype,
+    EndSeconds,
     FovOption,
+    FrameStride,
     IntrinsicsOption,
     LoraOption,
+    MaxFrames,
     MaxPointsOption,
     MaxProcessingPixels,
     ModelConfigOption,
@@ -31,6 +34,8 @@ from .options import (
     ProcessingRes,
     Progress,
     PromptOption,
+    StartSeconds,
+    TemporalOption,
     VaeOption,
     WeightStreamingBudget,
 )
@@ -38,7 +43,11 @@ from .options import (
 
 @app.command("infer")
 def infer(
-    images_dir: Path = typer.Argument(..., help="Folder of .jpg/.jpeg/.png images, searched recursively."),
+    images_dir: Path = typer.Argument(
+        ...,
+        help="Folder of .jpg/.jpeg/.png images and/or videos (.mp4/.mov/.mkv/.webm/.avi/.m4v), searched "
+        "recursively; or one video file.",
+    ),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Output folder (sub-folders mirror the input)."),
     engine: Path = typer.Option(None, help=ENGINE_HELP + " Exclusive with the model file options."),
     model_config: ModelConfigOption = None,
@@ -62,6 +71,11 @@ def infer(
     writers: int = typer.Option(
         None, help="Threads encoding and writing outputs beside the engine (default: cores - 1, at most 4)."
     ),
+    frame_stride: FrameStride = 1,
+    max_frames: MaxFrames = None,
+    start: StartSeconds = 0.0,
+    end: EndSeconds = None,
+    temporal: TemporalOption = "align",
     intrinsics: IntrinsicsOption = None,
     fov: FovOption = None,
     max_points: MaxPointsOption = None,
@@ -77,21 +91,28 @@ def infer(
     written by threads beside the engine. Images that cannot be read or processed are reported and
     skipped (exit code 1 at the end).
 
+    Videos are streamed frame by frame (never whole in memory; audio dropped) and get depth_video/ and
+    normals_video/ previews (H.264, one frame per frame processed, at the clip's fps / --frame-stride), plus
+    per-frame folders for depth_png16, depth_npy and normals_npy when --outputs names them. --temporal align
+    (default) puts every frame's depth in one scale/shift for the clip; normals need no alignment. A video
+    that cannot be decoded fails alone; its outputs appear under their names only when complete.
+
     Images: --outputs pointcloud writes a binary PLY per image (see --intrinsics; z is relative, exp of FE2E's
     log depth, unless --align-to makes it metric); --align-to fits each image's depth to known metric depths.
     """
     with user_errors():
-        from ..infer import check_infer_paths, run_infer  # noqa: PLC0415  (heavy imports only when the command runs)
+        from ..infer import check_infer_inputs, run_infer  # noqa: PLC0415  (heavy imports only when the command runs)
 
         settings = options.engine_options(
             device, dtype, processing_res, max_processing_pixels, batch_size, progress, weight_streaming_budget
         )  # checked before anything is loaded
         written = options.output_options(outputs, output_res, png_compression, npy_dtype, intrinsics, fov, max_points)
-        images = check_infer_paths(images_dir, output_dir)  # before loading a model: a bad folder fails at once
+        video = options.video_options(outputs, frame_stride, max_frames, start, end, temporal)
+        root, images, videos = check_infer_inputs(images_dir, output_dir)  # before loading a model
         if align_to is not None:  # an image without known depths refuses the run, before the model is loaded
             from ..metric_align import find_align_files  # noqa: PLC0415
 
-            find_align_files(align_to, [image.relative_to(images_dir) for image in images])
+            find_align_files(align_to, [image.relative_to(root) for image in images])
         if "pointcloud" in written.kinds and intrinsics is None and fov is None:
             typer.echo(
                 "note: point clouds of images without an EXIF focal length assume a 60 deg horizontal field of "
@@ -115,13 +136,15 @@ def infer(
         with runner:
             report = run_infer(
                 runner,
-                images_dir,
+                root,
                 output_dir,
                 overwrite=overwrite,
                 progress=progress,
                 outputs=written,
                 writers=writers,
                 images=images,
+                videos=videos,
+                video=video,
                 align_to=align_to,
             )
     report_images(report)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import NotAFile, NotAFolder, OutputExists
+from ..errors import InvalidInput, NotAFile, NotAFolder, OutputExists
 from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, parse_resolution
 
 ENGINE_HELP = (
@@ -119,6 +119,20 @@ AlignToOption = Annotated[
     ),
 ]
 
+# -- videos (infer) --
+FrameStride = Annotated[int, typer.Option(help="Videos: process every N-th frame (the preview videos run at fps / N).")]
+MaxFrames = Annotated[int | None, typer.Option(help="Videos: process at most this many frames per video.")]
+StartSeconds = Annotated[float, typer.Option("--start", help="Videos: first second to process (default 0).")]
+EndSeconds = Annotated[float | None, typer.Option("--end", help="Videos: stop at this second (default: the end).")]
+TemporalOption = Annotated[
+    str,
+    typer.Option(
+        help="Videos: align (each frame's depth fitted, robustly, onto the previous aligned frame: one scale/shift "
+        "for the whole clip, reset at scene cuts) or none (per-frame maps, each with its own scale/shift). "
+        "Normals need no alignment (camera-space unit vectors, no scale or shift)."
+    ),
+]
+
 
 def engine_options(
     device_name: str = "auto",
@@ -165,8 +179,21 @@ def output_options(
     from ..files.pointcloud import CameraOptions, parse_intrinsics  # noqa: PLC0415
 
     kinds = tuple(OUTPUT_KINDS) if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
+    if "alignment" in kinds:
+        raise InvalidInput("--outputs alignment: the fit is written by --align-to, with the metric depth maps")
     camera = CameraOptions(parse_intrinsics(intrinsics), fov, max_points)
     return OutputOptions(kinds, output_res, png_compression, npy_dtype, camera)
+
+
+def video_options(outputs: str, stride: int, max_frames: int | None, start: float, end: float | None, temporal: str):
+    """The video flags as a ``VideoOptions`` (checked): per-frame kinds are those of ``--outputs`` that apply
+    to frames (none by default: a video gets its two preview videos)."""
+    from ..files.video import FrameRange  # noqa: PLC0415
+    from ..video_infer import FRAME_KINDS, VideoOptions  # noqa: PLC0415
+
+    named = () if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
+    kinds = tuple(k for k in named if k in FRAME_KINDS)
+    return VideoOptions(FrameRange(stride, max_frames, start, end), temporal, kinds)
 
 
 def device(name: str) -> str:
