@@ -79,7 +79,7 @@ OutputsOption = Annotated[
         help="What to write, comma-separated: depth_npy, depth_png16, depth_colored, normals_npy, normals_png "
         "(default all; skipping the ones you do not need saves most of the host time). Only when named: pointcloud "
         "(binary PLY: x, y, z, colour, normal per pixel; see --intrinsics), depth_exr, normals_exr (float32 "
-        "OpenEXR; pip install 'fe2e-deploy[exr]').",
+        "OpenEXR; pip install 'fe2e-deploy\\[exr]').",
     ),
 ]
 OutputResOption = Annotated[
