@@ -95,6 +95,15 @@ def test_undecodable_and_empty_videos_fail_as_one_line_errors(tmp_path):
         list(iter_frames(empty))
 
 
+def test_fast_depth_preview_is_within_one_step_of_the_exact_one():
+    from fe2e_deploy.files.colormaps import depth_preview
+    from fe2e_deploy.video_infer import depth_preview_fast
+
+    depth = np.random.default_rng(0).uniform(-0.1, 1.1, (97, 131)).astype(np.float32)
+    diff = np.abs(depth_preview_fast(depth).astype(int) - depth_preview(depth).astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.5
+
+
 def test_video_writer_renames_only_when_complete(tmp_path):
     target = tmp_path / "v" / f"out{encoder()[1]}"
     writer = VideoWriter(target, Fraction(30000, 1001))

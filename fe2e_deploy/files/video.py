@@ -22,6 +22,8 @@ from PIL import Image
 from ..errors import ImageError, InvalidInput
 from .atomic import install_file, remove_stale_temps, temp_sibling
 
+#: x264's speed preset for the previews: ultrafast encodes a 1080p frame in ~0.04 CPU-s (veryfast: ~0.08).
+PRESET = "ultrafast"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
@@ -153,7 +155,8 @@ def encoder() -> tuple[str, str]:
 
 class VideoWriter:
     """An RGB video written to a temporary sibling of ``path``; :meth:`close` renames it into place, :meth:`abort`
-    deletes it. ``fps`` is kept exactly; H.264 at CRF 18 (``yuv420p``; ``yuv444p`` when a side is odd)."""
+    deletes it. ``fps`` is kept exactly; H.264 at CRF 18, :data:`PRESET` (``yuv420p``; ``yuv444p`` when a side is
+    odd)."""
 
     def __init__(self, path: Path, fps: Fraction, codec: str | None = None, overwrite: bool = True):
         import av  # noqa: PLC0415
@@ -180,7 +183,7 @@ class VideoWriter:
                 self.stream.pix_fmt = "yuv444p"
             else:
                 self.stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-                self.stream.options = {"crf": "18", "preset": "veryfast"}
+                self.stream.options = {"crf": "18", "preset": PRESET}
             self.stream.thread_type = "AUTO"
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         self.container.mux(self.stream.encode(frame))
