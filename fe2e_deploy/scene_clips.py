@@ -48,7 +48,7 @@ def _room(origin: np.ndarray, length: float = 9.0, half_width: float = 2.0) -> S
             albedo=(0.6, 0.5, 0.4),
             pattern="checker",
             period=0.6,
-        ),  # noqa: E501
+        ),
         partial(_world_plane, origin=o, point=(0, -1.4, 0), normal=(0, 1, 0), albedo=(0.85, 0.85, 0.8)),
         partial(
             _world_plane,
@@ -58,7 +58,7 @@ def _room(origin: np.ndarray, length: float = 9.0, half_width: float = 2.0) -> S
             albedo=(0.4, 0.6, 0.7),
             pattern="stripes",
             period=0.5,
-        ),  # noqa: E501
+        ),
         partial(_world_plane, origin=o, point=(0, 0, -2), normal=(0, 0, 1), albedo=(0.7, 0.7, 0.5)),
         partial(
             _world_plane,
@@ -68,7 +68,7 @@ def _room(origin: np.ndarray, length: float = 9.0, half_width: float = 2.0) -> S
             albedo=(0.75, 0.45, 0.4),
             pattern="stripes",
             period=0.4,
-        ),  # noqa: E501
+        ),
         partial(
             _world_plane,
             origin=o,
@@ -77,7 +77,7 @@ def _room(origin: np.ndarray, length: float = 9.0, half_width: float = 2.0) -> S
             albedo=(0.45, 0.7, 0.45),
             pattern="stripes",
             period=0.7,
-        ),  # noqa: E501
+        ),
         partial(_box, lo=np.array((-0.5, 0.4, 5.0)) - o, hi=np.array((0.5, 1.4, 5.6)) - o, albedo=(0.8, 0.3, 0.3)),
         partial(_sphere, center=np.array((1.1, 1.0, 3.5)) - o, radius=0.4, albedo=(0.3, 0.4, 0.85)),
     ]
@@ -95,7 +95,7 @@ def _still_life(origin: np.ndarray) -> Scene:
             albedo=(0.5, 0.55, 0.6),
             pattern="checker",
             period=0.25,
-        ),  # noqa: E501
+        ),
         partial(
             _world_plane,
             origin=o,
@@ -104,7 +104,7 @@ def _still_life(origin: np.ndarray) -> Scene:
             albedo=(0.8, 0.7, 0.5),
             pattern="stripes",
             period=0.3,
-        ),  # noqa: E501
+        ),
     ]
     for x, z, r, colour in (
         (-0.8, 2.2, 0.35, (0.8, 0.2, 0.2)),

@@ -5,7 +5,6 @@ no image is lost. The nodes share this machine's disk, as real nodes share a fil
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -16,32 +15,20 @@ from conftest import scene_image
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray_helpers import loopback_cluster, raylet_pid  # noqa: E402
 
 from fe2e_deploy.cluster.batch import run_batch  # noqa: E402
-from fe2e_deploy.cluster.ray_setup import LOOPBACK, keep_on_loopback  # noqa: E402
 from fe2e_deploy.engines import EngineOptions  # noqa: E402
 from fe2e_deploy.files.outputs import OutputOptions  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-NODE = {"num_cpus": 1, "node_ip_address": LOOPBACK}
 
 
 @pytest.fixture
 def three_nodes():
     """A head and two worker nodes, one CPU each, all on 127.0.0.1; the test process is the driver."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    keep_on_loopback(ray)
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
-    workers = [cluster.add_node(**NODE) for _ in range(2)]
-    cluster.wait_for_nodes()
-    cluster.connect()
-    try:
-        assert {node["NodeManagerAddress"] for node in ray.nodes()} == {LOOPBACK}
-        yield cluster, workers
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with loopback_cluster(workers=2, head_cpus=1) as cluster_and_nodes:
+        yield cluster_and_nodes
 
 
 def engine_worker_pids() -> dict[int, int]:
@@ -52,10 +39,6 @@ def engine_worker_pids() -> dict[int, int]:
         if cmdline and cmdline[0].startswith("ray::MapWorker(MapBatches(PredictWorker))"):
             found[process.pid] = process.info["ppid"]
     return found
-
-
-def raylet_pid(node) -> int:
-    return node.all_processes["raylet"][0].process.pid
 
 
 def test_batch_loses_no_image_when_a_worker_node_goes_away(three_nodes, tiny_dir, tmp_path):

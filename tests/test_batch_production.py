@@ -30,6 +30,7 @@ psutil = pytest.importorskip("psutil")
 
 from pyarrow import fs  # noqa: E402
 from pyarrow import parquet as pq  # noqa: E402
+from ray_helpers import assert_processes_end  # noqa: E402
 
 from fe2e_deploy.artifacts.contract import ContractError  # noqa: E402
 from fe2e_deploy.cli import app  # noqa: E402
@@ -130,14 +131,7 @@ def test_a_killed_driver_takes_its_local_cluster_with_it(tiny_dir, tmp_path):
         if driver.poll() is None:
             os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
-    deadline = time.monotonic() + 20
-    alive = cluster_processes
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.5)
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for p in alive:  # leave nothing behind, then fail
-        p.kill()
-    assert not alive, [(p.pid, p.name()) for p in alive]
+    assert_processes_end(cluster_processes, within_s=20)
 
 
 def shard_maps(out: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -31,6 +31,8 @@ from PIL import Image
 ray = pytest.importorskip("ray")  # the ray extra
 psutil = pytest.importorskip("psutil")  # comes with ray
 
+from ray_helpers import alive, assert_processes_end  # noqa: E402
+
 from fe2e_deploy.cluster.serve import cluster_exposure  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -105,10 +107,6 @@ def wait_up(proc: subprocess.Popen, url: str, log: Path, limit_s: float = 240) -
 def tree(pid: int) -> list[psutil.Process]:
     root = psutil.Process(pid)
     return [root, *root.children(recursive=True)]
-
-
-def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 @pytest.fixture(scope="module")
@@ -414,14 +412,7 @@ def test_kill_9_of_serve_takes_its_local_cluster_with_it(tiny_dir, tmp_path):
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    deadline = time.monotonic() + 20
-    left = processes
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = alive(left)
-    for p in left:  # leave nothing behind, then fail
-        p.kill()
-    assert not left, [(p.pid, p.name()) for p in left]
+    assert_processes_end(processes, within_s=20)
 
 
 def test_sigterm_to_the_group_drains_requests_in_progress_and_stops_fast(server, scene):

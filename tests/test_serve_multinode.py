@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 import threading
 import time
@@ -22,30 +21,22 @@ from conftest import scene_image
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray_helpers import loopback_cluster, raylet_pid  # noqa: E402
 
-from fe2e_deploy.cluster.ray_setup import LOOPBACK, keep_on_loopback  # noqa: E402
+from fe2e_deploy.cluster.ray_setup import LOOPBACK  # noqa: E402
 from fe2e_deploy.cluster.serve import ServeOptions, start_serve, stop_serve  # noqa: E402
 from fe2e_deploy.engines import EngineOptions  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-NODE = {"num_cpus": 1, "node_ip_address": LOOPBACK}
 
 
 @pytest.fixture
 def two_worker_nodes():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    keep_on_loopback(ray)
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "num_cpus": 0, "include_dashboard": False})
-    nodes = [cluster.add_node(**NODE) for _ in range(2)]
-    cluster.wait_for_nodes()
-    cluster.connect()
-    try:
-        yield cluster, nodes
-    finally:
-        stop_serve()
-        ray.shutdown()
-        cluster.shutdown()
+    with loopback_cluster(workers=2, head_cpus=0) as cluster_and_nodes:
+        try:
+            yield cluster_and_nodes
+        finally:
+            stop_serve()
 
 
 def free_port() -> int:
@@ -75,10 +66,6 @@ def replica_raylets() -> list[int]:
         if cmdline and cmdline[0].startswith("ray::ServeReplica"):
             found.append(process.info["ppid"])
     return found
-
-
-def raylet_pid(node) -> int:
-    return node.all_processes["raylet"][0].process.pid
 
 
 def test_serve_keeps_answering_when_a_replica_node_goes_away(two_worker_nodes, tiny_dir):
