@@ -38,7 +38,7 @@ from .files.outputs import OUTPUT_KINDS, OutputOptions, output_names, png_pixels
 from .files.png import write_png
 from .files.video import FrameRange, VideoError, VideoWriter, encoder, expected_frames, iter_frames, probe
 from .processing import Prediction
-from .temporal import TEMPORAL_MODES, TemporalAligner
+from .temporal import SMOOTHING, TEMPORAL_MODES, TemporalAligner, registration_image
 
 #: Per-frame outputs a video can have (``--outputs``), besides its two preview videos.
 FRAME_KINDS = ("depth_png16", "depth_npy", "normals_npy")
@@ -46,16 +46,20 @@ FRAME_KINDS = ("depth_png16", "depth_npy", "normals_npy")
 
 @dataclass(frozen=True)
 class VideoOptions:
-    """What ``infer`` does with videos: which frames (``frames``), ``temporal`` (align or none) and the per-frame
-    ``kinds`` (a subset of :data:`FRAME_KINDS`) written besides the preview videos."""
+    """What ``infer`` does with videos: which frames (``frames``), ``temporal`` (align or none), the per-frame
+    ``kinds`` (a subset of :data:`FRAME_KINDS`) written besides the preview videos, and ``smoothing`` (the
+    previous aligned frame's weight where it agrees, :data:`fe2e_deploy.temporal.SMOOTHING`; align only)."""
 
     frames: FrameRange = field(default_factory=FrameRange)
     temporal: str = "align"
     kinds: tuple[str, ...] = ()
+    smoothing: float = SMOOTHING
 
     def __post_init__(self) -> None:
         if self.temporal not in TEMPORAL_MODES:
             raise InvalidInput(f"--temporal {self.temporal!r}: choose {' or '.join(TEMPORAL_MODES)}")
+        if not 0.0 <= self.smoothing < 1.0:  # also refuses NaN
+            raise InvalidInput(f"--temporal-smoothing {self.smoothing}: must be a number in [0, 1)")
         unknown = [k for k in self.kinds if k not in FRAME_KINDS]
         if unknown:
             raise InvalidInput(f"per-frame video outputs {unknown}: choose among {', '.join(FRAME_KINDS)}")
@@ -141,7 +145,7 @@ def run_video(
         try:
             t0 = time.perf_counter()
             for image in iter_frames(job.path, options.frames):
-                item = engine.prepare(image)
+                item = engine.prepare(image), (registration_image(image) if aligner is not None else None)
                 timers["read"] += time.perf_counter() - t0
                 if not offer(item):
                     return
@@ -150,20 +154,20 @@ def run_video(
         except BaseException as exc:  # noqa: BLE001  (handed to the main thread, raised there)
             offer(exc)
 
-    aligner = TemporalAligner() if options.temporal == "align" else None
+    aligner = TemporalAligner(smoothing=options.smoothing) if options.temporal == "align" else None
     with contextlib.ExitStack() as stack:
         staged = {kind: stack.enter_context(staged_folder(path, overwrite=True)) for kind, path in job.folders.items()}
         writers_ = {kind: VideoWriter(path, fps) for kind, path in job.videos.items()}
         sequencer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="infer-video"))
         count = 0
 
-        def emit(index: int, finishing: Future) -> None:
+        def emit(index: int, finishing: Future, picture: np.ndarray | None) -> None:
             """In frame order: align the depth, encode the previews, write the per-frame files."""
-            prediction: Prediction = finishing.result()
+            prediction, normals_picture = finishing.result()
             t0 = time.perf_counter()
-            depth = prediction.depth if aligner is None else aligner.align(prediction.depth)
+            depth = prediction.depth if aligner is None else aligner.align(prediction.depth, picture)
             writers_["depth_video"].write(depth_preview_fast(depth))
-            writers_["normals_video"].write(normals_preview(prediction.normals))
+            writers_["normals_video"].write(normals_picture)
             write_frame_files(staged, job.name, index, depth, prediction.normals, outputs)
             timers["write"] += time.perf_counter() - t0
             progress()
@@ -173,6 +177,7 @@ def run_video(
         try:
             pending: deque[Future] = deque()
             batch: list[Prepared] = []
+            pictures: deque[np.ndarray | None] = deque()  # the registration images of the frames in ``batch``
             done = False
             while not done or batch:
                 if not done:
@@ -182,7 +187,8 @@ def run_video(
                     elif isinstance(item, BaseException):
                         raise item
                     else:
-                        batch.append(item)
+                        batch.append(item[0])
+                        pictures.append(item[1])
                 if batch and (len(batch) == engine.batch_size or done):
                     t0 = time.perf_counter()
                     finishes = engine.predict_prepared(batch, output_res=outputs.resolution)
@@ -191,7 +197,7 @@ def run_video(
                         while len(pending) > 2 * max(writers, 1):
                             pending.popleft().result()
                         finishing = write_pool.submit(_finish, finish) if writers else _resolved(finish)
-                        pending.append(sequencer.submit(emit, count, finishing))
+                        pending.append(sequencer.submit(emit, count, finishing, pictures.popleft()))
                         count += 1
                     batch = []
             while pending:
@@ -225,14 +231,17 @@ def depth_preview_fast(depth: np.ndarray) -> np.ndarray:
     return _PREVIEW_LUT[index.astype(np.intp)]
 
 
-def _finish(finish: Finish) -> Prediction:
-    return finish()
+def _finish(finish: Finish) -> tuple[Prediction, np.ndarray]:
+    """A frame's maps at their output size and its normals preview (neither depends on the other frames, so both
+    are made by the writer threads, in parallel, not by the sequencing thread)."""
+    prediction = finish()
+    return prediction, normals_preview(prediction.normals)
 
 
 def _resolved(finish: Finish) -> Future:
     future: Future = Future()
     try:
-        future.set_result(finish())
+        future.set_result(_finish(finish))
     except ImageError as exc:
         future.set_exception(exc)
     return future

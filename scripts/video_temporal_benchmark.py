@@ -45,16 +45,21 @@ def clip_metrics(pred: np.ndarray, gt: np.ndarray, shots: list[slice]) -> dict[s
     return {"one_fit": float(np.mean(one)), "per_frame": float(np.mean(per)), "flicker": float(np.mean(steps))}
 
 
-def oracle(gt: np.ndarray, shots: list[slice]) -> dict[str, dict[str, float]]:
+def oracle(gt: np.ndarray, shots: list[slice], video: Path) -> dict[str, dict[str, float]]:
     """The same figures for a perfect affine-invariant model: the exact log depth of each frame scaled to [0, 1]
-    by its own 2nd-98th percentiles (as FE2E normalises its targets), then ``none`` and ``align``."""
-    from fe2e_deploy.temporal import TemporalAligner
+    by its own 2nd-98th percentiles (as FE2E normalises its targets), then ``none`` and ``align`` (with the
+    clip's pictures for the camera's motion, as ``infer`` does)."""
+    from fe2e_deploy.files.video import iter_frames
+    from fe2e_deploy.temporal import TemporalAligner, registration_image
 
     log = np.log(np.where(gt > 0, gt, 1.0)).reshape(len(gt), -1)
     lo, hi = np.percentile(log, 2, axis=1)[:, None], np.percentile(log, 98, axis=1)[:, None]
     pred = np.clip((log - lo) / (hi - lo), 0, 1).reshape(gt.shape)
+    pictures = [registration_image(image) for image in iter_frames(video)]
     aligner = TemporalAligner()
-    aligned = np.stack([aligner.align(frame.astype(np.float32)) for frame in pred]).astype(np.float64)
+    aligned = np.stack(
+        [aligner.align(frame.astype(np.float32), picture) for frame, picture in zip(pred, pictures, strict=True)]
+    ).astype(np.float64)
     return {"none": clip_metrics(pred, gt, shots), "align": clip_metrics(aligned, gt, shots)}
 
 
@@ -101,7 +106,7 @@ def main() -> None:
                 pred = np.stack([np.load(f) for f in files]).astype(np.float64)
                 row[mode] = clip_metrics(pred, gt, shots)
                 row[mode]["seconds"] = round(time.perf_counter() - t0, 1)
-            row["oracle"] = oracle(gt, shots)
+            row["oracle"] = oracle(gt, shots, video)
             results[kind] = row
             a, n = row["align"], row["none"]
             on, oa = row["oracle"]["none"], row["oracle"]["align"]

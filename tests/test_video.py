@@ -125,7 +125,8 @@ def test_infer_streams_videos_next_to_images(tmp_path, engine):
     write_clip(folder / "sub" / "clip.mp4")
     (folder / "broken.mov").write_bytes(b"not a video at all")
     out = tmp_path / "out"
-    options = VideoOptions(FrameRange(stride=2), "align", ("depth_npy", "depth_png16", "normals_npy"))
+    kinds = ("depth_npy", "depth_png16", "normals_npy")
+    options = VideoOptions(FrameRange(stride=2), "align", kinds, smoothing=0.0)  # align alone: affine per frame
     report = run_infer(engine, folder, out, progress=False, video=options, writers=2)
     assert [p.name for p in report.written] == ["photo.png", "clip.mp4"]
     assert [p.name for p, _ in report.failed] == ["broken.mov"] and "undecodable video" in report.failed[0][1]
@@ -140,7 +141,7 @@ def test_infer_streams_videos_next_to_images(tmp_path, engine):
     assert normals.shape == (48, 64, 3) and np.allclose(np.linalg.norm(normals, axis=-1), 1, atol=1e-4)
     assert not list(out.rglob(".*tmp*")) and not list(out.rglob("*broken*"))  # nothing of the failed video
 
-    # temporal none: the per-frame maps are the engine's own; align maps them affinely, frame by frame
+    # temporal none: the per-frame maps are the engine's own; align without smoothing maps them affinely
     plain = run_infer(
         engine,
         folder / "sub",
@@ -189,6 +190,9 @@ def test_cli_infer_on_one_video_file(tmp_path, tiny_dir):
     assert decoded(out / f"depth_video/clip_depth{encoder()[1]}")[0] == 4
     bad = CliRunner().invoke(app, [*args, "--temporal", "smooth", *model_file_args(tiny_dir)])
     assert bad.exit_code == 2 and "--temporal 'smooth'" in bad.output
+    for value in ("1", "-0.1", "nan"):
+        bad = CliRunner().invoke(app, [*args, "--temporal-smoothing", value, *model_file_args(tiny_dir)])
+        assert bad.exit_code == 2 and "--temporal-smoothing" in bad.output and "[0, 1)" in bad.output, value
 
 
 def test_outputs_go_through_the_same_files_as_images(tmp_path, engine):

@@ -36,6 +36,7 @@ from .options import (
     PromptOption,
     StartSeconds,
     TemporalOption,
+    TemporalSmoothingOption,
     VaeOption,
     WeightStreamingBudget,
 )
@@ -76,6 +77,7 @@ def infer(
     start: StartSeconds = 0.0,
     end: EndSeconds = None,
     temporal: TemporalOption = "align",
+    temporal_smoothing: TemporalSmoothingOption = None,
     intrinsics: IntrinsicsOption = None,
     fov: FovOption = None,
     max_points: MaxPointsOption = None,
@@ -107,7 +109,7 @@ def infer(
             device, dtype, processing_res, max_processing_pixels, batch_size, progress, weight_streaming_budget
         )  # checked before anything is loaded
         written = options.output_options(outputs, output_res, png_compression, npy_dtype, intrinsics, fov, max_points)
-        video = options.video_options(outputs, frame_stride, max_frames, start, end, temporal)
+        video = options.video_options(outputs, frame_stride, max_frames, start, end, temporal, temporal_smoothing)
         root, images, videos = check_infer_inputs(images_dir, output_dir)  # before loading a model
         if align_to is not None:  # an image without known depths refuses the run, before the model is loaded
             from ..metric_align import find_align_files  # noqa: PLC0415

@@ -127,9 +127,18 @@ EndSeconds = Annotated[float | None, typer.Option("--end", help="Videos: stop at
 TemporalOption = Annotated[
     str,
     typer.Option(
-        help="Videos: align (each frame's depth fitted, robustly, onto the previous aligned frame: one scale/shift "
-        "for the whole clip, reset at scene cuts) or none (per-frame maps, each with its own scale/shift). "
-        "Normals need no alignment (camera-space unit vectors, no scale or shift)."
+        help="Videos: align (each frame's depth fitted, robustly, onto the previous aligned frame moved by the "
+        "picture's shift: one scale/shift for the whole clip, reset at scene cuts) or none (per-frame maps, each "
+        "with its own scale/shift). Normals need no alignment (camera-space unit vectors, no scale or shift)."
+    ),
+]
+TemporalSmoothingOption = Annotated[
+    float | None,
+    typer.Option(
+        "--temporal-smoothing",
+        help="Videos, --temporal align: weight in [0, 1) of the previous aligned frame (moved by the picture's "
+        "shift) in each frame's depth, on the pixels where they agree (moving objects and new surfaces keep "
+        "their own). 0: each frame's depth is an affine map of its own prediction. Default 0.7.",
     ),
 ]
 
@@ -185,7 +194,15 @@ def output_options(
     return OutputOptions(kinds, output_res, png_compression, npy_dtype, camera)
 
 
-def video_options(outputs: str, stride: int, max_frames: int | None, start: float, end: float | None, temporal: str):
+def video_options(
+    outputs: str,
+    stride: int,
+    max_frames: int | None,
+    start: float,
+    end: float | None,
+    temporal: str,
+    smoothing: float | None = None,
+):
     """The video flags as a ``VideoOptions`` (checked): per-frame kinds are those of ``--outputs`` that apply
     to frames (none by default: a video gets its two preview videos)."""
     from ..files.video import FrameRange  # noqa: PLC0415
@@ -193,7 +210,10 @@ def video_options(outputs: str, stride: int, max_frames: int | None, start: floa
 
     named = () if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
     kinds = tuple(k for k in named if k in FRAME_KINDS)
-    return VideoOptions(FrameRange(stride, max_frames, start, end), temporal, kinds)
+    frames = FrameRange(stride, max_frames, start, end)
+    if smoothing is None:
+        return VideoOptions(frames, temporal, kinds)
+    return VideoOptions(frames, temporal, kinds, smoothing)
 
 
 def device(name: str) -> str:
