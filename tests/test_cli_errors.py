@@ -307,6 +307,7 @@ def _device_cases(tmp, stripped, export_dir, images, dataset, train_data, tiny_d
         "build": ["build", str(stripped), "-o", str(tmp / "x")],
         "train-lora": ["train-lora", str(train_data), "-o", str(tmp / "t"), *model],
         "export": ["export", str(stripped), "-o", str(tmp / "e"), "--check"],
+        "demo": ["demo", "--engine", str(stripped), "--port", "7860"],
     }
 
 

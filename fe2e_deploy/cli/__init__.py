@@ -15,6 +15,7 @@ from . import (  # noqa: E402,F401  isort: skip
     build_cmd,
     build_trt_cmd,
     calibrate_cmd,
+    demo_cmd,
     evaluate_cmd,
     export_cmd,
     infer_cmd,

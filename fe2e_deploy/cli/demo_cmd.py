@@ -1,0 +1,91 @@
+"""``fe2e-deploy demo``: a web page over one engine (Gradio, the ``demo`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app, fail, user_errors
+from .options import ENGINE_HELP, Device, Dtype, MaxImagePixels, ProcessingRes
+
+#: What the page binds by default: this machine only.
+LOOPBACK = "127.0.0.1"
+
+
+@app.command("demo")
+def demo(
+    engine: Path = typer.Option(
+        None, help=ENGINE_HELP + " Opened once. Default: the embedded demo model (at its training size, 128x96)."
+    ),
+    host: str = typer.Option(
+        LOOPBACK,
+        help="Interface to listen on. Default 127.0.0.1: this machine only. 0.0.0.0 (every interface) lets anyone "
+        "who reaches this machine upload files and run the engine: the page has no authentication.",
+    ),
+    port: int = typer.Option(7860, help="HTTP port (1-65535)."),
+    device: Device = "auto",
+    dtype: Dtype = None,
+    processing_res: ProcessingRes = None,
+    max_image_pixels: MaxImagePixels = None,
+    max_clip_frames: int = typer.Option(
+        120, help="Clips: process at most this many frames (the first ones); the page says when a clip is cut."
+    ),
+    max_points: int = typer.Option(
+        100_000, help="Points of the point cloud (viewer and PLY download), drawn with a fixed seed."
+    ),
+    max_file_mb: float = typer.Option(200.0, help="Largest upload (MB); larger ones are refused in the page."),
+    queue_size: int = typer.Option(
+        8, help="Uploads waiting for the engine at most (one runs at a time); more are refused in the page."
+    ),
+) -> None:
+    """Serve a web page: drop an image (or a clip) and see its depth, normals and point cloud.
+
+    The page shows input | depth (colour map, near = warm) with a slider, the normals, the 3D point cloud, the
+    engine's name and infer's timings per stage, and offers infer's files for download (depth .npy and 16-bit
+    PNG, normals .npy and PNG, PLY). The Clip tab runs infer on a video and plays the depth and normals videos.
+    Every upload goes through infer's pipeline with the one engine opened at start, one at a time. Default
+    --max-image-pixels: 6048x4032 = 24.4 MP. Ctrl-C stops. Needs: pip install 'fe2e-deploy\\[demo]'.
+    """
+    with user_errors():
+        from ..errors import InvalidInput  # noqa: PLC0415
+        from ..web_demo import (  # noqa: PLC0415
+            MAX_IMAGE_PIXELS,
+            DemoOptions,
+            DemoRunner,
+            check_listen,
+            launch,
+            open_demo_engine,
+        )
+        from . import options  # noqa: PLC0415
+
+        limits = DemoOptions(
+            max_image_pixels=max_image_pixels or MAX_IMAGE_PIXELS,
+            max_clip_frames=max_clip_frames,
+            max_points=max_points,
+            max_file_mb=max_file_mb,
+            queue_size=queue_size,
+        )
+        settings = options.engine_options(device, dtype, processing_res)
+        try:
+            import gradio  # noqa: F401, PLC0415
+        except ImportError:
+            raise InvalidInput("the demo needs Gradio: pip install 'fe2e-deploy[demo]'") from None
+        check_listen(host, port)  # before the engine is loaded
+        if host != LOOPBACK:
+            typer.secho(
+                f"warning: --host {host}: the page is reachable beyond this machine, without authentication",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+        runner = DemoRunner(open_demo_engine(engine, settings), limits)
+    try:
+        try:
+            blocks = launch(runner, host=host, port=port, block=False)
+        except OSError as exc:  # the port was taken since it was checked
+            raise fail(f"cannot serve on {host}:{port}: {exc}") from None
+        url_host = f"[{host}]" if ":" in host else host
+        typer.echo(f"demo of {runner.engine.name} on http://{url_host}:{port} (Ctrl-C stops)")
+        blocks.block_thread()  # until Ctrl-C, then the server closes
+    finally:
+        runner.close()
