@@ -8,7 +8,11 @@ model with ``--temporal align`` and ``--temporal none`` (``--outputs depth_npy``
 - flicker: mean over consecutive frames and pixels of |change of the aligned log prediction - change of
   the true log depth| (aligned with the clip's one fit; the pair across a cut left out).
 
-    python scripts/video_temporal_benchmark.py build/video_clips [--frames 48] [--json OUT.json]
+    python scripts/video_temporal_benchmark.py build/video_clips [--frames 48] [--json OUT.json] \
+        [--picture docs/video_frames.png --picture-clip turn]
+
+``--picture``: a sheet of frames of one clip (columns): the input, the true depth (one colour scale for the
+clip), and the depth preview ``infer`` writes with ``--temporal none`` and with ``align``.
 """
 
 from __future__ import annotations
@@ -63,12 +67,46 @@ def oracle(gt: np.ndarray, shots: list[slice], video: Path) -> dict[str, dict[st
     return {"none": clip_metrics(pred, gt, shots), "align": clip_metrics(aligned, gt, shots)}
 
 
+def picture(target: Path, video: Path, gt: np.ndarray, maps: dict[str, np.ndarray], columns: int = 5) -> None:
+    """The README's clip sheet: rows input / true depth / none / align for ``columns`` frames spread over the clip."""
+    from PIL import Image, ImageDraw
+
+    from fe2e_deploy.files.video import iter_frames
+    from fe2e_deploy.video_infer import depth_preview_fast
+
+    picks = np.linspace(0, len(gt) - 1, columns).round().astype(int)
+    frames = [image for t, image in enumerate(iter_frames(video)) if t in set(picks)]
+    valid = gt > 0
+    log = np.log(np.where(valid, gt, 1.0))
+    lo, hi = np.percentile(log[valid], 2), np.percentile(log[valid], 98)
+    rows = {
+        "input": frames,
+        "true depth (one scale for the clip)": [
+            Image.fromarray(depth_preview_fast(np.where(valid[t], (log[t] - lo) / (hi - lo), 1.0))) for t in picks
+        ],
+        **{f"--temporal {mode}": [Image.fromarray(depth_preview_fast(maps[mode][t])) for t in picks] for mode in maps},
+    }
+    w, h, label, gap = frames[0].width * 2, frames[0].height * 2, 16, 4
+    sheet = Image.new("RGB", (columns * (w + gap), len(rows) * (h + label + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, images) in enumerate(rows.items()):
+        y = r * (h + label + gap)
+        draw.text((2, y + 2), f"{name}  (frames {', '.join(str(t) for t in picks)})", fill="black")
+        for c, image in enumerate(images):
+            sheet.paste(image.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (c * (w + gap), y + label))
+    tmp = target.with_name(target.name + ".tmp.png")
+    sheet.save(tmp, optimize=True)
+    tmp.replace(target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path)
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--clips", default=",".join(CLIPS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--picture", type=Path, help="write a sheet of frames of --picture-clip (PNG)")
+    parser.add_argument("--picture-clip", default="turn")
     args = parser.parse_args()
 
     from fe2e_deploy.engines.eager import EagerEngine
@@ -86,7 +124,7 @@ def main() -> None:
             video, depth_path = write_clip(args.work / "clips", kind, args.frames)
             gt = np.load(depth_path)
             shots = [slice(0, len(gt))] if kind != "cut" else [slice(0, len(gt) // 2), slice(len(gt) // 2, len(gt))]
-            row = {}
+            row, maps = {}, {}
             for mode in ("none", "align"):
                 out = args.work / f"out_{mode}"
                 t0 = time.perf_counter()
@@ -104,9 +142,12 @@ def main() -> None:
                 assert not report.failed, report.failed
                 files = sorted((out / "depth_npy" / kind).glob("*_depth.npy"))
                 pred = np.stack([np.load(f) for f in files]).astype(np.float64)
+                maps[mode] = pred
                 row[mode] = clip_metrics(pred, gt, shots)
                 row[mode]["seconds"] = round(time.perf_counter() - t0, 1)
             row["oracle"] = oracle(gt, shots, video)
+            if args.picture and kind == args.picture_clip:
+                picture(args.picture, video, gt, maps)
             results[kind] = row
             a, n = row["align"], row["none"]
             on, oa = row["oracle"]["none"], row["oracle"]["align"]
