@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--outputs", default="", help=f"per-frame files too, among {', '.join(FRAME_KINDS)}")
     parser.add_argument("--temporal", default="align")
+    parser.add_argument("--log-every", type=float, default=0.0, help="print the RSS every N s (0: at the end)")
     args = parser.parse_args()
     clip = args.work / "clip1080p.mp4"
     t0 = time.perf_counter()
@@ -80,9 +81,13 @@ def main() -> None:
     stop = threading.Event()
 
     def sample() -> None:
-        start = time.perf_counter()
+        start = last = time.perf_counter()
         while not stop.is_set():
-            samples.append((time.perf_counter() - start, rss_mb()))
+            now = time.perf_counter()
+            samples.append((now - start, rss_mb()))
+            if args.log_every and now - last >= args.log_every:
+                print(f"{now - start:7.0f} s: RSS {samples[-1][1]:.0f} MB", flush=True)
+                last = now
             stop.wait(0.5)
 
     kinds = tuple(k for k in args.outputs.split(",") if k)
