@@ -28,20 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .engines import Engine
 from .engines.base import Finish, Prepared
 from .errors import ImageError, InvalidInput
 from .files.atomic import staged_folder
 from .files.colormaps import depth_preview, normals_preview
-from .files.outputs import OUTPUT_KINDS, OutputOptions, output_names, png_pixels
+from .files.outputs import ALL_KINDS, OUTPUT_KINDS, Extras, OutputOptions, output_names, png_pixels, write_pointcloud
 from .files.png import write_png
 from .files.video import FrameRange, VideoError, VideoWriter, encoder, expected_frames, iter_frames, probe
 from .processing import Prediction
 from .temporal import SMOOTHING, TEMPORAL_MODES, TemporalAligner, registration_image
 
 #: Per-frame outputs a video can have (``--outputs``), besides its two preview videos.
-FRAME_KINDS = ("depth_png16", "depth_npy", "normals_npy")
+FRAME_KINDS = ("depth_png16", "depth_npy", "normals_npy", "pointcloud")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def run_video(
         try:
             t0 = time.perf_counter()
             for image in iter_frames(job.path, options.frames):
-                item = engine.prepare(image), (registration_image(image) if aligner is not None else None)
+                picture = registration_image(image) if aligner is not None else None
+                item = engine.prepare(image), picture, (image if "pointcloud" in staged else None)
                 timers["read"] += time.perf_counter() - t0
                 if not offer(item):
                     return
@@ -161,14 +163,14 @@ def run_video(
         sequencer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="infer-video"))
         count = 0
 
-        def emit(index: int, finishing: Future, picture: np.ndarray | None) -> None:
+        def emit(index: int, finishing: Future, picture: np.ndarray | None, image: Image.Image | None) -> None:
             """In frame order: align the depth, encode the previews, write the per-frame files."""
             prediction, normals_picture = finishing.result()
             t0 = time.perf_counter()
             depth = prediction.depth if aligner is None else aligner.align(prediction.depth, picture)
             writers_["depth_video"].write(depth_preview_fast(depth))
             writers_["normals_video"].write(normals_picture)
-            write_frame_files(staged, job.name, index, depth, prediction.normals, outputs)
+            write_frame_files(staged, job.name, index, depth, prediction.normals, outputs, image)
             timers["write"] += time.perf_counter() - t0
             progress()
 
@@ -177,7 +179,7 @@ def run_video(
         try:
             pending: deque[Future] = deque()
             batch: list[Prepared] = []
-            pictures: deque[np.ndarray | None] = deque()  # the registration images of the frames in ``batch``
+            pictures: deque[tuple] = deque()  # (registration image, frame for the cloud's colours) of ``batch``
             done = False
             while not done or batch:
                 if not done:
@@ -188,7 +190,7 @@ def run_video(
                         raise item
                     else:
                         batch.append(item[0])
-                        pictures.append(item[1])
+                        pictures.append(item[1:])
                 if batch and (len(batch) == engine.batch_size or done):
                     t0 = time.perf_counter()
                     finishes = engine.predict_prepared(batch, output_res=outputs.resolution)
@@ -197,7 +199,7 @@ def run_video(
                         while len(pending) > 2 * max(writers, 1):
                             pending.popleft().result()
                         finishing = write_pool.submit(_finish, finish) if writers else _resolved(finish)
-                        pending.append(sequencer.submit(emit, count, finishing, pictures.popleft()))
+                        pending.append(sequencer.submit(emit, count, finishing, *pictures.popleft()))
                         count += 1
                     batch = []
             while pending:
@@ -248,9 +250,16 @@ def _resolved(finish: Finish) -> Future:
 
 
 def write_frame_files(
-    folders: dict[str, Path], name: str, index: int, depth: np.ndarray, normals: np.ndarray, outputs: OutputOptions
+    folders: dict[str, Path],
+    name: str,
+    index: int,
+    depth: np.ndarray,
+    normals: np.ndarray,
+    outputs: OutputOptions,
+    image: Image.Image | None = None,
 ) -> None:
-    """Frame ``index``'s per-frame files into the (staged) folders of their kinds."""
+    """Frame ``index``'s per-frame files into the (staged) folders of their kinds (``image``: the frame, for the
+    point cloud's colours; its z is ``exp`` of the aligned depth, so a clip's clouds share one frame of reference)."""
     stem = f"{name}_{index:06d}"
     npy = np.float16 if outputs.npy_dtype == "float16" else np.float32
     if "depth_npy" in folders:
@@ -260,6 +269,9 @@ def write_frame_files(
     if "depth_png16" in folders:
         path = folders["depth_png16"] / f"{stem}{OUTPUT_KINDS['depth_png16']}"
         write_png(path, png_pixels("depth_png16", depth, normals), outputs.png_compression)
+    if "pointcloud" in folders:
+        path = folders["pointcloud"] / f"{stem}{ALL_KINDS['pointcloud']}"
+        write_pointcloud(path, depth, normals, None, outputs.camera, Extras(image))
 
 
 def run_videos(

@@ -216,3 +216,36 @@ def test_outputs_go_through_the_same_files_as_images(tmp_path, engine):
         image = np.load(tmp_path / f"img/depth_npy/f{i}_depth.npy")
         frame = np.load(tmp_path / f"vid/depth_npy/clip/clip_{i:06d}_depth.npy")
         np.testing.assert_array_equal(image, frame)
+
+
+def test_per_frame_point_clouds_share_the_clips_frame_of_reference(tmp_path, engine):
+    """--outputs pointcloud on a video: one PLY per frame, in frame order, z = exp of the frame's aligned depth (so
+    the clip's clouds share one scale), the frame's colours, and normals equal to normals_npy; --fov applies."""
+    from plyfile import PlyData
+
+    from fe2e_deploy.files.pointcloud import CameraOptions
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=4)
+    out = tmp_path / "out"
+    kinds = ("pointcloud", "depth_npy", "normals_npy")
+    outputs = OutputOptions(kinds=kinds, camera=CameraOptions(fov=90.0))
+    report = run_infer(engine, clip, out, progress=False, outputs=outputs, video=VideoOptions(kinds=kinds))
+    assert report.frames == 4 and not report.failed
+    clouds = sorted((out / "pointcloud/clip").iterdir())
+    assert [p.name for p in clouds] == [f"clip_{i:06d}_points.ply" for i in range(4)]
+    frames = list(iter_frames(clip))
+    for i, path in enumerate(clouds):
+        ply = PlyData.read(str(path))
+        vertex = ply["vertex"].data
+        depth = np.load(out / f"depth_npy/clip/clip_{i:06d}_depth.npy")
+        normals = np.load(out / f"normals_npy/clip/clip_{i:06d}_normals.npy")
+        assert len(vertex) == 64 * 48
+        np.testing.assert_allclose(vertex["z"], np.exp(depth.astype(np.float64)).ravel(), rtol=1e-6)
+        for axis, name in enumerate(("nx", "ny", "nz")):
+            assert np.array_equal(vertex[name], normals.reshape(-1, 3)[:, axis])
+        rgb = np.stack([vertex[c] for c in ("red", "green", "blue")], axis=-1)
+        assert np.array_equal(rgb, np.asarray(frames[i]).reshape(-1, 3))
+        # --fov 90: fx = width / 2, so the right-most column sits at x = z * (63 - 31.5) / 32
+        right = np.arange(len(vertex)) % 64 == 63
+        np.testing.assert_allclose(vertex["x"][right], vertex["z"][right] * 31.5 / 32, rtol=1e-5)
+        assert any("--fov 90" in c for c in ply.comments)

@@ -95,9 +95,10 @@ def infer(
 
     Videos are streamed frame by frame (never whole in memory; audio dropped) and get depth_video/ and
     normals_video/ previews (H.264, one frame per frame processed, at the clip's fps / --frame-stride), plus
-    per-frame folders for depth_png16, depth_npy and normals_npy when --outputs names them. --temporal align
-    (default) puts every frame's depth in one scale/shift for the clip; normals need no alignment. A video
-    that cannot be decoded fails alone; its outputs appear under their names only when complete.
+    per-frame folders for depth_png16, depth_npy, normals_npy and pointcloud when --outputs names them.
+    --temporal align (default) puts every frame's depth in one scale/shift for the clip (so a clip's point
+    clouds share one frame of reference); normals need no alignment. A video that cannot be decoded fails
+    alone; its outputs appear under their names only when complete.
 
     Images: --outputs pointcloud writes a binary PLY per image (see --intrinsics; z is relative, exp of FE2E's
     log depth, unless --align-to makes it metric); --align-to fits each image's depth to known metric depths.

@@ -151,15 +151,16 @@ def write_prediction(
             if "normals_exr" in tmp:
                 write_exr(tmp["normals_exr"], normals)
         if "pointcloud" in tmp:
-            _write_pointcloud(tmp["pointcloud"], depth, normals, metric, options.camera, extras)
+            write_pointcloud(tmp["pointcloud"], depth, normals, metric, options.camera, extras)
         if "alignment" in tmp:
             tmp["alignment"].write_text(json.dumps(extras.alignment, indent=2) + "\n")
 
 
-def _write_pointcloud(
+def write_pointcloud(
     path: Path, depth: np.ndarray, normals: np.ndarray, metric: np.ndarray | None, camera, extras: Extras
 ) -> None:
-    """The ``pointcloud`` output: see :mod:`.pointcloud` (z, intrinsics and their precedence)."""
+    """The ``pointcloud`` output (of an image or a video frame): see :mod:`.pointcloud` (z, intrinsics and their
+    precedence)."""
     from .pointcloud import (  # noqa: PLC0415
         cloud_depth,
         header_comments,
