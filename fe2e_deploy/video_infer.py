@@ -37,7 +37,7 @@ from .files.atomic import staged_folder
 from .files.colormaps import depth_preview, normals_preview
 from .files.outputs import ALL_KINDS, OUTPUT_KINDS, Extras, OutputOptions, output_names, png_pixels, write_pointcloud
 from .files.png import write_png
-from .files.video import FrameRange, VideoError, VideoWriter, encoder, expected_frames, iter_frames, probe
+from .files.video import FrameRange, VideoError, VideoWriter, encoder, expected_frames, iter_timed_frames, probe
 from .processing import Prediction
 from .temporal import SMOOTHING, TEMPORAL_MODES, TemporalAligner, registration_image
 
@@ -145,9 +145,11 @@ def run_video(
         """The decoder thread: frames decoded and pre-processed ahead of the engine, in order."""
         try:
             t0 = time.perf_counter()
-            for image in iter_frames(job.path, options.frames):
+            first = None
+            for seconds, image in iter_timed_frames(job.path, options.frames):
+                first = seconds if first is None else first
                 picture = registration_image(image) if aligner is not None else None
-                item = engine.prepare(image), picture, (image if "pointcloud" in staged else None)
+                item = engine.prepare(image), seconds - first, picture, (image if "pointcloud" in staged else None)
                 timers["read"] += time.perf_counter() - t0
                 if not offer(item):
                     return
@@ -163,13 +165,16 @@ def run_video(
         sequencer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="infer-video"))
         count = 0
 
-        def emit(index: int, finishing: Future, picture: np.ndarray | None, image: Image.Image | None) -> None:
-            """In frame order: align the depth, encode the previews, write the per-frame files."""
+        def emit(
+            index: int, finishing: Future, seconds: float, picture: np.ndarray | None, image: Image.Image | None
+        ) -> None:
+            """In frame order: align the depth, encode the previews (at the frame's time in the clip: a variable
+            frame rate is kept), write the per-frame files."""
             prediction, normals_picture = finishing.result()
             t0 = time.perf_counter()
             depth = prediction.depth if aligner is None else aligner.align(prediction.depth, picture)
-            writers_["depth_video"].write(depth_preview_fast(depth))
-            writers_["normals_video"].write(normals_picture)
+            writers_["depth_video"].write(depth_preview_fast(depth), seconds)
+            writers_["normals_video"].write(normals_picture, seconds)
             write_frame_files(staged, job.name, index, depth, prediction.normals, outputs, image)
             timers["write"] += time.perf_counter() - t0
             progress()
@@ -179,7 +184,7 @@ def run_video(
         try:
             pending: deque[Future] = deque()
             batch: list[Prepared] = []
-            pictures: deque[tuple] = deque()  # (registration image, frame for the cloud's colours) of ``batch``
+            pictures: deque[tuple] = deque()  # (time, registration image, frame for the cloud) of ``batch``
             done = False
             while not done or batch:
                 if not done:

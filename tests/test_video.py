@@ -249,3 +249,48 @@ def test_per_frame_point_clouds_share_the_clips_frame_of_reference(tmp_path, eng
         right = np.arange(len(vertex)) % 64 == 63
         np.testing.assert_allclose(vertex["x"][right], vertex["z"][right] * 31.5 / 32, rtol=1e-5)
         assert any("--fov 90" in c for c in ply.comments)
+
+
+def write_vfr_clip(path: Path, times: list[float], width: int = 64, height: int = 48) -> Path:
+    """A variable-frame-rate clip: frame i shown at ``times[i]`` seconds (90 kHz timestamps), marker i * 16."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=24)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+    stream.options = {"qp": "0"}
+    stream.codec_context.time_base = stream.time_base = Fraction(1, 90_000)
+    base = np.asarray(scene_image(width * 2, height, seed=2))
+    for i, seconds in enumerate(times):
+        rgb = np.ascontiguousarray(base[:, i : i + width])
+        rgb[:4, :4] = i * 16
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts, frame.time_base = round(seconds * 90_000), Fraction(1, 90_000)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+    container.close()
+    return path
+
+
+def frame_times(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [round(frame.time, 4) for frame in container.decode(container.streams.video[0])]
+
+
+def test_a_variable_frame_rate_clip_keeps_its_timing(tmp_path, engine):
+    """Frames of a VFR clip keep their times in the previews (not re-timed at the average rate); --frame-stride
+    counts frames, not ticks of the average rate."""
+    times = [0.0, 0.04, 0.1, 0.13, 0.3, 0.31, 0.5, 0.62]
+    clip = write_vfr_clip(tmp_path / "vfr.mp4", times)
+    assert markers(clip) == list(range(8)) and frame_times(clip) == times
+    report = run_infer(engine, clip, tmp_path / "out", progress=False, video=VideoOptions(kinds=("depth_npy",)))
+    assert report.frames == 8 and not report.failed
+    suffix = encoder()[1]
+    for kind in ("depth", "normals"):
+        assert frame_times(tmp_path / f"out/{kind}_video/vfr_{kind}{suffix}") == times
+    assert len(list((tmp_path / "out/depth_npy/vfr").iterdir())) == 8
+    assert markers(clip, FrameRange(stride=3)) == [0, 3, 6]
+    strided = run_infer(engine, clip, tmp_path / "s", progress=False, video=VideoOptions(FrameRange(stride=3)))
+    assert strided.frames == 3
+    assert frame_times(tmp_path / f"s/depth_video/vfr_depth{suffix}") == [0.0, 0.13, 0.5]
+    late = run_infer(engine, clip, tmp_path / "late", progress=False, video=VideoOptions(FrameRange(start=0.1)))
+    assert late.frames == 6  # from 0.1 s; the previews start at 0
+    assert frame_times(tmp_path / f"late/depth_video/vfr_depth{suffix}") == [0.0, 0.03, 0.2, 0.21, 0.4, 0.52]

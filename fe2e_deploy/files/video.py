@@ -102,7 +102,17 @@ def expected_frames(info: VideoInfo, selection: FrameRange) -> int | None:
 
 
 def iter_frames(path: Path, selection: FrameRange = FrameRange()) -> Iterator[Image.Image]:
-    """The selected frames as RGB images, decoded one at a time (threaded decoding, audio not decoded).
+    """The selected frames as RGB images (:func:`iter_timed_frames` without the times)."""
+    for _, image in iter_timed_frames(path, selection):
+        yield image
+
+
+def iter_timed_frames(path: Path, selection: FrameRange = FrameRange()) -> Iterator[tuple[float, Image.Image]]:
+    """``(seconds, image)`` of the selected frames, decoded one at a time (threaded decoding, audio not decoded).
+
+    ``seconds``: the frame's presentation time in the clip (its timestamp), so that variable-frame-rate clips keep
+    their timing. Frames are counted from the first at or after ``selection.start``; ``stride`` keeps every
+    n-th of them, whatever the gaps between their timestamps.
 
     Raises :class:`VideoError` for a file that cannot be opened or decoded (also midway) and for a
     selection holding no frame.
@@ -115,20 +125,20 @@ def iter_frames(path: Path, selection: FrameRange = FrameRange()) -> Iterator[Im
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        half = 0.5 / float(rate)
         if selection.start > 0 and stream.time_base:
             container.seek(int(selection.start / stream.time_base), stream=stream, backward=True)
-        index = None  # the frame's index in the clip, from its timestamp
+        position, seconds = -1, None  # frames at or after start; the last frame's time
         for frame in container.decode(stream):
-            seconds = frame.time if frame.time is not None else (0 if index is None else (index + 1) / float(rate))
-            index = int(round(seconds * float(rate)))
-            if seconds < selection.start - 0.5 / float(rate):
+            seconds = frame.time if frame.time is not None else (0.0 if seconds is None else seconds + 1 / float(rate))
+            if seconds < selection.start - half:
                 continue
-            if selection.end is not None and seconds >= selection.end - 0.5 / float(rate):
+            if selection.end is not None and seconds >= selection.end - half:
                 break
-            first = math.ceil(selection.start * rate - 1e-9)
-            if (index - first) % selection.stride:
+            position += 1
+            if position % selection.stride:
                 continue
-            yield frame.to_image()  # RGB24
+            yield seconds, frame.to_image()  # RGB24
             count += 1
             if selection.max_frames is not None and count >= selection.max_frames:
                 break
@@ -153,10 +163,15 @@ def encoder() -> tuple[str, str]:
     return "ffv1", ".mkv"
 
 
+#: Time base of the preview videos' timestamps (MPEG's 90 kHz clock: exact for every common frame rate).
+TIME_BASE = Fraction(1, 90_000)
+
+
 class VideoWriter:
     """An RGB video written to a temporary sibling of ``path``; :meth:`close` renames it into place, :meth:`abort`
-    deletes it. ``fps`` is kept exactly; H.264 at CRF 18, :data:`PRESET` (``yuv420p``; ``yuv444p`` when a side is
-    odd)."""
+    deletes it. ``fps`` is the declared rate; each frame keeps the time it is given (a variable-frame-rate input's
+    timing is kept), else frames are ``1 / fps`` apart. H.264 at CRF 18, :data:`PRESET` (``yuv420p``; ``yuv444p``
+    when a side is odd)."""
 
     def __init__(self, path: Path, fps: Fraction, codec: str | None = None, overwrite: bool = True):
         import av  # noqa: PLC0415
@@ -170,9 +185,11 @@ class VideoWriter:
         self.container = av.open(str(self.tmp), "w", format="matroska" if self.path.suffix == ".mkv" else None)
         self.stream = None
         self.frames = 0
+        self.last_pts = -1
 
-    def write(self, rgb: np.ndarray) -> None:
-        """One frame, ``[H, W, 3]`` uint8 (all frames the same size)."""
+    def write(self, rgb: np.ndarray, seconds: float | None = None) -> None:
+        """One frame, ``[H, W, 3]`` uint8 (all frames the same size), shown at ``seconds`` from the start (default:
+        ``frames / fps``; a time not after the previous frame's moves one tick after it)."""
         import av  # noqa: PLC0415
 
         if self.stream is None:
@@ -184,8 +201,12 @@ class VideoWriter:
             else:
                 self.stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
                 self.stream.options = {"crf": "18", "preset": PRESET}
+            self.stream.codec_context.time_base = self.stream.time_base = TIME_BASE
             self.stream.thread_type = "AUTO"
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        seconds = self.frames / self.fps if seconds is None else seconds
+        frame.pts = self.last_pts = max(round(seconds / TIME_BASE), self.last_pts + 1)
+        frame.time_base = TIME_BASE
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
 
