@@ -13,10 +13,15 @@ that the same loaders as the 12 B model read:
    the frozen VAE's latents;
 3. a LoRA on the frozen stage-2 DiT with ``train-lora`` (the same objective), as FE2E adapts Step1X-Edit.
 
-Training scenes are :func:`fe2e_deploy.scenes.random_sample` with seeds ``0 .. scenes-1``; the held-out
-evaluation set starts at :data:`EVAL_FIRST_SEED`. Every stage has a step count and a time budget
-(the steps actually run are recorded in ``training.json``). A stage whose folder exists in the work
-folder is reused, so a run that was cut off continues from its last finished stage.
+Training scenes come from the recipe's ``generator``: ``randomised``
+(:func:`fe2e_deploy.randomised_scenes.randomised_sample`, domain-randomised: many primitive kinds,
+textures, materials, lights, camera effects and cameras; the default since issue 24) or ``v1``
+(:func:`fe2e_deploy.scenes.random_sample`, the first demo model's generator), with seeds
+``0 .. scenes-1``; the held-out evaluation sets start at :data:`EVAL_FIRST_SEED`. The second renderer
+(:mod:`fe2e_deploy.evaluation.heldout_renderer`) is for evaluation only and never trains. Every stage
+has a step count and a time budget (the steps actually run are recorded in ``training.json``). A stage
+whose folder exists in the work folder is reused, so a run that was cut off continues from its last
+finished stage.
 
     python -m fe2e_deploy.train.demo_model train --out build/demo_train/model --work build/demo_train
     python -m fe2e_deploy.train.demo_model scenes --out build/demo_eval --first-seed 1000000 --count 60
@@ -48,6 +53,7 @@ from ..loading.layout import CheckpointLayout
 from ..loading.vae_layout import vae_layout
 from ..model_files import DEMO_RESOLUTION, ModelFiles
 from ..processing import preprocess
+from ..randomised_scenes import randomised_sample
 from ..reference import FE2EPipeline
 from ..resolution import parse_resolution
 from ..scenes import SceneSample, random_sample
@@ -66,11 +72,14 @@ DEMO_CONFIG = ModelConfig(
     vae=VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1),
 )
 EVAL_FIRST_SEED = 1_000_000
+#: The training scene generators by name (the recipe's ``generator``); never the held-out renderer.
+GENERATORS = {"v1": random_sample, "randomised": randomised_sample}
 
 
 @dataclass
 class Recipe:
     resolution: tuple[int, int] = DEMO_RESOLUTION
+    generator: str = "randomised"  # a key of GENERATORS ("v1": the first demo model's scenes)
     scenes: int = 3000
     seed: int = 0
     threads: int = 2  # both cores of a quiet machine; use 1 where other jobs share the cores (OpenMP stalls)
@@ -99,8 +108,26 @@ def log(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def render_set(first_seed: int, count: int, resolution: tuple[int, int]) -> list[SceneSample]:
-    return [random_sample(first_seed + i, *resolution) for i in range(count)]
+def _render_one(job: tuple[str, int, int, int]) -> SceneSample:
+    generator, seed, width, height = job
+    return GENERATORS[generator](seed, width, height)
+
+
+def render_set(
+    first_seed: int, count: int, resolution: tuple[int, int], generator: str = "v1", processes: int = 1
+) -> list[SceneSample]:
+    """Scenes ``first_seed .. first_seed + count - 1`` of ``generator``; each is a pure function of its seed,
+    so ``processes`` > 1 (worker processes, in order) gives the same list."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown scene generator {generator!r}; one of {sorted(GENERATORS)}")
+    jobs = [(generator, first_seed + i, *resolution) for i in range(count)]
+    if processes <= 1 or count < 64:
+        return [_render_one(job) for job in jobs]
+    import multiprocessing  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_render_one, jobs, chunksize=32))
 
 
 def scene_tensors(samples: list[SceneSample], resolution: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -231,7 +258,7 @@ def _stage_dit(recipe: Recipe, data: dict[str, torch.Tensor], stage1: Path, out:
 def _stage_lora(recipe: Recipe, stage2: Path, work: Path, report: dict) -> Path:
     data_dir, lora_dir = work / "lora_data", work / "lora"
     if not (data_dir / "rgb").is_dir():
-        for i, s in enumerate(render_set(0, recipe.lora_scenes, recipe.resolution)):
+        for i, s in enumerate(render_set(0, recipe.lora_scenes, recipe.resolution, recipe.generator)):
             write_sample(data_dir, f"scene_{i:05d}", s.rgb, s.depth, s.normals)
     opts = TrainOptions(
         rank=recipe.lora_rank,
@@ -267,12 +294,13 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     report["recipe"] = asdict(recipe)
     start = time.perf_counter()
-    cache = work / "scenes.pt"
+    cache = work / ("scenes.pt" if recipe.generator == "v1" else f"scenes_{recipe.generator}.pt")
     if cache.is_file():
         opening("rendered scenes", cache)
         data = torch.load(cache, weights_only=True)
     else:
-        data = scene_tensors(render_set(0, recipe.scenes, recipe.resolution), recipe.resolution)
+        samples = render_set(0, recipe.scenes, recipe.resolution, recipe.generator, processes=recipe.threads)
+        data = scene_tensors(samples, recipe.resolution)
         torch.save(data, cache)
         report["scenes_seconds"] = round(time.perf_counter() - start, 1)
     log({"stage": "scenes", "count": len(data["rgb"]), "seconds": round(time.perf_counter() - start, 1)})
@@ -296,14 +324,15 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     return report
 
 
-def write_scene_set(out: Path, first_seed: int, count: int, resolution: tuple[int, int]) -> None:
-    """Scenes ``first_seed ..`` in the generic dataset layout (rgb/*.png, depth/*.npy, normals/*.npy)."""
+def write_scene_set(out: Path, first_seed: int, count: int, resolution: tuple[int, int], generator: str = "v1") -> None:
+    """Scenes ``first_seed ..`` of ``generator`` in the generic dataset layout (rgb/*.png, depth/*.npy,
+    normals/*.npy)."""
     if (out / "rgb").exists():
         raise OutputExists(f"{out}: already holds a scene set")
-    for i in range(count):
-        s = random_sample(first_seed + i, *resolution)
+    for i, s in enumerate(render_set(first_seed, count, resolution, generator)):
         write_sample(out, f"scene_{first_seed + i}", s.rgb, s.depth, s.normals)
-    write_json(out / "scenes.json", {"first_seed": first_seed, "count": count, "resolution": list(resolution)})
+    meta = {"first_seed": first_seed, "count": count, "resolution": list(resolution), "generator": generator}
+    write_json(out / "scenes.json", meta)
 
 
 def constant_baselines(dataset_dir: Path) -> dict[str, float]:
@@ -354,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     scenes.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED)
     scenes.add_argument("--count", type=int, default=60)
     scenes.add_argument("--resolution", default="x".join(map(str, DEMO_RESOLUTION)))
+    scenes.add_argument("--generator", choices=sorted(GENERATORS), default="v1")
     baseline = sub.add_parser("baseline", help="constant-prediction scores of a generic-layout set (JSON)")
     baseline.add_argument("dataset", type=Path)
     args = vars(parser.parse_args(argv))
@@ -362,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     resolution = parse_resolution(args.pop("resolution"))
     if args.pop("command") == "scenes":
-        write_scene_set(args["out"], args["first_seed"], args["count"], resolution)
+        write_scene_set(args["out"], args["first_seed"], args["count"], resolution, args["generator"])
         return
     out, work = args.pop("out"), args.pop("work")
     report = train_demo_model(out, work, Recipe(resolution=resolution, **args))
