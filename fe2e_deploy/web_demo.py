@@ -50,6 +50,8 @@ KEEP_RUNS = 8
 #: The image outputs the page offers (infer's five maps and the point cloud).
 IMAGE_KINDS = (*OUTPUT_KINDS, "pointcloud")
 EXAMPLES_DIR = Path(__file__).parents[1] / "examples" / "images"
+#: The rendered calibration scenes shipped in the source tree (the same pixels as ``scenes.render_scene``).
+SCENES_DIR = Path(__file__).parents[1] / "calibration" / "images"
 
 
 @dataclass(frozen=True)
@@ -239,35 +241,50 @@ def timings_markdown(report: InferReport, engine: str) -> str:
     )
 
 
-def example_images(work_dir: Path, scenes: int = 3) -> list[Path]:
-    """The project's example images (when the source tree is there) and ``scenes`` rendered calibration scenes."""
+def examples_cache() -> Path:
+    """Where rendered examples are kept between starts: ``$XDG_CACHE_HOME/fe2e-deploy/demo-examples``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fe2e-deploy" / "demo-examples"
+
+
+def example_images(folder: Path | None = None, scenes: int = 3) -> list[Path]:
+    """The project's example images and the first ``scenes`` calibration scenes (from the source tree, else
+    rendered once into ``folder``, default :func:`examples_cache`: the same pixels)."""
+    from .files.atomic import atomic_write  # noqa: PLC0415
     from .scenes import render_scene, scene_name  # noqa: PLC0415
 
     found = sorted(EXAMPLES_DIR.glob("*.jpg")) + sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
-    folder = work_dir / "examples"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = folder or examples_cache()
     for index in range(scenes):
-        path = folder / scene_name(index)
+        shipped = SCENES_DIR / scene_name(index)
+        path = shipped if shipped.is_file() else folder / scene_name(index)
         if not path.is_file():
-            render_scene(index).save(path)
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp, image=render_scene(index): image.save(tmp, format="PNG"))
         found.append(path)
     return found
 
 
-def example_clips(work_dir: Path, kinds: tuple[str, ...] = ("dolly",), frames: int = 24) -> list[Path]:
-    """Rendered camera clips (:mod:`~fe2e_deploy.scene_clips`, 128x96) as examples of the clip tab."""
+def example_clips(folder: Path | None = None, kinds: tuple[str, ...] = ("dolly",), frames: int = 24) -> list[Path]:
+    """Rendered camera clips (:mod:`~fe2e_deploy.scene_clips`, 128x96) as examples of the clip tab, rendered once
+    into ``folder`` (default :func:`examples_cache`); none without PyAV."""
     from .scene_clips import write_clip  # noqa: PLC0415
 
     try:
-        import av  # noqa: F401, PLC0415  (PyAV writes the clips; without it the clip tab has no examples)
+        import av  # noqa: F401, PLC0415  (PyAV writes the clips)
     except ImportError:
         return []
-    folder = work_dir / "examples"
-    folder.mkdir(parents=True, exist_ok=True)
-    return [
-        folder / f"{kind}.mp4" if (folder / f"{kind}.mp4").is_file() else write_clip(folder, kind, frames)[0]
-        for kind in kinds
-    ]
+    folder = folder or examples_cache()
+    clips = []
+    for kind in kinds:
+        path = folder / f"{kind}_{frames}.mp4"
+        if not path.is_file():  # the video is renamed into place when complete
+            folder.mkdir(parents=True, exist_ok=True)
+            video, depth = write_clip(folder, kind, frames)
+            depth.unlink()
+            video.replace(path)
+        clips.append(path)
+    return clips
 
 
 def check_listen(host: str, port: int) -> None:
@@ -339,7 +356,7 @@ def build_app(runner: DemoRunner, examples: bool = True):
                 with gr.Column():
                     image_in = gr.File(label="Image (.png, .jpg, ...)", file_types=["image"], elem_id="image-input")
                     if examples:
-                        gr.Examples([[str(p)] for p in example_images(runner.work_dir)], inputs=[image_in])
+                        gr.Examples([[str(p)] for p in example_images()], inputs=[image_in])
                     timings = gr.Markdown(elem_id="timings")
                 slider = gr.ImageSlider(label="Input | depth (drag the slider)", type="filepath", elem_id="slider")
             with gr.Row():
@@ -357,7 +374,7 @@ def build_app(runner: DemoRunner, examples: bool = True):
                     label="Clip (.mp4, .mov, .mkv, .webm, ...)", file_types=["video"], elem_id="clip-input"
                 )
                 if examples:
-                    gr.Examples([[str(p)] for p in example_clips(runner.work_dir)], inputs=[clip_in])
+                    gr.Examples([[str(p)] for p in example_clips()], inputs=[clip_in])
                 clip_timings = gr.Markdown(elem_id="clip-timings")
             depth_video = gr.Video(label="Depth video", elem_id="depth-video")
             normals_video = gr.Video(label="Normals video", elem_id="normals-video")
@@ -393,6 +410,6 @@ def launch(runner: DemoRunner, host: str = "127.0.0.1", port: int = 7860, block:
         quiet=True,
         prevent_thread_lock=not block,
         max_file_size=int(runner.options.max_file_mb * 2**20),
-        allowed_paths=[str(runner.work_dir)],
+        allowed_paths=[str(runner.work_dir), str(EXAMPLES_DIR), str(SCENES_DIR), str(examples_cache())],
     )
     return blocks

@@ -289,6 +289,22 @@ def test_browser_shows_the_results_and_the_errors(tmp_path):
         if os.environ.get("FE2E_UPDATE_DOCS_SCREENSHOT"):  # the README's picture, refreshed on request
             DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
             Image.open(shot).convert("RGB").save(DOCS_SCREENSHOT, quality=85, optimize=True)
+
+        def click(text: str) -> None:
+            """Click the button whose text is ``text`` (an example, a tab)."""
+            xpath = f"//button[normalize-space()='{text}']"
+            wait.until(lambda d: any(b.is_displayed() for b in d.find_elements(By.XPATH, xpath)))
+            button = next(b for b in driver.find_elements(By.XPATH, xpath) if b.is_displayed())
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click()", button)
+
+        click("scene_01_still_life.png")  # an example runs too
+        wait.until(lambda d: "scene_01_still_life_points" in d.find_element(By.ID, "downloads").text.replace("\n", ""))
+        click("Clip")
+        click("dolly_24.mp4")  # the clip tab plays infer's preview videos
+        wait.until(lambda d: "24 frames" in d.find_element(By.ID, "clip-timings").text)
+        for video in ("depth-video", "normals-video"):
+            wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f"#{video} video[src]")))
+        driver.save_screenshot(str(tmp_path / "demo_clip.png"))
     finally:
         driver.quit()
         stop_demo(process)
