@@ -123,6 +123,18 @@ def test_options_and_old_runs_are_bounded(runner, tmp_path):
     assert len(list((tmp_path / "runs").glob("run_*"))) == 8  # KEEP_RUNS
 
 
+def test_one_engine_call_at_a_time_and_a_bounded_queue(runner):
+    """Both tabs share one worker (one engine call at a time); at most --queue-size uploads wait."""
+    pytest.importorskip("gradio")
+    from fe2e_deploy.web_demo import build_app
+
+    limited = DemoRunner(runner.engine, DemoOptions(queue_size=3), work_dir=runner.work_dir / "queue")
+    blocks = build_app(limited, examples=False)
+    assert blocks._queue.max_size == 3
+    events = {fn.api_name: (fn.concurrency_limit, fn.concurrency_id) for fn in blocks.fns.values()}
+    assert events == {"predict_image": (1, "engine"), "predict_clip": (1, "engine")}
+
+
 def test_demo_refuses_a_port_in_use():
     from typer.testing import CliRunner
 
