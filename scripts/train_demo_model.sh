@@ -5,8 +5,9 @@
 # Usage: scripts/train_demo_model.sh [OUT] [WORK] [-- extra recipe options, e.g. --threads 1]
 #   (default OUT: WORK/model, WORK: build/demo_train). Two torch threads (a quiet 2-core machine);
 #   pass --threads 1 where other jobs share the cores (OpenMP barriers stall on busy cores).
-# Scenes: the domain-randomised generator (fe2e_deploy/randomised_scenes.py, rendered in --threads worker
-# processes); `-- --generator v1` trains on the first demo model's scenes (fe2e_deploy/scenes.py) instead.
+# Scenes: 3 in 4 from the domain-randomised generator (fe2e_deploy/randomised_scenes.py), 1 in 4 from
+# the first one (fe2e_deploy/scenes.py), rendered in --threads worker processes (recipe field
+# generator=mixed); `-- --generator randomised` or `-- --generator v1` trains on one of them only.
 # Finished stages in WORK are reused, so a run that was cut off continues. The held-out scenes and
 # the scores: scripts/evaluate_demo_model.sh. To ship a new model, copy OUT's five model files and
 # WORK/training.json into fe2e_deploy/demo_model/ (OUT is replaced whole: never point it at that

@@ -29,7 +29,8 @@ from fe2e_deploy.randomised_scenes import (
     sphere,
     torus,
 )
-from fe2e_deploy.train.demo_model import GENERATORS, constant_baselines, render_set
+from fe2e_deploy.scenes import random_sample
+from fe2e_deploy.train.demo_model import GENERATORS, Recipe, constant_baselines, mixed_sample, render_set
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = np.zeros((1, 3))
@@ -183,7 +184,7 @@ def test_heldout_set_is_in_the_evaluation_layout(tmp_path):
 
 
 def test_training_never_uses_the_heldout_renderer():
-    assert set(GENERATORS) == {"v1", "randomised"}
+    assert set(GENERATORS) == {"v1", "randomised", "mixed"} and Recipe().generator in GENERATORS
     for module in ("fe2e_deploy/train", "fe2e_deploy/randomised_scenes.py", "fe2e_deploy/scenes.py"):
         for path in [ROOT / module] if module.endswith(".py") else sorted((ROOT / module).glob("*.py")):
             tree = ast.parse(path.read_text())
@@ -200,3 +201,10 @@ def test_render_set_is_the_same_in_worker_processes():
         assert np.array_equal(a.depth, b.depth) and np.array_equal(np.asarray(a.rgb), np.asarray(b.rgb))
     with pytest.raises(ValueError, match="unknown scene generator"):
         render_set(0, 1, (32, 24), "heldout")
+
+
+def test_mixed_generator_takes_every_fourth_seed_from_the_first_generator():
+    for seed in range(8):
+        want = (random_sample if seed % 4 == 3 else randomised_sample)(seed, 32, 24)
+        got = mixed_sample(seed, 32, 24)
+        assert np.array_equal(got.depth, want.depth) and np.array_equal(np.asarray(got.rgb), np.asarray(want.rgb))
