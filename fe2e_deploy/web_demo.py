@@ -17,11 +17,9 @@ Gradio is the optional ``demo`` extra, imported only by :func:`build_app` and :f
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 from collections import deque
@@ -285,23 +283,6 @@ def example_clips(folder: Path | None = None, kinds: tuple[str, ...] = ("dolly",
             video.replace(path)
         clips.append(path)
     return clips
-
-
-def check_listen(host: str, port: int) -> None:
-    """Refuse (one line) a port out of range, a host that is no address, or an address in use, before loading."""
-    if not 1 <= port <= 65535:
-        raise InvalidInput(f"--port {port}: must be 1-65535")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as exc:
-        raise InvalidInput(f"--host {host!r}: not an address or a known host name ({exc})") from None
-    with socket.socket(family, kind, proto) as probe:
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise InvalidInput(f"--port {port}: {host}:{port} is in use (another server?)") from None
-            raise InvalidInput(f"--host {host!r}: cannot listen on {host}:{port} ({exc.strerror})") from None
 
 
 def build_app(runner: DemoRunner, examples: bool = True):

@@ -48,12 +48,12 @@ def demo(
     --max-image-pixels: 6048x4032 = 24.4 MP. Ctrl-C stops. Needs: pip install 'fe2e-deploy\\[demo]'.
     """
     with user_errors():
+        from ..cluster.ray_setup import check_listen_address  # noqa: PLC0415  (no Ray: it is imported lazily)
         from ..errors import InvalidInput  # noqa: PLC0415
         from ..web_demo import (  # noqa: PLC0415
             MAX_IMAGE_PIXELS,
             DemoOptions,
             DemoRunner,
-            check_listen,
             launch,
             open_demo_engine,
         )
@@ -71,7 +71,7 @@ def demo(
             import gradio  # noqa: F401, PLC0415
         except ImportError:
             raise InvalidInput("the demo needs Gradio: pip install 'fe2e-deploy[demo]'") from None
-        check_listen(host, port)  # before the engine is loaded
+        check_listen_address(host, port)  # before the engine is loaded
         if host != LOOPBACK:
             typer.secho(
                 f"warning: --host {host}: the page is reachable beyond this machine, without authentication",
