@@ -1,9 +1,10 @@
 """How much of the demo model's normal error the VAE alone causes: ground-truth normal maps of held-out
 scenes encoded and decoded by the model's VAE, against the model's own predictions on the same scenes.
 
-    python scripts/vae_roundtrip.py [SCENES] [MODEL_DIR]
-    # default: 20 held-out scenes (seeds from EVAL_FIRST_SEED), the shipped demo model; MODEL_DIR can be
-    # a training stage's folder (build/demo_train/stage2_dit-checkpoint: a DiT being trained)
+    python scripts/vae_roundtrip.py [SCENES | DATASET_DIR] [MODEL_DIR]
+    # default: 20 held-out scenes (seeds from EVAL_FIRST_SEED), the shipped demo model; DATASET_DIR: a scene
+    # set in the generic layout (rgb/, depth/, normals/; e.g. build/demo_eval/heldout, the second renderer),
+    # its first 24 scenes; MODEL_DIR can be a training stage's folder (build/demo_train/stage2_dit-checkpoint)
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fe2e_deploy.model_files import DEMO_RESOLUTION, ModelFiles, demo_model_files
 from fe2e_deploy.reference import FE2EPipeline
-from fe2e_deploy.scenes import random_sample
+from fe2e_deploy.scenes import SceneSample, random_sample
 from fe2e_deploy.train.autoencoder import encode_raw
 from fe2e_deploy.train.demo_model import EVAL_FIRST_SEED, scene_tensors
 
@@ -25,11 +27,29 @@ def angles(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip((predicted * truth).sum(-1), -1, 1)))
 
 
+def dataset_samples(folder: Path, count: int = 24) -> list[SceneSample]:
+    """The first ``count`` scenes of a generic-layout set, as scene samples (focal length unused here)."""
+    names = sorted(p.stem for p in (folder / "rgb").glob("*.png"))[:count]
+    return [
+        SceneSample(
+            Image.open(folder / "rgb" / f"{n}.png").convert("RGB"),
+            np.load(folder / "depth" / f"{n}.npy"),
+            np.load(folder / "normals" / f"{n}.npy"),
+            0.0,
+        )
+        for n in names
+    ]
+
+
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    source = sys.argv[1] if len(sys.argv) > 1 else "20"
     files = ModelFiles.from_dir(Path(sys.argv[2])) if len(sys.argv) > 2 else demo_model_files()
     pipe = FE2EPipeline.from_files(files.config, files.dit, files.vae, files.prompt, files.lora)
-    samples = [random_sample(EVAL_FIRST_SEED + i, *DEMO_RESOLUTION) for i in range(count)]
+    if Path(source).is_dir():
+        samples = dataset_samples(Path(source))
+    else:
+        samples = [random_sample(EVAL_FIRST_SEED + i, *DEMO_RESOLUTION) for i in range(int(source))]
+    count = len(samples)
     maps = scene_tensors(samples, DEMO_RESOLUTION)
     with torch.no_grad():
         decoded = pipe.vae.decode(encode_raw(pipe.vae, maps["normals"])).sample

@@ -8,7 +8,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from safetensors import safe_open
 
 from fe2e_deploy.config import load_model_config
 from fe2e_deploy.evaluation.metrics import angular_error, evaluate_depth
@@ -19,7 +21,14 @@ from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import random_sample, render_sample
 from fe2e_deploy.tiny import FILES, write_tiny_model
 from fe2e_deploy.train.autoencoder import reconstruction_loss, train_autoencoder
-from fe2e_deploy.train.demo_model import DEMO_CONFIG, EVAL_FIRST_SEED, save_model_folder, scene_tensors
+from fe2e_deploy.train.demo_model import (
+    DEMO_CONFIG,
+    EVAL_FIRST_SEED,
+    Recipe,
+    demo_config,
+    save_model_folder,
+    scene_tensors,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +93,27 @@ def test_model_folder_round_trips_through_the_official_loaders(tmp_path):
     for (name, a), b in zip(dit.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert (tmp_path / "copy" / FILES["dit"]).stat().st_mode & 0o777 == 0o644
+
+
+def test_wider_dit_in_bf16_files_is_read_by_the_same_loaders(tmp_path):
+    """The recipe's ``dit_hidden`` / ``dit_dtype``: a wider DiT (32 channels per head) saved in BF16, the
+    official checkpoints' dtype, loads back as the same weights rounded to BF16; the VAE stays FP32."""
+    config = demo_config(Recipe(dit_hidden=192))
+    assert (config.dit.hidden_size, config.dit.num_heads) == (192, 6) and config.vae == DEMO_CONFIG.vae
+    with pytest.raises(ValueError, match="multiple of 32"):
+        demo_config(Recipe(dit_hidden=100))
+    init = tmp_path / "init"
+    write_tiny_model(init, seed=6, config=config)
+    dit = load_dit(config, init / FILES["dit"], torch.float32, progress=False)
+    vae = load_vae(config, init / FILES["vae"], progress=False)
+    save_model_folder(tmp_path / "bf16", config, dit, vae, init / FILES["prompt"], dit_dtype="bf16")
+    with safe_open(tmp_path / "bf16" / FILES["dit"], "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}  # noqa: SIM118 (a safe_open handle)
+    with safe_open(tmp_path / "bf16" / FILES["vae"], "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # noqa: SIM118
+    again = load_dit(config, tmp_path / "bf16" / FILES["dit"], torch.float32, progress=False)
+    for (name, a), b in zip(dit.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a.to(torch.bfloat16).float(), b), name
 
 
 def test_autoencoder_training_lowers_the_reconstruction_loss():

@@ -105,6 +105,8 @@ class Recipe:
     vae_full_batch: int = 4
     vae_full_lr: float = 3e-4
     vae_full_budget_s: float = 300.0
+    dit_hidden: int = 128  # DiT width (DEMO_CONFIG's); heads = dit_hidden // 32 (RoPE axes 8 + 12 + 12 per head)
+    dit_dtype: str = "fp32"  # dtype of dit.safetensors: fp32, or bf16 (the official checkpoints' dtype: half the file)
     dit_steps: int = 12000  # an upper bound: on the 2-core VM the time budget binds (0.23 s per step, quiet)
     dit_batch: int = 16
     dit_lr: float = 7e-4
@@ -164,12 +166,27 @@ def official_state(layout: CheckpointLayout, module: torch.nn.Module) -> dict[st
     }
 
 
-def save_model_folder(folder: Path, config: ModelConfig, dit, vae, prompt: Path, lora: Path | None = None) -> None:
-    """A complete model folder, built in a hidden sibling and swapped in whole (replacing an older one)."""
+def demo_config(recipe: Recipe) -> ModelConfig:
+    """:data:`DEMO_CONFIG` with the recipe's DiT width (32 channels per attention head)."""
+    if recipe.dit_hidden % 32:
+        raise ValueError(f"dit_hidden must be a multiple of 32 (the RoPE axes per head), got {recipe.dit_hidden}")
+    dit = replace(DEMO_CONFIG.dit, hidden_size=recipe.dit_hidden, num_heads=recipe.dit_hidden // 32)
+    return replace(DEMO_CONFIG, dit=dit)
+
+
+DIT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def save_model_folder(
+    folder: Path, config: ModelConfig, dit, vae, prompt: Path, lora: Path | None = None, dit_dtype: str = "fp32"
+) -> None:
+    """A complete model folder, built in a hidden sibling and swapped in whole (replacing an older one); the
+    DiT's weights in ``dit_dtype`` (the VAE stays FP32)."""
     meta = {"format": "pt", "fe2e_deploy": "train-demo-model"}
     with staged_folder(folder, overwrite=True, marker=FILES["config"], what="a model") as tmp:
         write_json(tmp / FILES["config"], config.to_dict())
-        save_file(official_state(dit_layout(config), dit), str(tmp / FILES["dit"]), metadata=meta)
+        dit_state = {k: v.to(DIT_DTYPES[dit_dtype]) for k, v in official_state(dit_layout(config), dit).items()}
+        save_file(dit_state, str(tmp / FILES["dit"]), metadata=meta)
         save_file(official_state(vae_layout(config.vae), vae), str(tmp / FILES["vae"]), metadata=meta)
         shutil.copyfile(prompt, tmp / FILES["prompt"])
         for path in (tmp / FILES["dit"], tmp / FILES["vae"]):
@@ -218,7 +235,7 @@ def _stage_vae(recipe: Recipe, data: dict[str, torch.Tensor], init: Path, out: P
     every = torch.cat([data["rgb"][:256], data["depth"][:256], data["normals"][:256]])
     shift, scale = latent_statistics(vae, every)
     config = replace(config, vae=replace(config.vae, shift_factor=shift, scale_factor=scale))
-    save_model_folder(out, config, dit, vae, init / FILES["prompt"])
+    save_model_folder(out, config, dit, vae, init / FILES["prompt"], dit_dtype=recipe.dit_dtype)
     seconds = round(time.perf_counter() - start, 1)
     report["vae"] = {"crop_steps": steps, "full_steps": full_steps, "seconds": seconds, "shift": shift, "scale": scale}
 
@@ -243,7 +260,7 @@ def _stage_dit(recipe: Recipe, data: dict[str, torch.Tensor], stage1: Path, out:
 
     def save_checkpoint(done: int) -> None:
         if done % recipe.checkpoint_every == 0:
-            save_model_folder(checkpoint, files.config, dit, pipe.vae, files.prompt)
+            save_model_folder(checkpoint, files.config, dit, pipe.vae, files.prompt, dit_dtype=recipe.dit_dtype)
 
     losses = optimise(
         dit,
@@ -257,7 +274,7 @@ def _stage_dit(recipe: Recipe, data: dict[str, torch.Tensor], stage1: Path, out:
         log_every=50,
         after_step=save_checkpoint,
     )
-    save_model_folder(out, files.config, dit, pipe.vae, files.prompt)
+    save_model_folder(out, files.config, dit, pipe.vae, files.prompt, dit_dtype=recipe.dit_dtype)
     shutil.rmtree(checkpoint, ignore_errors=True)
     report["dit"] = {
         "steps": len(losses),
@@ -299,6 +316,9 @@ def _stage_lora(recipe: Recipe, stage2: Path, work: Path, report: dict) -> Path:
 
 def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     """Run stages 0-3 (reusing finished stages in ``work``) and write the final model folder to ``out``."""
+    if recipe.dit_dtype not in DIT_DTYPES:
+        raise ValueError(f"dit_dtype must be one of {sorted(DIT_DTYPES)}, got {recipe.dit_dtype!r}")
+    config = demo_config(recipe)  # checks the width before anything runs
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     work.mkdir(parents=True, exist_ok=True)
@@ -318,7 +338,7 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     log({"stage": "scenes", "count": len(data["rgb"]), "seconds": round(time.perf_counter() - start, 1)})
     init, stage1, stage2 = work / "init", work / "stage1_vae", work / "stage2_dit"
     if not (init / FILES["lora"]).is_file():
-        write_tiny_model(init, seed=recipe.seed, config=DEMO_CONFIG, overwrite=True)
+        write_tiny_model(init, seed=recipe.seed, config=config, overwrite=True)
     if not stage1.is_dir():
         _stage_vae(recipe, data, init, stage1, report)
         write_json(report_path, report, overwrite=True)
