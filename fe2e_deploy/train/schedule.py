@@ -53,7 +53,7 @@ def optimise(
     warmup_fraction = 0.0
     for step in range(steps):
         elapsed = clock() - start
-        progress = max(step / steps, 0.0 if time_budget is None else elapsed / time_budget)
+        progress = max(step / steps, 0.0 if time_budget is None else elapsed / max(time_budget, 1e-9))
         if progress >= 1.0:
             log({"stage": stage, "stopped_at": step, "reason": f"time budget {time_budget:.0f} s"})
             break
