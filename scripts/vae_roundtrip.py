@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from fe2e_deploy.evaluation.datasets import open_dataset
 from fe2e_deploy.model_files import DEMO_RESOLUTION, ModelFiles, demo_model_files
 from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import SceneSample, random_sample
@@ -28,17 +28,15 @@ def angles(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def dataset_samples(folder: Path, count: int = 24) -> list[SceneSample]:
-    """The first ``count`` scenes of a generic-layout set, as scene samples (focal length unused here)."""
-    names = sorted(p.stem for p in (folder / "rgb").glob("*.png"))[:count]
-    return [
-        SceneSample(
-            Image.open(folder / "rgb" / f"{n}.png").convert("RGB"),
-            np.load(folder / "depth" / f"{n}.npy"),
-            np.load(folder / "normals" / f"{n}.npy"),
-            0.0,
-        )
-        for n in names
-    ]
+    """The first ``count`` scenes of a generic-layout set (read by ``evaluate``'s dataset reader), as scene
+    samples (focal length unused here)."""
+    depth_set = open_dataset(folder, "depth", max_images=count)
+    normal_set = open_dataset(folder, "normals", max_images=count)
+    samples = []
+    for depth_item, normal_item in zip(depth_set.items, normal_set.items, strict=True):
+        depth = depth_set.load(depth_item)
+        samples.append(SceneSample(depth.image, depth.gt, normal_set.load(normal_item).gt, 0.0))
+    return samples
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ from ..loading.dit_layout import dit_layout
 from ..loading.layout import CheckpointLayout
 from ..loading.vae_layout import vae_layout
 from ..model_files import DEMO_RESOLUTION, ModelFiles
+from ..precision import DTYPE_PRECISIONS, parse_precision, torch_dtype
 from ..processing import preprocess
 from ..randomised_scenes import randomised_sample
 from ..reference import FE2EPipeline
@@ -174,9 +175,6 @@ def demo_config(recipe: Recipe) -> ModelConfig:
     return replace(DEMO_CONFIG, dit=dit)
 
 
-DIT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
 def save_model_folder(
     folder: Path, config: ModelConfig, dit, vae, prompt: Path, lora: Path | None = None, dit_dtype: str = "fp32"
 ) -> None:
@@ -185,7 +183,7 @@ def save_model_folder(
     meta = {"format": "pt", "fe2e_deploy": "train-demo-model"}
     with staged_folder(folder, overwrite=True, marker=FILES["config"], what="a model") as tmp:
         write_json(tmp / FILES["config"], config.to_dict())
-        dit_state = {k: v.to(DIT_DTYPES[dit_dtype]) for k, v in official_state(dit_layout(config), dit).items()}
+        dit_state = {k: v.to(torch_dtype(dit_dtype)) for k, v in official_state(dit_layout(config), dit).items()}
         save_file(dit_state, str(tmp / FILES["dit"]), metadata=meta)
         save_file(official_state(vae_layout(config.vae), vae), str(tmp / FILES["vae"]), metadata=meta)
         shutil.copyfile(prompt, tmp / FILES["prompt"])
@@ -316,8 +314,7 @@ def _stage_lora(recipe: Recipe, stage2: Path, work: Path, report: dict) -> Path:
 
 def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     """Run stages 0-3 (reusing finished stages in ``work``) and write the final model folder to ``out``."""
-    if recipe.dit_dtype not in DIT_DTYPES:
-        raise ValueError(f"dit_dtype must be one of {sorted(DIT_DTYPES)}, got {recipe.dit_dtype!r}")
+    parse_precision(recipe.dit_dtype, DTYPE_PRECISIONS)  # fp32 or bf16 (an InvalidInput, a ValueError)
     config = demo_config(recipe)  # checks the width before anything runs
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
