@@ -8,7 +8,8 @@
 # Scenes: 3 in 4 from the domain-randomised generator (fe2e_deploy/randomised_scenes.py), 1 in 4 from
 # the first one (fe2e_deploy/scenes.py), rendered in --threads worker processes (recipe field
 # generator=mixed); `-- --generator randomised` or `-- --generator v1` trains on one of them only.
-# Finished stages in WORK are reused, so a run that was cut off continues. The held-out scenes and
+# Finished stages in WORK are reused, so a run that was cut off continues (with the recipe it was
+# started with: another recipe is refused, naming the changed fields). The held-out scenes and
 # the scores: scripts/evaluate_demo_model.sh. To ship a new model, copy OUT's five model files and
 # WORK/training.json into fe2e_deploy/demo_model/ (OUT is replaced whole: never point it at that
 # folder, whose model card would go).

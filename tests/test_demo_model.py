@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 from fe2e_deploy.config import load_model_config
+from fe2e_deploy.errors import InvalidInput
 from fe2e_deploy.evaluation.metrics import angular_error, evaluate_depth
 from fe2e_deploy.loading import load_dit, load_vae
 from fe2e_deploy.model_files import DEMO_MODEL_DIR, DEMO_RESOLUTION, ModelFiles, demo_model_files
@@ -172,5 +173,8 @@ def test_training_script_runs_every_stage_and_reuses_finished_ones(tmp_path, cap
         again = capsys.readouterr().out
         assert '"stage": "vae"' not in again and '"stage": "dit", "step"' not in again
         assert (work / "stage1_vae" / FILES["vae"]).read_bytes() == vae_before
+        with pytest.raises(InvalidInput, match=r"another recipe \(scenes 6 -> 7\)"):
+            main([*args, "--scenes", "7"])  # the cached scenes and stages were made from 6 scenes
+        main([*args, "--threads", "2"])  # the speed alone may change
     finally:
         torch.set_num_threads(threads)

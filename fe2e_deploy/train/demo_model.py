@@ -22,7 +22,8 @@ issue 24), with seeds
 (:mod:`fe2e_deploy.evaluation.heldout_renderer`) is for evaluation only and never trains. Every stage
 has a step count and a time budget (the steps actually run are recorded in ``training.json``). A stage
 whose folder exists in the work folder is reused, so a run that was cut off continues from its last
-finished stage.
+finished stage; the work folder's ``training.json`` names the recipe, and a rerun under another one
+(other than ``threads`` / ``checkpoint_every``) is refused.
 
     python -m fe2e_deploy.train.demo_model train --out build/demo_train/model --work build/demo_train
     python -m fe2e_deploy.train.demo_model scenes --out build/demo_eval --first-seed 1000000 --count 60
@@ -43,7 +44,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import ConnectorConfig, DiTConfig, ModelConfig, VAEConfig, load_model_config
-from ..errors import OutputExists
+from ..errors import InvalidInput, OutputExists
 from ..evaluation.datasets import open_dataset
 from ..evaluation.metrics import angular_error, evaluate_depth, normalize
 from ..files.atomic import staged_folder, write_json
@@ -312,6 +313,27 @@ def _stage_lora(recipe: Recipe, stage2: Path, work: Path, report: dict) -> Path:
     return lora_dir / "lora.safetensors"
 
 
+#: Recipe fields that change how fast a run goes, not what its stages produce: a rerun may change them.
+SPEED_ONLY_FIELDS = ("threads", "checkpoint_every")
+
+
+def check_same_recipe(previous: dict | None, recipe: Recipe, work: Path) -> None:
+    """Refuse to reuse ``work``'s finished stages (scenes, VAE, DiT) under a recipe that would not have made them."""
+    if previous is None:
+        return
+    current = json.loads(json.dumps(asdict(recipe)))  # tuples as JSON lists, as the report stores them
+    changed = [
+        f"{name} {previous.get(name)!r} -> {value!r}"
+        for name, value in current.items()
+        if name not in SPEED_ONLY_FIELDS and previous.get(name) != value
+    ]
+    if changed:
+        raise InvalidInput(
+            f"{work} holds the stages of another recipe ({'; '.join(changed)}): "
+            "use a new --work folder, or rerun with the recipe it was started with"
+        )
+
+
 def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     """Run stages 0-3 (reusing finished stages in ``work``) and write the final model folder to ``out``."""
     parse_precision(recipe.dit_dtype, DTYPE_PRECISIONS)  # fp32 or bf16 (an InvalidInput, a ValueError)
@@ -321,7 +343,9 @@ def train_demo_model(out: Path, work: Path, recipe: Recipe) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     report_path = work / "training.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    check_same_recipe(report.get("recipe"), recipe, work)
     report["recipe"] = asdict(recipe)
+    write_json(report_path, report, overwrite=True)  # before any stage: a cut-off run's recipe is known
     start = time.perf_counter()
     cache = work / ("scenes.pt" if recipe.generator == "v1" else f"scenes_{recipe.generator}.pt")
     if cache.is_file():
