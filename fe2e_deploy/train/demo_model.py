@@ -321,11 +321,13 @@ def check_same_recipe(previous: dict | None, recipe: Recipe, work: Path) -> None
     """Refuse to reuse ``work``'s finished stages (scenes, VAE, DiT) under a recipe that would not have made them."""
     if previous is None:
         return
-    current = json.loads(json.dumps(asdict(recipe)))  # tuples as JSON lists, as the report stores them
+    current, defaults = (json.loads(json.dumps(asdict(r))) for r in (recipe, Recipe()))  # tuples as JSON lists
+    # a field newer than the work folder ran with its default (what the older code did)
+    before = {name: previous.get(name, defaults[name]) for name in current}
     changed = [
-        f"{name} {previous.get(name)!r} -> {value!r}"
+        f"{name} {before[name]!r} -> {value!r}"
         for name, value in current.items()
-        if name not in SPEED_ONLY_FIELDS and previous.get(name) != value
+        if name not in SPEED_ONLY_FIELDS and before[name] != value
     ]
     if changed:
         raise InvalidInput(
