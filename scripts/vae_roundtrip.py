@@ -16,15 +16,12 @@ import numpy as np
 import torch
 
 from fe2e_deploy.evaluation.datasets import open_dataset
+from fe2e_deploy.evaluation.metrics import angular_error
 from fe2e_deploy.model_files import DEMO_RESOLUTION, ModelFiles, demo_model_files
 from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import SceneSample, random_sample
 from fe2e_deploy.train.autoencoder import encode_raw
 from fe2e_deploy.train.demo_model import EVAL_FIRST_SEED, scene_tensors
-
-
-def angles(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    return np.degrees(np.arccos(np.clip((predicted * truth).sum(-1), -1, 1)))
 
 
 def dataset_samples(folder: Path, count: int = 24) -> list[SceneSample]:
@@ -55,8 +52,8 @@ def main() -> None:
     vae_err, model_err = [], []
     for i, sample in enumerate(samples):
         valid = sample.depth > 0
-        vae_err.append(angles(roundtrip[i], sample.normals)[valid])
-        model_err.append(angles(pipe(sample.rgb, DEMO_RESOLUTION).normals, sample.normals)[valid])
+        vae_err.append(angular_error(roundtrip[i], sample.normals)[valid])
+        model_err.append(angular_error(pipe(sample.rgb, DEMO_RESOLUTION).normals, sample.normals)[valid])
     for name, errors in (("VAE round trip of the true normals", vae_err), ("the model's prediction", model_err)):
         e = np.concatenate(errors)
         print(f"{name}: mean {e.mean():.2f} deg, median {np.median(e):.2f} deg ({e.size} pixels, {count} scenes)")
