@@ -6,7 +6,9 @@ Counted: every matrix product of the double/single blocks (qkv, projections, MLP
 At 1024x768 for the full-size config: 6784 tokens, 87.6 TFLOP of linears + 32.2 TFLOP of attention
 per image (FE2E's design brief gives the same ~120 TFLOP). The official path runs the connector,
 embedders and modulation too, and CFG batch 2; its rate is counted on the same per-image work, so
-rates compare like for like.
+rates compare like for like; the work it *executes* (twice the DiT's, CFG batch 2) is reported
+beside it. FP8 engines still run attention in BF16, so their rate against the FP8 peak is a bound
+on how far the linears could go, not a utilisation.
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ BF16_DENSE_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
+#: Dense FP8 (E4M3) tensor-core peaks in TFLOP/s, twice the BF16 ones (no FP8 on A100); same matching.
+FP8_DENSE_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 1513.0),
+    ("H100 NVL", 1671.0),
+    ("H100", 1978.9),
+    ("H200", 1978.9),
+    ("H20", 296.0),
+    ("GH200", 1978.9),
+    ("B200", 4500.0),
+    ("L40S", 733.0),
+    ("L40", 362.0),
+    ("L4", 242.5),
+)
+
+
 def dit_flops(config: ModelConfig, txt_len: int, width: int, height: int) -> dict[str, float]:
     """FLOPs of one DiT forward for one image at a processing resolution: ``linear``, ``attention``, ``total``."""
     d = config.dit
@@ -43,9 +60,18 @@ def dit_flops(config: ModelConfig, txt_len: int, width: int, height: int) -> dic
     return {"linear": 2.0 * linear, "attention": 2.0 * attention, "total": 2.0 * (linear + attention), "tokens": seq}
 
 
-def bf16_peak_tflops(device_name: str) -> float | None:
-    """The dense BF16 peak of a GPU by name, or None when unknown (CPUs included)."""
-    for key, peak in BF16_DENSE_PEAK_TFLOPS:
+def _peak(table: tuple[tuple[str, float], ...], device_name: str) -> float | None:
+    for key, peak in table:
         if key in device_name:
             return peak
     return None
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The dense BF16 peak of a GPU by name, or None when unknown (CPUs included)."""
+    return _peak(BF16_DENSE_PEAK_TFLOPS, device_name)
+
+
+def fp8_peak_tflops(device_name: str) -> float | None:
+    """The dense FP8 peak of a GPU by name, or None when unknown or without FP8 tensor cores (CPUs, A100)."""
+    return _peak(FP8_DENSE_PEAK_TFLOPS, device_name)

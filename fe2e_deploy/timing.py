@@ -48,6 +48,10 @@ class StageTimer:
             end = time.perf_counter()
         self._events.append((stage, start, end))
 
+    def clear(self) -> None:
+        """Forget the durations recorded so far (e.g. a first run's, kept apart from the timed runs)."""
+        self._events.clear()
+
     def seconds(self) -> dict[str, list[float]]:
         """Per stage, the durations recorded so far (synchronises CUDA once)."""
         if self.cuda:

@@ -9,7 +9,9 @@
 #
 # Environment: OUT (output folder; default: a new temp folder), TINY=1, WHEELS (default .whl),
 # PYTHON (default python3), BUDGET (seconds for the benchmark's engines), LIMIT (hard time limit, s),
-# RESOLUTIONS (default "1024x768 864x576 1216x352"), ENGINES (the benchmark's --engines).
+# RESOLUTIONS (default "1024x768 864x576 1216x352"), ENGINES (the benchmark's --engines), FP8_GEMM (the
+# benchmark's --fp8-gemm; TINY=1: the row-wise engines run the GPU's torch._scaled_mm calls on the CPU, fp8-tensor
+# dequantised, since the CPU runs per-tensor _scaled_mm at ~0.035 GFLOP/s; tests/test_fp8_gemm.py runs that call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -52,7 +54,12 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
 else
   echo "no wheels in $WHEELS: nothing to install (scripts/fetch_device_wheels.sh fetches them)"
 fi
-if "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/pip_project.log" 2>&1; then
+# --check-build-dependencies: a setuptools older than pyproject's floor (77: `license = "MIT"`) is named in the
+# log instead of failing inside the build backend; the carried wheels include one that is new enough.
+"$PY" -c "import setuptools; print('setuptools', setuptools.__version__, 'at', setuptools.__file__)" \
+  || echo "setuptools: not importable (the project is then used from PYTHONPATH)"
+if "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --check-build-dependencies -e . \
+  >"$OUT/pip_project.log" 2>&1; then
   echo "project installed with pip (editable, no network, no build isolation)"
 else
   echo "pip could not install the project offline ($(tail -n 1 "$OUT/pip_project.log")); using PYTHONPATH=$PWD"
@@ -64,17 +71,18 @@ fi
 echo "== benchmark"
 if [ "${TINY:-0}" = 1 ]; then
   PRESET=tiny DEVICE=cpu RUNS=2 WARMUP=1
+  FP8_GEMM=${FP8_GEMM:-fp8-row=scaled_mm,fp8-row-fastacc=scaled_mm,fp8-tensor=dequantized}
   RESOLUTIONS=${RESOLUTIONS:-64x48} BUDGET=${BUDGET:-240} LIMIT=${LIMIT:-360}
 else
-  PRESET=step1x-edit DEVICE=cuda RUNS=10 WARMUP=2
+  PRESET=step1x-edit DEVICE=cuda RUNS=10 WARMUP=2 FP8_GEMM=${FP8_GEMM:-auto}
   RESOLUTIONS=${RESOLUTIONS:-1024x768 864x576 1216x352} BUDGET=${BUDGET:-450} LIMIT=${LIMIT:-510}
 fi
-ENGINES=${ENGINES:-stripped-bf16,reference,compiled-bf16,fp8-tensor,fp8-row,fp8-row-fastacc,attention}
+ENGINES=${ENGINES:-stripped-bf16,reference,compiled-bf16,fp8-row,fp8-tensor,fp8-row-fastacc,attention}
 args=()
 for res in $RESOLUTIONS; do args+=(--resolution "$res"); done
 set -x
 timeout -k 15 "$LIMIT" "$PY" -m fe2e_deploy benchmark --synthetic-weights "$PRESET" --device "$DEVICE" "${args[@]}" \
-  --engines "$ENGINES" --runs "$RUNS" --warmup "$WARMUP" --time-budget "$BUDGET" --profile \
+  --engines "$ENGINES" --fp8-gemm "$FP8_GEMM" --runs "$RUNS" --warmup "$WARMUP" --time-budget "$BUDGET" --profile \
   --json "$OUT/bench.jsonl" --plot "$OUT/bench.png" --overwrite
 rc=$?
 set +x

@@ -285,6 +285,12 @@ def test_tensorrt_standin_binds_views_of_its_largest_batch(cases, shared_exports
         assert engine.streaming_budget == 250 and streaming.engines[0].weight_streaming_budget_v2 == 250
     with TensorRTEngine(plan, runtime=streaming) as engine:  # default: what fits (a CPU: all of it)
         assert engine.streaming_budget == 1000
+    assert streaming.buffers == ["mmap", "mmap"]  # the plan is memory-mapped, never read into a bytes copy
+    empty = tmp_path / "empty.plan"
+    empty.write_bytes(b"")
+    TensorRTPlan.path_of(empty).write_text(TensorRTPlan.path_of(plan).read_text())
+    with pytest.raises(InvalidInput, match="the plan is empty"):
+        TensorRTEngine(empty, runtime=runtime)
     plan.write_bytes(b"\xff not a plan")
     with pytest.raises(InvalidInput, match="cannot deserialize"):
         TensorRTEngine(plan, runtime=runtime)

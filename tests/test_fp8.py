@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,11 @@ from fe2e_deploy.compile.tensorrt_build import check_precision, inspect_graph
 from fe2e_deploy.engines.ort_session import make_session
 from fe2e_deploy.files.hashing import sha256_file
 from fe2e_deploy.loading.stripped import load_stripped
-from fe2e_deploy.models.fp8 import FP8Linear, quantize_dit, quantize_fp8
+from fe2e_deploy.models import fp8
+from fe2e_deploy.models.fp8 import FP8Linear, FP8RowwiseLinear, quantize_dit, quantize_fp8
 from fe2e_deploy.models.fused import DiTStep, FE2EGraph
 from fe2e_deploy.processing import preprocess
-from fe2e_deploy.quantize.calibrate import calibration_images
+from fe2e_deploy.quantize.calibrate import calibration_images, quantizable_linears
 from fe2e_deploy.scenes import COUNT, render_scene, scene_name, synthetic_scene, write_scenes
 
 runner = CliRunner()
@@ -344,3 +346,49 @@ def test_cli_errors(stripped, scales, tmp_path):
     assert result.exit_code == 2 and "not a stripped model" in result.output
     result = runner.invoke(app, ["export", str(stripped), "-o", str(tmp_path / "e"), "--precision", "fp8"])
     assert result.exit_code == 2 and "--precision fp8 needs --scales" in result.output
+
+
+@pytest.mark.parametrize("recipe", ["tensor", "row"])
+def test_quantisation_frees_each_bf16_weight_as_its_fp8_copy_is_made(stripped, scales, recipe):
+    """Layer by layer: when a layer's FP8 copy is made, every earlier layer's BF16 weight is gone (at full size
+    two copies of the DiT, 17 + 8.6 GB, would not fit a 24 GB card); each weight's values were read first."""
+    model = load_stripped(stripped)
+    model.dit.cast_weights(torch.bfloat16)
+    names = list(quantizable_linears(model.dit))
+    weights = [weakref.ref(model.dit.get_submodule(n).weight) for n in names]
+    alive_at_each_layer = []
+    made = FP8RowwiseLinear if recipe == "row" else FP8Linear
+    original_init = made.__init__
+
+    def counting_init(self, linear, *args, **kwargs):
+        alive_at_each_layer.append(sum(w() is not None for w in weights))
+        original_init(self, linear, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(made, "__init__", counting_init)
+        if recipe == "row":
+            fp8.quantize_dit_rowwise(model.dit, names)
+        else:
+            fp8.quantize_dit(model.dit, load_scales(scales).layers)
+    assert len(names) == N_LINEARS and alive_at_each_layer == list(range(N_LINEARS, 0, -1))
+    assert all(w() is None for w in weights)  # the last one too
+    assert not any(
+        isinstance(m, nn.Linear) and m.weight is not None and n in names for n, m in model.dit.named_modules()
+    )
+    with pytest.raises(ValueError, match="is not a Linear layer"):  # checked before anything is replaced
+        fp8.quantize_dit_rowwise(load_stripped(stripped).dit, [names[0], "double_blocks.0.img_mod"])
+
+
+def test_weight_quantisation_by_blocks_of_rows_equals_the_whole_tensor():
+    torch.manual_seed(0)
+    weight = torch.randn(300, 70, dtype=torch.bfloat16) * 3
+    scale = torch.tensor(0.01)
+    rows = fp8.rowwise_scales(weight)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fp8, "QUANTIZE_CHUNK", 7 * 70 + 3)  # blocks of 7 rows, the last one ragged
+        assert len(fp8._row_blocks(weight)) == 43
+        per_tensor, per_row = fp8.quantize_weight(weight, scale), fp8.quantize_weight(weight, rows)
+        row_scales, amax = fp8.weight_rowwise_scales(weight), fp8.weight_amax(weight)
+    assert torch.equal(per_tensor.view(torch.uint8), quantize_fp8(weight, scale).view(torch.uint8))
+    assert torch.equal(per_row.view(torch.uint8), quantize_fp8(weight, rows).view(torch.uint8))
+    assert torch.equal(row_scales, rows) and amax == weight.abs().amax().float()

@@ -91,10 +91,13 @@ class StandInRuntime:
     def __init__(self, weight_streaming: bool = False):
         self.weight_streaming = weight_streaming
         self.engines: list[StandInEngine] = []
+        self.buffers: list[str] = []  # the type of each serialized plan it was given
 
-    def deserialize_cuda_engine(self, plan: bytes) -> StandInEngine | None:
+    def deserialize_cuda_engine(self, plan) -> StandInEngine | None:
+        """``plan``: any buffer (TensorRT takes bytes, a memoryview, a memory map); its type is kept in ``buffers``."""
+        self.buffers.append(type(plan).__name__)
         try:
-            graph = Path(plan.decode())
+            graph = Path(bytes(memoryview(plan)).decode())
         except UnicodeDecodeError:
             return None
         if not graph.is_file():

@@ -29,9 +29,16 @@ def benchmark(
         "the engines of --engines. --json then writes one JSON line per engine as soon as it is measured.",
     ),
     engines: str = typer.Option(
-        "stripped-bf16,reference,compiled-bf16,fp8-tensor,fp8-row,fp8-row-fastacc,attention",
+        "stripped-bf16,reference,compiled-bf16,fp8-row,fp8-tensor,fp8-row-fastacc,attention",
         help="With --synthetic-weights: comma-separated engines, run in this order at each resolution "
         "(stripped-bf16 first: every map error is measured against it).",
+    ),
+    fp8_gemm: str = typer.Option(
+        "auto",
+        help="With --synthetic-weights: the FP8 engines' GEMM: auto (torch._scaled_mm on CUDA GPUs with compute "
+        "capability >= 8.9, the dequantised product elsewhere), scaled_mm (the FP8 GEMM calls on any device, the "
+        "CPU too: how the GPU's calls are tested here) or dequantized; or ENGINE=MODE pairs, e.g. "
+        "fp8-row=scaled_mm,fp8-tensor=dequantized (engines not named: auto).",
     ),
     resolution: list[str] = typer.Option(
         ["1024x768"],
@@ -94,6 +101,7 @@ def benchmark(
                 compile_mode,
                 time_budget,
                 profile,
+                fp8_gemm,
                 json_out,
                 plot,
             )
@@ -150,8 +158,9 @@ def _files(engine, reference, settings, image, runs, warmup, accuracy, json_out,
 
 
 def _synthetic(
-    preset, engines, resolutions, runs, warmup, device, seed, compile_mode, time_budget, profile, json_out, plot
-) -> None:
+    preset, engines, resolutions, runs, warmup, device, seed, compile_mode, time_budget, profile, fp8_gemm, json_out,
+    plot,
+) -> None:  # fmt: skip
     from ..synthetic_benchmark import (  # noqa: PLC0415
         SyntheticSettings,
         format_records,
@@ -170,6 +179,7 @@ def _synthetic(
         compile_mode=compile_mode,
         time_budget=time_budget,
         profile=profile,
+        fp8_gemm=fp8_gemm,
     )
     records = run_synthetic_benchmark(settings, json_out, log=typer.echo)
     typer.echo(format_records(records))

@@ -6,6 +6,12 @@ the DiT by regional compilation (each double/single block compiled; the 19 + 38 
 share one compiled graph, so compiling takes one block's time instead of 57 blocks', with the same
 kernels, while the few ops between blocks stay eager). On CUDA the attention backend order of
 :mod:`fe2e_deploy.kernels` applies (also while compiling).
+
+Dynamo keeps one cache per code object, shared by every block of a class in every engine of the
+process, and by default at most 8 graphs in it (``torch._dynamo.config.recompile_limit``); with
+``fullgraph=True`` one more is a hard error (``FailOnRecompileLimitHit``). Each compiled (engine,
+resolution) may add one graph per block class (another shape, linear type or FP8 GEMM setting), so
+the limit is raised by one for each: :func:`reserve_compiled_graph`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,23 @@ from ..precision import DTYPE_PRECISIONS, parse_precision, precision_of, torch_d
 from ..timing import NO_TIMER, NoTimer, StageTimer
 from .base import Engine
 from .options import EngineOptions
+
+#: Dynamo's recompile limit when this module was imported (the default is 8).
+_BASE_RECOMPILE_LIMIT = torch._dynamo.config.recompile_limit
+_compiled_graphs = 0  # (engine, resolution) pairs compiled in this process so far
+
+
+def reserve_compiled_graph() -> int:
+    """Raise Dynamo's recompile limit by one graph per code object (never lowers it); returns the new limit.
+
+    Called once per (engine, resolution) compiled: that many graphs can at most be wanted per block class,
+    beyond the base limit; the cost of a larger cache is one more guard check per miss, microseconds.
+    """
+    global _compiled_graphs
+    _compiled_graphs += 1
+    limit = max(torch._dynamo.config.recompile_limit, _BASE_RECOMPILE_LIMIT + _compiled_graphs)
+    torch._dynamo.config.recompile_limit = limit
+    return limit
 
 
 class StrippedEngine(Engine):
@@ -71,6 +94,7 @@ class StrippedEngine(Engine):
             graph = self.graph(width, height)
             encoder, decode = graph.encoder, graph.decode
             if self.compile_mode:
+                reserve_compiled_graph()
                 options = {"mode": self.compile_mode, "fullgraph": True, "dynamic": False}
                 encoder, decode = torch.compile(encoder, **options), torch.compile(decode, **options)
                 if not self._blocks_compiled:  # in place, once: every resolution reuses (and re-specialises) them

@@ -17,6 +17,8 @@ per batch. Only the calls into TensorRT itself and the CUDA stream and graph cal
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,21 @@ def weight_streaming_budget(
     return max(0, min(int(budget), streamable))
 
 
+def deserialize_plan(runtime, plan: Path):
+    """``runtime.deserialize_cuda_engine`` over a read-only memory map of the plan, not a bytes copy of it.
+
+    A full-size BF16 plan is ~17 GB: ``read_bytes()`` would first copy all of it into private host memory
+    (beside the page cache's copy). The map's pages are the file's own, reclaimable, and freed when the map
+    closes after TensorRT has copied the weights to the GPU. Any buffer-protocol object is a serialized
+    engine to TensorRT's Python API (``deserialize_cuda_engine(serialized_engine: buffer)``, TensorRT 10).
+    """
+    with open(plan, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise InvalidInput(f"{plan}: the plan is empty (a build cut off? rebuild it with {TensorRTPlan.REBUILD})")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return runtime.deserialize_cuda_engine(mapped)
+
+
 class TensorRTEngine(Engine):
     """image -> depth + normals through a serialized TensorRT plan at its one resolution."""
 
@@ -122,7 +139,7 @@ class TensorRTEngine(Engine):
             trt = import_tensorrt()
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         opening("TensorRT plan", plan)
-        self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+        self.engine = deserialize_plan(runtime, plan)
         if self.engine is None:
             raise InvalidInput(f"{plan}: TensorRT cannot deserialize this plan (another TensorRT version?)")
         tensors = [self._describe(self.engine.get_tensor_name(i)) for i in range(self.engine.num_io_tensors)]

@@ -196,7 +196,10 @@ class StrippedDiT(nn.Module):
         b, n, _ = ref_tokens.shape
         target = self.target_token.expand(b, n, -1)
         img = torch.cat([target, linear(self.img_in, ref_tokens)], dim=1)
-        txt = self.txt.expand(b, -1, -1)
+        # A new tensor, not a view of the buffer: under inference_mode every later block input is an inference
+        # tensor, and a view of a normal buffer is not one, so the first double block would get a second
+        # torch.compile graph (and use up Dynamo's recompile limit twice as fast) for the same shapes.
+        txt = self.txt.expand(b, -1, -1).clone()
         for block in self.double_blocks:
             img, txt = block(img, txt, cos, sin)
         x = torch.cat([txt, img], dim=1)
