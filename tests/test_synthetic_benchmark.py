@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+from fe2e_deploy import synthetic_benchmark
 from fe2e_deploy.cli import app
 from fe2e_deploy.config import PRESETS
 from fe2e_deploy.engines.eager import EagerEngine
@@ -20,11 +21,21 @@ from fe2e_deploy.flops import bf16_peak_tflops, dit_flops
 from fe2e_deploy.loading import load_dit, load_vae
 from fe2e_deploy.loading.dit_layout import dit_layout
 from fe2e_deploy.loading.stripped import load_stripped
+from fe2e_deploy.processing import Prediction
 from fe2e_deploy.reference import FE2EPipeline
 from fe2e_deploy.scenes import synthetic_scene
 from fe2e_deploy.strip import strip_in_memory, strip_model
 from fe2e_deploy.synthetic import SyntheticModel
-from fe2e_deploy.synthetic_benchmark import SyntheticSettings, format_records, read_records, run_synthetic_benchmark
+from fe2e_deploy.synthetic_benchmark import (
+    ATTENTION_FIRST_S,
+    ENGINES,
+    SyntheticSettings,
+    TimeEstimates,
+    dit_rates,
+    format_records,
+    read_records,
+    run_synthetic_benchmark,
+)
 
 runner = CliRunner()
 REQUIRED = (
@@ -152,3 +163,108 @@ def test_settings_are_checked():
     assert result.exit_code == 2 and "drop --engine" in result.output
     result = runner.invoke(app, ["benchmark", "--synthetic-weights", "huge", "--device", "cpu"])
     assert result.exit_code == 2 and "neither a preset" in result.output
+
+
+def fake_record(build: float, first: dict[str, float], steady: dict[str, float]) -> dict:
+    """An engine's record as ``measure_engine`` writes it (only what the estimator and the loop read)."""
+    stages = {name: {"median": seconds, "p90": seconds, "min": seconds, "n": 10} for name, seconds in steady.items()}
+    total = sum(steady.values())
+    return {
+        "e2e_median_s": total, "e2e_p90_s": total, "e2e_min_s": total, "images_per_s": 1 / total, "stages": stages,
+        "build_s": build, "first_run_s": sum(first.values()), "first_run_stages": first,
+        "build_peak_mem_bytes": 1, "steady_peak_mem_bytes": 1, "peak_mem_bytes": 1,
+    }  # fmt: skip
+
+
+#: A full-size run as it might go on an H100 (seconds): stripped-bf16 and the reference eager, compiled-bf16
+#: 300 s cold (a 255 s VAE compile in its first run, 25 s for the blocks), each FP8 engine ~30 s.
+STEADY = {"vae_encode": 0.03, "dit": 0.2, "vae_decode": 0.07}
+FULL_SIZE = {
+    "stripped-bf16": (15.0, fake_record(10, STEADY, STEADY)),
+    "reference": (20.0, fake_record(12, {**STEADY, "dit": 0.5}, {**STEADY, "dit": 0.45})),
+    "compiled-bf16": (300.0, fake_record(15, {"vae_encode": 75, "dit": 25, "vae_decode": 180}, STEADY)),
+    "fp8-row": (30.0, fake_record(8, {"vae_encode": 0.03, "dit": 18, "vae_decode": 0.07}, {**STEADY, "dit": 0.12})),
+    "fp8-tensor": (32.0, fake_record(10, {"vae_encode": 0.03, "dit": 18, "vae_decode": 0.07}, STEADY)),
+    "fp8-row-fastacc": (30.0, fake_record(8, {"vae_encode": 0.03, "dit": 18, "vae_decode": 0.07}, STEADY)),
+}
+
+
+def simulate(monkeypatch, settings: SyntheticSettings, costs=FULL_SIZE, attention_s: float = 3.0) -> list[dict]:
+    """The benchmark's loop over engines with each one's measurement replaced by its cost on a simulated clock."""
+    clock = [0.0]
+
+    def measure(engine_name, synth, image, res, device, settings):
+        seconds, record = costs[engine_name]
+        clock[0] += seconds
+        h, w = res[1] // 16, res[0] // 16
+        return dict(record), Prediction(np.full((h, w), 0.5, np.float32), np.tile([0, 0, 1.0], (h, w, 1)).astype("f4"))
+
+    def attention(*args):
+        clock[0] += attention_s
+        return [{"engine": "attention-flash", "kind": "attention", "backend": "FLASH", "median_s": 1e-3, "tflops": 1}]
+
+    monkeypatch.setattr(synthetic_benchmark, "measure_engine", measure)
+    monkeypatch.setattr(synthetic_benchmark, "attention_records", attention)
+    monkeypatch.setattr(synthetic_benchmark, "synthetic_scene", lambda w, h, seed: None)
+    return run_synthetic_benchmark(settings, log=lambda _: None, clock=lambda: clock[0])
+
+
+def test_time_budget_at_full_size_skips_no_fp8_engine_after_a_300_s_cold_compile(monkeypatch):
+    """The rule (TimeEstimates): an FP8 engine is costed from its own DiT compile (compiled-bf16's blocks' share
+    of its first run, then the last FP8 engine's), not from compiled-bf16's whole first run, whose VAE compile the
+    FP8 engines reuse; attention from its own history. 15 + 20 + 300 + 92 + 3 = 430 s of a 450 s budget."""
+    settings = SyntheticSettings(preset="step1x-edit", device="cpu", time_budget=450, runs=10, warmup=2, profile=True)
+    records = simulate(monkeypatch, settings)
+    assert [r["engine"] for r in records] == list(ENGINES[:-1]) + ["attention-flash"]
+    assert not [r for r in records if "skipped" in r]
+    estimates = TimeEstimates(settings)
+    for engine in ENGINES[:3]:
+        estimates.update(engine, FULL_SIZE[engine][1])
+    # compiled-bf16's build + its blocks' compile + 14 runs (2 warm-up, 10 timed, 1 sampled, 1 profiled)
+    assert estimates.seconds("fp8-row") == pytest.approx(15 + 25 - 0.2 + 14 * 0.3)
+    assert estimates.seconds("attention") == ATTENTION_FIRST_S
+    estimates.update("fp8-row", FULL_SIZE["fp8-row"][1])
+    assert estimates.seconds("fp8-tensor") == pytest.approx(8 + 18 - 0.12 + 14 * 0.22)  # the last FP8 engine's
+
+
+def test_time_budget_at_a_second_resolution_costs_the_vae_compile_again(monkeypatch):
+    """At the next resolution the first compiled engine compiles the VAE again (static shapes): compiled-bf16 is
+    costed at its own 300 s and skipped; the FP8 engines are then costed with that VAE compile too, and skipped;
+    the eager engines and attention (seconds) still run."""
+    settings = SyntheticSettings(
+        preset="step1x-edit", device="cpu", resolutions=((1024, 768), (864, 576)), time_budget=600, runs=10,
+        warmup=2, profile=True,
+    )  # fmt: skip
+    records = simulate(monkeypatch, settings)
+    second = {r["engine"]: r for r in records if r["resolution"] == "864x576"}
+    assert all("skipped" not in second[e] for e in ("stripped-bf16", "reference", "attention-flash"))
+    assert all("skipped" in second[e] for e in ("compiled-bf16", "fp8-row", "fp8-tensor", "fp8-row-fastacc"))
+    assert second["compiled-bf16"]["skipped"].startswith("skipped: needs about 299 s")
+
+
+def test_fp8_gemm_per_engine_and_dit_rates():
+    settings = SyntheticSettings(preset="tiny", device="cpu", fp8_gemm="fp8-row=scaled_mm, fp8-tensor=dequantized")
+    settings.validate()
+    assert [settings.gemm_for(e) for e in ("fp8-row", "fp8-tensor", "fp8-row-fastacc")] == [
+        "scaled_mm", "dequantized", "auto",
+    ]  # fmt: skip
+    assert SyntheticSettings(fp8_gemm="scaled_mm").gemm_for("fp8-tensor") == "scaled_mm"
+    for bad, message in (("fast", "modes"), ("fp8-rows=scaled_mm", "ENGINE=MODE"), ("fp8-row=fast", "gets 'fast'")):
+        with pytest.raises(ValueError, match=message):
+            SyntheticSettings(preset="tiny", device="cpu", fp8_gemm=bad).validate()
+    synth = SyntheticModel.create("step1x-edit")
+    record = {"stages": {"dit": {"median": 0.25}}}
+    per_image = dit_flops(synth.config, 640, 1024, 768)["total"] / 1e12
+    ref = dit_rates("reference", synth, 1024, 768, record, "NVIDIA H100 80GB HBM3")
+    assert ref["dit_tflop_executed"] == pytest.approx(2 * per_image) and ref["dit_tflops"] == pytest.approx(
+        per_image / 0.25
+    )
+    assert (
+        ref["dit_fraction_of_bf16_peak"] == pytest.approx(2 * per_image / 0.25 / 989.4)
+        and ref["fp8_peak_tflops"] is None
+    )
+    fp8 = dit_rates("fp8-row", synth, 1024, 768, record, "NVIDIA H100 80GB HBM3")
+    assert fp8["dit_tflops_executed"] == fp8["dit_tflops"] and fp8["dit_fraction_of_fp8_peak"] == pytest.approx(
+        per_image / 0.25 / 1978.9
+    )
+    assert dit_rates("fp8-row", synth, 1024, 768, record, "cpu (x86_64, 2 threads)")["fp8_peak_tflops"] is None
