@@ -20,6 +20,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from .config import ModelConfig, finite_number
 from .loading.checkpoint import CheckpointError, non_finite, open_safetensors
 from .loading.dit_layout import dit_layout, lora_target_modules
+from .loading.dtypes import ACCEPTED, STORAGE_DTYPES
 
 PREFIX = "lora_unet_"
 
@@ -45,9 +46,9 @@ class LoraPair:
 
 
 KOHYA_PARTS = ("lora_down.weight", "lora_up.weight", "alpha")
-#: safetensors dtype codes of LoRA tensors: float matrices; ``alpha`` a float (or, as some trainers write it,
-#: integer) scalar.
-FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+#: safetensors dtype codes of LoRA tensors: float matrices (FP8-stored too: read as FP32, exactly); ``alpha`` a
+#: float (or, as some trainers write it, integer) scalar.
+FLOAT_CODES = tuple(STORAGE_DTYPES)
 ALPHA_CODES = (*FLOAT_CODES, "I64", "I32", "I16", "I8", "U8")
 
 
@@ -109,7 +110,7 @@ def index_kohya_lora(path: str | Path, handle, config: ModelConfig) -> dict[str,
         for part, codes in (("lora_down.weight", FLOAT_CODES), ("lora_up.weight", FLOAT_CODES), ("alpha", ALPHA_CODES)):
             code = handle.get_slice(parts[part]).get_dtype() if part in parts else codes[0]
             if code not in codes:
-                raise CheckpointError(f"{path}: {parts[part]} has dtype {code}, expected a float type")
+                raise CheckpointError(f"{path}: {parts[part]} has dtype {code}, expected a float type ({ACCEPTED})")
         alpha = _read_alpha(path, handle, parts["alpha"]) if "alpha" in parts else float(down[0])
         entries[module] = KohyaEntry(module, parts["lora_down.weight"], parts["lora_up.weight"], down[0], alpha, shape)
     return entries

@@ -11,12 +11,17 @@ Two LoRA sources, both turned into one FP32 delta per official weight:
   diffusers Linear's delta ``(lora_alpha / r) * B @ A`` is placed where the checkpoint layout puts that
   Linear in the official tensor (rows of the fused qkv / ``linear1``, halves of the final adaLN swapped).
 
-The merged weight is ``W + multiplier * delta`` computed in FP32 and cast back to W's dtype. The LoRA
-files are checked from their headers; one base tensor and the LoRA pair(s) of that tensor are in memory
-at a time. The output is written with the streaming writer, atomically, optionally in shards with a
-Hugging Face style index (``OUT.index.json`` + ``OUT-<run>-00001-of-0000N.safetensors``) that
-``fe2e_deploy.loading.open_safetensors`` / ``load_dit`` read like a single file. Shard names are unique
-to the run and the index is written last, so a sharded output is replaced whole or not at all.
+The merged weight is ``W + multiplier * delta`` computed in FP32 and cast back to W's dtype, except for
+an FP8-stored base (the official ``step1x-edit-i1258-FP8.safetensors``): its tensors are all written in
+BF16, the untouched ones exactly (E4M3 is a subset of BF16), the merged ones rounded once to BF16, as
+when merging into the BF16 release. Rounding ``W + delta`` back to E4M3 (3 mantissa bits, what the
+official ``--quantized`` code does) would lose most of a LoRA's small delta; the output's metadata says
+``upcast: F8_E4M3 -> BF16``. The LoRA files are checked from their headers; one base tensor and the LoRA
+pair(s) of that tensor are in memory at a time. The output is written with the streaming writer,
+atomically, optionally in shards with a Hugging Face style index (``OUT.index.json`` +
+``OUT-<run>-00001-of-0000N.safetensors``) that ``fe2e_deploy.loading.open_safetensors`` / ``load_dit``
+read like a single file. Shard names are unique to the run and the index is written last, so a sharded
+output is replaced whole or not at all.
 """
 
 from __future__ import annotations
@@ -38,14 +43,14 @@ from . import __version__
 from .config import ModelConfig
 from .errors import InvalidInput
 from .files.atomic import install_file, refuse_existing, remove_stale_temps, temp_sibling, write_json
-from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors
+from .loading.checkpoint import CheckpointError, check_names_and_shapes, open_safetensors, storage_dtypes
 from .loading.dit_layout import dit_layout
+from .loading.dtypes import FP8_DTYPES, FP8_UPCAST, code_of, usable_dtype
 from .loading.writer import SafetensorsWriter
 from .lora import KohyaEntry, check_multiplier, index_kohya_lora, read_kohya_pair
 
 PEFT_PREFIXES = ("base_model.model.", "transformer.")
 PEFT_WEIGHTS = "adapter_model.safetensors"
-FLOAT_CODES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 @dataclass
@@ -228,14 +233,12 @@ def merge_lora(
     official = dit_layout(config).official_shapes()
     with open_safetensors(dit_path) as handle:
         check_names_and_shapes(dit_path, handle, official, "DiT checkpoint")
-        dtypes = {name: handle.get_slice(name).get_dtype() for name in official}
-    odd = sorted(n for n, code in dtypes.items() if code not in FLOAT_CODES)
-    if odd:
-        raise CheckpointError(f"{dit_path}: tensor {odd[0]} has dtype {dtypes[odd[0]]}, expected a float type")
+        stored = storage_dtypes(dit_path, handle, official)
     report = MergeReport(out, [items[n] for n in sorted(items)], dry_run=dry_run)
     if dry_run:
         return report
-    shards = _plan_shards(dit_path, official, max_shard_size)
+    dtypes = {name: usable_dtype(dtype) for name, dtype in stored.items()}  # of the output: FP8 -> BF16
+    shards = _plan_shards(official, dtypes, max_shard_size)
     index = out.with_name(out.name + ".index.json")
     if not overwrite:
         refuse_existing(out, index)  # either form of this output; checked again when the new one is renamed in
@@ -247,19 +250,20 @@ def merge_lora(
         "lora": str(lora_file),
         "lora_sha256": _sha256(lora_file),
         "multiplier": repr(multiplier),
+        **_upcast_note(stored.values()),
     }
     bar = tqdm(total=len(official), desc="merge-lora", unit="tensor", disable=not progress)
 
     def write_shard(path: Path, shard: list[str], handle, overwrite: bool) -> None:
-        with handle_writer(path, shard, handle, metadata, overwrite=overwrite) as writer:
+        specs = {name: (dtypes[name], official[name]) for name in shard}
+        with SafetensorsWriter(path, specs, metadata, overwrite) as writer:
             for name in shard:
                 tensor = handle.get_tensor(name)
                 if name in items:
                     # ``tensor`` may be backed by the (copy-on-write) memory map: never write into it,
                     # else the touched pages stay as private memory until the file is closed.
-                    merged = tensor.to(torch.float32, copy=True).add_(items[name].compute(), alpha=multiplier)
-                    tensor = merged.to(tensor.dtype)
-                writer.write(name, tensor)
+                    tensor = tensor.to(torch.float32, copy=True).add_(items[name].compute(), alpha=multiplier)
+                writer.write(name, tensor.to(dtypes[name]))
                 bar.update()
 
     try:
@@ -270,7 +274,7 @@ def merge_lora(
             if overwrite:
                 _remove_sharded(index, keep=out.name)  # a sharded output from before: stale now
         else:
-            total = sum(torch.Size(official[n]).numel() * _itemsize(dtypes[n]) for n in official)
+            total = sum(_nbytes(official[n], dtypes[n]) for n in official)
             report.files = _write_sharded(out, index, shards, dit_path, write_shard, metadata, total, overwrite)
     finally:
         bar.close()
@@ -334,30 +338,29 @@ def _remove_sharded(index: Path, keep: str) -> None:
         (index.parent / name).unlink(missing_ok=True)
 
 
-def _itemsize(code: str) -> int:
-    return FLOAT_CODES[code].itemsize
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return torch.Size(shape).numel() * dtype.itemsize
 
 
-def _plan_shards(dit_path, official: dict[str, tuple[int, ...]], max_shard_size: int | None) -> list[list[str]]:
-    """Tensor names per shard, in sorted order, each shard at most ``max_shard_size`` bytes (one tensor minimum)."""
-    with open_safetensors(dit_path) as handle:
-        sizes = {n: torch.Size(official[n]).numel() * _itemsize(handle.get_slice(n).get_dtype()) for n in official}
+def _upcast_note(stored) -> dict[str, str]:
+    """The merged file's ``upcast`` metadata when the base was stored in FP8 (written in BF16), else none."""
+    fp8 = sorted({code_of(dtype) for dtype in stored if dtype in FP8_DTYPES})
+    return {"upcast": f"{', '.join(fp8)} -> {code_of(FP8_UPCAST)}"} if fp8 else {}
+
+
+def _plan_shards(
+    official: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype], max_shard_size: int | None
+) -> list[list[str]]:
+    """Tensor names per shard, in sorted order, each shard at most ``max_shard_size`` bytes (one tensor minimum).
+
+    Sizes are those written (``dtypes``: an FP8 base is written in BF16).
+    """
     shards, current, used = [], [], 0
     for name in sorted(official):
-        if current and max_shard_size is not None and used + sizes[name] > max_shard_size:
+        size = _nbytes(official[name], dtypes[name])
+        if current and max_shard_size is not None and used + size > max_shard_size:
             shards.append(current)
             current, used = [], 0
         current.append(name)
-        used += sizes[name]
+        used += size
     return [*shards, current]
-
-
-def handle_writer(
-    path: Path, names: list[str], handle, metadata: dict[str, str], overwrite: bool = True
-) -> SafetensorsWriter:
-    """A streaming writer declaring ``names`` with the base checkpoint's dtypes and shapes."""
-    specs = {}
-    for name in names:
-        info = handle.get_slice(name)
-        specs[name] = (FLOAT_CODES[info.get_dtype()], tuple(info.get_shape()))
-    return SafetensorsWriter(path, specs, metadata, overwrite)

@@ -1,8 +1,9 @@
 """``strip``: fold FE2E's fixed conditioning (t = 1, empty prompt) into constants.
 
-Reads the official DiT checkpoint (merged with the LoRA, or with ``lora`` applied here) one tensor
-at a time and writes a deployment folder that later stages load without the original checkpoint
-or the connector:
+Reads the official DiT checkpoint (merged with the LoRA, or with ``lora`` applied here; stored in
+BF16, FP32 or FP8 like the official ``step1x-edit-i1258-FP8.safetensors``) one tensor at a time, each
+in FP32 (exact for every stored dtype), and writes a deployment folder that later stages load without
+the original checkpoint or the connector:
 
 ``STRIPPED/stripped_dit.safetensors``
     the kept official weights (``img_in``, the blocks' attention/MLP linears and qk-norm scales,
@@ -33,7 +34,7 @@ from .config import ModelConfig
 from .files.atomic import atomic_write, check_folder_target, staged_folder
 from .files.hashing import sha256_file
 from .loading import load_vae
-from .loading.checkpoint import check_names_and_shapes, open_safetensors, set_tensor
+from .loading.checkpoint import check_names_and_shapes, open_safetensors, set_tensor, storage_dtypes
 from .loading.dit_layout import dit_layout
 from .loading.layout import parameter_shapes
 from .loading.prompt import PromptEmbedding, load_prompt_embedding
@@ -156,6 +157,7 @@ def strip_model(
     # built whole in a hidden sibling folder, then swapped in: never new weights under an old stripped.json
     with staged_folder(out_dir, **folder) as staging, open_safetensors(dit_path) as handle:
         check_names_and_shapes(dit_path, handle, official, "DiT checkpoint")
+        storage_dtypes(dit_path, handle, official)  # FP8-stored (the official FP8 file) is fine: read as FP32
         specs = stripped_specs(config, prompt.length, dtype)
         metadata = {"format": "pt", "fe2e_deploy_format": StrippedMeta.FORMAT}
         values = stripped_values(handle, config, prompt, deltas, dtype)
@@ -201,7 +203,9 @@ def strip_in_memory(
     with torch.device("meta"):
         dit = StrippedDiT(config, prompt.length)
     with open_safetensors(dit_source) as handle:
-        check_names_and_shapes(dit_source, handle, dit_layout(config).official_shapes(), "DiT checkpoint")
+        official = dit_layout(config).official_shapes()
+        check_names_and_shapes(dit_source, handle, official, "DiT checkpoint")
+        storage_dtypes(dit_source, handle, official)
         for name, value in stripped_values(handle, config, prompt, deltas, dtype):
             set_tensor(dit, name, value.to(device).contiguous())
     vae = load_vae(config, vae_source, torch.float32, device, progress=False)

@@ -15,7 +15,9 @@ from .options import Overwrite, Progress
 def merge_lora_command(
     dit: Path = typer.Option(..., help="Base DiT checkpoint in the official format (.safetensors or .index.json)."),
     lora: Path = typer.Option(..., help="FE2E's kohya LoRA (.safetensors) or a peft adapter folder (train-lora)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Merged checkpoint to write (official names and dtypes)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Merged checkpoint to write (official names and dtypes; an FP8-stored base: BF16)."
+    ),
     model_config: str = typer.Option(
         "step1x-edit", help="Model config: a preset (step1x-edit, tiny) or a model_config.json with official names."
     ),

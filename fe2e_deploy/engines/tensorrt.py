@@ -98,6 +98,7 @@ def deserialize_plan(runtime, plan: Path):
     closes after TensorRT has copied the weights to the GPU. Any buffer-protocol object is a serialized
     engine to TensorRT's Python API (``deserialize_cuda_engine(serialized_engine: buffer)``, TensorRT 10).
     """
+    opening("TensorRT plan", plan)
     with open(plan, "rb") as fh:
         if os.fstat(fh.fileno()).st_size == 0:
             raise InvalidInput(f"{plan}: the plan is empty (a build cut off? rebuild it with {TensorRTPlan.REBUILD})")
@@ -138,7 +139,6 @@ class TensorRTEngine(Engine):
             self.sidecar.check_gpu(plan, GpuIdentity.here())
             trt = import_tensorrt()
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        opening("TensorRT plan", plan)
         self.engine = deserialize_plan(runtime, plan)
         if self.engine is None:
             raise InvalidInput(f"{plan}: TensorRT cannot deserialize this plan (another TensorRT version?)")

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..errors import InvalidInput
 from ..load_gate import opening
+from .dtypes import ACCEPTED, STORAGE_DTYPES, unsupported, usable_dtype
 from .layout import CheckpointLayout
 
 
@@ -193,6 +194,22 @@ def check_names_and_shapes(path: str | Path, handle, expected: dict[str, tuple[i
         raise CheckpointError(f"{path}: does not match the {what} of the model config:\n  - " + "\n  - ".join(problems))
 
 
+def storage_dtypes(path: str | Path, handle, names) -> dict[str, torch.dtype]:
+    """Name -> stored dtype of ``names`` from the header; a one-line error names the first tensor of another dtype.
+
+    A source without dtypes in its slices (a synthetic checkpoint, generated in FP32) is taken as FP32.
+    """
+    dtypes = {}
+    for name in sorted(names):
+        info = handle.get_slice(name)
+        code = info.get_dtype() if hasattr(info, "get_dtype") else "F32"
+        problem = unsupported(code)
+        if problem:
+            raise CheckpointError(f"{path}: tensor {name} {problem}")
+        dtypes[name] = STORAGE_DTYPES[code]
+    return dtypes
+
+
 def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
     """Replace a (meta) parameter or buffer by ``value`` without copying into the old storage."""
     owner_name, _, leaf = name.rpartition(".")
@@ -216,12 +233,14 @@ def load_into(
 ) -> nn.Module:
     """Fill ``model`` (built on meta) from the official file at ``path`` (or an opened source), one tensor at a time.
 
-    Peak memory is the model in ``dtype`` (None: as stored) plus one source tensor: safetensors
-    memory-maps the file.
+    Peak memory is the model in ``dtype`` plus one source tensor and its cast: safetensors memory-maps
+    the file. ``dtype`` None keeps the stored dtype, except FP8 (the official FP8-stored DiT), which is
+    upcast to BF16, exactly: FP8 is a storage format here, not a compute dtype.
     """
     expected = layout.official_shapes()
     with open_safetensors(path) as handle:
         check_names_and_shapes(path, handle, expected, what)
+        storage_dtypes(path, handle, expected)  # every dtype from the header, before the long part
         label = Path(path).name if isinstance(path, str | Path) else str(path)
         for name in tqdm(sorted(expected), desc=f"loading {label}", disable=not progress, leave=False):
             try:
@@ -230,10 +249,12 @@ def load_into(
                 raise
             except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
                 raise CheckpointError(f"{path}: cannot read tensor {name} ({exc})") from exc
-            if not tensor.is_floating_point():
-                raise CheckpointError(f"{path}: tensor {name} has dtype {tensor.dtype}, expected a float type")
+            if tensor.dtype not in STORAGE_DTYPES.values():  # a source without a header (or one that lied)
+                problem = f"has dtype {tensor.dtype}, expected a float type ({ACCEPTED})"
+                raise CheckpointError(f"{path}: tensor {name} {problem}")
+            target_dtype = dtype or usable_dtype(tensor.dtype)
             for target, part in layout.rules[name].convert(tensor, layout.params):
-                set_tensor(model, target, part.to(device=device, dtype=dtype).contiguous())
+                set_tensor(model, target, part.to(device=device, dtype=target_dtype).contiguous())
             del tensor
     leftover = [n for n, p in model.state_dict().items() if p.is_meta]
     if leftover:  # cannot happen when the layout covers the model; CheckpointLayout checks that
