@@ -16,7 +16,8 @@ resolution (1024x768 first by default):
 One JSON line per engine and resolution is appended to the ``--json`` file as soon as it is
 measured (flushed and synced), so a run cut off at its time limit still leaves its data;
 ``time_budget`` skips what would not finish in time (:class:`TimeEstimates` states the rule) and
-writes a line saying so. Memory is reported twice: over the build and first run (``build_peak``:
+writes a line saying so; an engine that fails writes a ``failed`` line (the error's first line, the
+traceback in the log) and the others still run. Memory is reported twice: over the build and first run (``build_peak``:
 for FP8 engines this includes quantisation, done layer by layer) and over one steady run after the
 build's temporaries are freed (``steady_peak``: what serving the engine needs). DiT rates are given
 per image (the work FE2E needs) and as executed (the reference runs CFG batch 2: twice the work).
@@ -30,8 +31,10 @@ import json
 import os
 import platform
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +185,7 @@ def run_synthetic_benchmark(
                 "seed": settings.seed,
                 "torch": torch.__version__,
                 "fe2e_deploy": __version__,
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             left = None if settings.time_budget is None else settings.time_budget - (clock() - start)
             need = estimates.seconds(engine_name)
@@ -193,13 +197,26 @@ def run_synthetic_benchmark(
                 continue
             log(f"{engine_name} @ {width}x{height} ...")
             started = clock()
-            if engine_name == "attention":
-                for record in attention_records(synth, width, height, device, settings):
-                    out.write({**common, **record})
-                    records.append({**common, **record})
-                estimates.attention_took(clock() - started)
+            try:
+                if engine_name == "attention":
+                    for record in attention_records(synth, width, height, device, settings):
+                        out.write({**common, **record})
+                        records.append({**common, **record})
+                    estimates.attention_took(clock() - started)
+                    continue
+                record, prediction = measure_engine(engine_name, synth, image, (width, height), device, settings)
+            except Exception as exc:  # a failure (out of memory, a kernel this torch lacks) costs only its row
+                log(traceback.format_exc())
+                first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+                failed = {**common, "failed": f"{type(exc).__name__}: {first_line}"}
+            else:
+                failed = None
+            if failed is not None:  # outside the except block: its traceback (and the engine it holds) is gone
+                _free(device.type == "cuda")
+                log(format_line(failed))
+                out.write(failed)
+                records.append(failed)
                 continue
-            record, prediction = measure_engine(engine_name, synth, image, (width, height), device, settings)
             record["wall_s"] = clock() - started
             estimates.update(engine_name, record)
             record.update(dit_rates(engine_name, synth, width, height, record, name))
@@ -498,6 +515,8 @@ def format_line(r: dict) -> str:
     """One engine's result on one line (for the log)."""
     if "skipped" in r:
         return f"{r['engine']:<16} {r['resolution']:>9}  {r['skipped']}"
+    if "failed" in r:
+        return f"{r['engine']:<16} {r['resolution']:>9}  FAILED: {r['failed']}"
     if r.get("kind") == "attention":
         return f"{r['engine']:<24} {r['resolution']:>9}  {r['median_s'] * 1e3:8.2f} ms  {r['tflops']:7.1f} TFLOP/s"
     executed = r.get("dit_tflops_executed")
@@ -529,7 +548,7 @@ def format_records(records: list[dict]) -> str:
     head += ["build GiB", "steady GiB", "x1.78s", "x ref", "depth rel", "normal deg"]
     rows = []
     for r in records:
-        if "skipped" in r or r.get("kind") == "attention":
+        if "e2e_median_s" not in r:  # attention, skipped and failed lines follow the table
             continue
         rows.append(
             [
@@ -553,7 +572,7 @@ def format_records(records: list[dict]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     lines = ["  ".join(str(x).rjust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += [format_line(r) for r in records if "skipped" in r or r.get("kind") == "attention"]
+    lines += [format_line(r) for r in records if "e2e_median_s" not in r]
     return "\n".join(lines)
 
 

@@ -10,8 +10,9 @@
 # Environment: OUT (output folder; default: a new temp folder), TINY=1, WHEELS (default .whl),
 # PYTHON (default python3), BUDGET (seconds for the benchmark's engines), LIMIT (hard time limit, s),
 # RESOLUTIONS (default "1024x768 864x576 1216x352"), ENGINES (the benchmark's --engines), FP8_GEMM (the
-# benchmark's --fp8-gemm; TINY=1: the row-wise engines run the GPU's torch._scaled_mm calls on the CPU, fp8-tensor
-# dequantised, since the CPU runs per-tensor _scaled_mm at ~0.035 GFLOP/s; tests/test_fp8_gemm.py runs that call).
+# benchmark's --fp8-gemm; TINY=1: the row-wise engines run the GPU's torch._scaled_mm calls on the CPU where this
+# torch does, fp8-tensor dequantised, since the CPU runs per-tensor _scaled_mm at ~0.035 GFLOP/s, measured;
+# tests/test_fp8_gemm.py runs that call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -71,7 +72,11 @@ fi
 echo "== benchmark"
 if [ "${TINY:-0}" = 1 ]; then
   PRESET=tiny DEVICE=cpu RUNS=2 WARMUP=1
-  FP8_GEMM=${FP8_GEMM:-fp8-row=scaled_mm,fp8-row-fastacc=scaled_mm,fp8-tensor=dequantized}
+  # row-wise _scaled_mm on the CPU: torch 2.13 runs it, 2.11 (the GPU image's, in the device twin) refuses it
+  ROWWISE=$("$PY" -c "from fe2e_deploy.models.fp8 import rowwise_scaled_mm_runs as runs
+print('scaled_mm' if runs('cpu') else 'dequantized')")
+  FP8_GEMM=${FP8_GEMM:-fp8-row=$ROWWISE,fp8-row-fastacc=$ROWWISE,fp8-tensor=dequantized}
+  echo "FP8 GEMMs on this CPU: $FP8_GEMM"
   RESOLUTIONS=${RESOLUTIONS:-64x48} BUDGET=${BUDGET:-240} LIMIT=${LIMIT:-360}
 else
   PRESET=step1x-edit DEVICE=cuda RUNS=10 WARMUP=2 FP8_GEMM=${FP8_GEMM:-auto}

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[1]
 REQUIRED = ("engine", "resolution", "e2e_median_s", "dit_tflops", "peak_mem_bytes", "depth_rel_l2", "device")
-ENGINES = ["stripped-bf16", "reference", "compiled-bf16", "fp8-tensor", "fp8-row", "fp8-row-fastacc"]
+ENGINES = ["stripped-bf16", "reference", "compiled-bf16", "fp8-row", "fp8-tensor", "fp8-row-fastacc"]
+#: Three resolutions, as the GPU call runs three: every engine compiles at each (Dynamo's caches over sizes).
+RESOLUTIONS = ["64x48", "96x64", "128x32"]
 
 
 def write_wheel(folder: Path, name: str = "fe2e_probe_wheel", version: str = "1.0") -> Path:
@@ -40,11 +42,12 @@ def write_wheel(folder: Path, name: str = "fe2e_probe_wheel", version: str = "1.
     return wheel
 
 
-def test_tiny_device_benchmark_script_runs_every_stage(tmp_path):
+def test_tiny_device_benchmark_script_runs_every_engine_at_three_resolutions(tmp_path):
     out = tmp_path / "out"
     write_wheel(tmp_path / "wheels")
     env = {**os.environ, "TINY": "1", "OUT": str(out), "WHEELS": str(tmp_path / "wheels"), "PYTHON": sys.executable}
     env["SITE"] = str(tmp_path / "site")
+    env["RESOLUTIONS"] = " ".join(RESOLUTIONS)
     # A budget no loaded CI machine reaches: this test checks that every stage runs, not how fast (the script's
     # default budget of 240 s skipped the last engines on a machine busy with other jobs).
     env["BUDGET"], env["LIMIT"] = "1500", "1700"
@@ -58,12 +61,21 @@ def test_tiny_device_benchmark_script_runs_every_stage(tmp_path):
     assert (tmp_path / "site" / "fe2e_probe_wheel" / "__init__.py").is_file()  # the carried wheel was installed
     lines = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     engines = [line for line in lines if line.get("kind") != "attention"]
-    assert [line["engine"] for line in engines] == ENGINES, [line.get("skipped") for line in engines]
+    want = [(engine, res) for res in RESOLUTIONS for engine in ENGINES]
+    assert [(line["engine"], line["resolution"]) for line in engines] == want, [line.get("skipped") for line in lines]
     for line in engines:
         assert all(line.get(key) is not None for key in REQUIRED), line
         assert line["top_kernels"] and line["stages"]["dit"]["median"] > 0
-    assert all(0 < line["depth_rel_l2"] < 0.2 and line["normals_mean_angle_deg"] < 20 for line in engines[1:])
-    assert any(line.get("kind") == "attention" and "tflops" in line for line in lines)
+        assert line["build_peak_mem_bytes"] > 0 and line["steady_peak_mem_bytes"] > 0
+        assert line["first_run_stages"]["dit"] > 0
+    for res in RESOLUTIONS:
+        rows = {line["engine"]: line for line in engines if line["resolution"] == res}
+        assert all(0 < rows[e]["depth_rel_l2"] < 0.2 and rows[e]["normals_mean_angle_deg"] < 20 for e in ENGINES[1:])
+        assert rows["reference"]["dit_tflop_executed"] == pytest.approx(2 * rows["reference"]["dit_tflop"])
+        # the GPU's FP8 GEMM calls (torch._scaled_mm) run here for the row-wise engines, dequantised per-tensor
+        assert [rows[e]["fp8_gemm"] for e in ENGINES[3:]] == ["scaled_mm", "dequantized", "scaled_mm"]
+        attention = [line for line in lines if line.get("kind") == "attention" and line["resolution"] == res]
+        assert any("tflops" in line for line in attention), attention
     table = (out / "bench_table.txt").read_text()
     assert all(engine in table for engine in ENGINES)
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

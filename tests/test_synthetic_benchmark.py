@@ -268,3 +268,26 @@ def test_fp8_gemm_per_engine_and_dit_rates():
         per_image / 0.25 / 1978.9
     )
     assert dit_rates("fp8-row", synth, 1024, 768, record, "cpu (x86_64, 2 threads)")["fp8_peak_tflops"] is None
+
+
+def test_a_failing_engine_costs_only_its_own_line(monkeypatch, tmp_path):
+    """The one GPU call must not lose every later row to one engine's error (e.g. a kernel a torch lacks)."""
+    costs = dict(FULL_SIZE)
+    broken = {"fp8-row"}
+    measure_ok = None
+
+    def measure(engine_name, *args):
+        if engine_name in broken:
+            raise RuntimeError("only supports per-tensor scaling for CPU backend\nsecond line")
+        return measure_ok(engine_name, *args)
+
+    settings = SyntheticSettings(preset="step1x-edit", device="cpu", runs=10, warmup=2)
+    simulate(monkeypatch, settings, costs)  # installs the simulated measurement...
+    measure_ok = synthetic_benchmark.measure_engine
+    monkeypatch.setattr(synthetic_benchmark, "measure_engine", measure)  # ...which this one wraps
+    records = run_synthetic_benchmark(settings, tmp_path / "b.jsonl", log=lambda _: None)
+    failed = [r for r in records if "failed" in r]
+    assert [r["engine"] for r in failed] == ["fp8-row"]
+    assert failed[0]["failed"] == "RuntimeError: only supports per-tensor scaling for CPU backend"
+    assert [r["engine"] for r in records if "e2e_median_s" in r] == [e for e in ENGINES[:-1] if e not in broken]
+    assert "FAILED: RuntimeError" in format_records(records) and len(read_records(tmp_path / "b.jsonl")) == 7

@@ -185,7 +185,11 @@ def _synthetic(
     typer.echo(format_records(records))
     if json_out is not None:
         typer.echo(f"{len(records)} JSON line(s) written to {json_out}")
-    if plot is not None:
+    if plot is not None and any("e2e_median_s" in r for r in records):
         with writing(plot):
             write_records_plot(records, plot)
         typer.echo(f"plot written to {plot}")
+    failed = [f"{r['engine']} @ {r['resolution']}" for r in records if "failed" in r]
+    if failed:
+        typer.echo(f"{len(failed)} engine(s) failed (their lines say why; the others ran): {failed}", err=True)
+        raise typer.Exit(1)

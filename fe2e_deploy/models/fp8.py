@@ -20,8 +20,11 @@ PyTorch-engine recipe (benchmark, compiled engines), not exported to ONNX.
 
 Which GEMM a module runs is its ``gemm`` attribute (:data:`GEMM_MODES`; :func:`set_fp8_gemm` sets it
 model-wide): ``"auto"`` (default) ``torch._scaled_mm`` on CUDA GPUs with compute capability >= 8.9 and
-the dequantised matmul elsewhere, ``"scaled_mm"`` always the real FP8 GEMM call, on any device (this
-torch also runs it on the CPU, which is how tests run the GPU's exact calls), ``"dequantized"`` never.
+the dequantised matmul elsewhere, ``"scaled_mm"`` always the real FP8 GEMM call, on any device (torch
+also runs it on the CPU, which is how tests run the GPU's exact calls: per-tensor scales in every
+torch this project takes, row-wise ones from some release after 2.11, which refuses them on the CPU
+with "only supports per-tensor scaling for CPU backend": :func:`rowwise_scaled_mm_runs` tells), and
+``"dequantized"`` never.
 The GEMM path pads the rows (M) with zeros to a multiple of 16 and slices them off again; K and N
 (the weight's shape) must be multiples of 16 (cuBLASLt), else the module records at construction that
 it runs dequantised only (``gemm_unsupported``) and refuses ``"scaled_mm"``. The choice depends only
@@ -31,6 +34,7 @@ on module attributes fixed before tracing and on tensor shapes and devices, neve
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -53,6 +57,20 @@ GEMM_ALIGN = 16  # FP8 GEMMs on CUDA: K and N multiples of 16 (torch checks them
 def fp8_gemm_device(device: torch.device) -> bool:
     """CUDA with compute capability >= 8.9 (Ada, Hopper): where ``torch._scaled_mm`` runs FP8 GEMMs."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+@functools.cache
+def rowwise_scaled_mm_runs(device_type: str = "cpu") -> bool:
+    """Whether this torch runs ``torch._scaled_mm`` with row-wise scales on ``device_type`` (one 16x16 call)."""
+    a = torch.zeros(16, 16, device=device_type).to(FP8)
+    try:
+        torch._scaled_mm(
+            a, a.t(), scale_a=torch.ones(16, 1, device=device_type), scale_b=torch.ones(1, 16, device=device_type),
+            out_dtype=torch.bfloat16,
+        )  # fmt: skip
+    except (RuntimeError, NotImplementedError, ValueError):
+        return False
+    return True
 
 
 def scaled_mm_unsupported(in_features: int, out_features: int) -> str | None:
