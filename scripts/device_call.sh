@@ -22,14 +22,16 @@ export OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 start=$SECONDS
 if [ "${TINY:-0}" = 1 ]; then
-  BENCH_BUDGET=${BUDGET:-1500} BENCH_LIMIT=${LIMIT:-1700} CHECKS_LIMIT=${CHECKS_LIMIT:-900}
+  BENCH_BUDGET=${BUDGET:-1500} BENCH_LIMIT=${LIMIT:-1700} CHECKS_BUDGET=${CHECKS_BUDGET:-800} CHECKS_LIMIT=900
+  CHECKS_DEVICE=cpu
 else
-  BENCH_BUDGET=${BUDGET:-330} BENCH_LIMIT=${LIMIT:-360} CHECKS_LIMIT=${CHECKS_LIMIT:-150}
+  BENCH_BUDGET=${BUDGET:-330} BENCH_LIMIT=${LIMIT:-360} CHECKS_BUDGET=${CHECKS_BUDGET:-135} CHECKS_LIMIT=150
+  CHECKS_DEVICE=cuda
 fi
 BUDGET=$BENCH_BUDGET LIMIT=$BENCH_LIMIT bash scripts/device_benchmark.sh
 bench_rc=$?
 echo "== device_call: benchmark exit code $bench_rc after $((SECONDS - start)) s"
-LIMIT=$CHECKS_LIMIT bash scripts/device_checks.sh
+DEVICE=$CHECKS_DEVICE BUDGET=$CHECKS_BUDGET LIMIT=$CHECKS_LIMIT bash scripts/device_checks.sh
 checks_rc=$?
 echo "== device_call: checks exit code $checks_rc; $((SECONDS - start)) s in all; outputs: $(ls "$OUT" | tr '\n' ' ')"
 [ "$bench_rc" != 0 ] && exit "$bench_rc"
