@@ -80,3 +80,23 @@ def test_tiny_device_benchmark_script_runs_every_engine_at_three_resolutions(tmp
     assert all(engine in table for engine in ENGINES)
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "device_benchmark.log").read_text().count("== results") == 1
+
+
+def test_device_results_are_kept_under_benchmarks_by_date_and_gpu(tmp_path):
+    """``keep_device_results.sh``: the returned JSON lines copied as benchmarks/DATE-GPU[-checks].jsonl, never over."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    script = repo / "scripts" / "keep_device_results.sh"
+    script.write_text((ROOT / "scripts" / "keep_device_results.sh").read_text())
+    back = tmp_path / "files_at"
+    back.mkdir()
+    line = {"engine": "stripped-bf16", "device": "NVIDIA H100 80GB HBM3", "measured_at": "2026-12-08T01:02:03+00:00"}
+    (back / "bench.jsonl").write_text(json.dumps(line) + "\n" + '{"cut off mid-wr')
+    (back / "checks.jsonl").write_text(json.dumps({"check": "scaled_mm", **line}) + "\n")
+    run = subprocess.run(["bash", str(script), str(back)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    kept = sorted(p.name for p in (repo / "benchmarks").iterdir())
+    assert kept == ["2026-12-08-nvidia-h100-80gb-hbm3-checks.jsonl", "2026-12-08-nvidia-h100-80gb-hbm3.jsonl"]
+    assert (repo / "benchmarks" / kept[1]).read_bytes() == (back / "bench.jsonl").read_bytes()
+    again = subprocess.run(["bash", str(script), str(back)], capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "not replaced" in again.stdout + again.stderr
