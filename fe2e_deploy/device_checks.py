@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import re
 import shutil
@@ -91,7 +90,7 @@ from .quantize.calibrate import calibrate_fp8, quantizable_linears
 from .scenes import synthetic_scene
 from .strip import strip_in_memory, strip_model
 from .synthetic import PROMPT_TOKENS, SyntheticModel
-from .synthetic_benchmark import JsonLines, device_name
+from .synthetic_benchmark import JsonLines, device_name, read_records  # JSON lines, written and read
 
 CHECKS = ("scaled_mm", "cudnn_attention", "fp8_memory", "cuda_graph", "aoti")  # the order they run in: cheap first
 NEEDS_CUDA = "skipped: needs CUDA"
@@ -867,17 +866,6 @@ def format_table(records: list[dict]) -> str:
     counts = {s: sum(r["status"] == s for r in records) for s in ("passed", "failed", "skipped")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(records)} records")
     return "\n".join(lines)
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """The records of a ``checks.jsonl`` (a last line cut off by a kill is ignored)."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def main(argv: list[str] | None = None) -> int:
