@@ -49,13 +49,19 @@ def test_more_compiled_sizes_than_the_recompile_limit(monkeypatch):
     """Each compiled (engine, size) reserves one more graph per code object: a limit of 1 that would fail the
     second size (``FailOnRecompileLimitHit``, fullgraph=True) is raised instead, in one engine and across two."""
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     monkeypatch.setattr(stripped_engine, "_BASE_RECOMPILE_LIMIT", 1)
     monkeypatch.setattr(stripped_engine, "_compiled_graphs", 0)
     sizes = [(32, 32), (48, 32), (32, 48)]
-    with tiny_engine() as engine:
-        for width, height in sizes[:2]:
-            run_at(engine, width, height)
-    with tiny_engine() as engine:  # another engine, one more size
-        run_at(engine, *sizes[2])
-    assert torch._dynamo.config.recompile_limit == 4
+    # Set and restored by hand: pytest's monkeypatch deletes a torch config entry on undo (then "does not exist").
+    before = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = 1
+    try:
+        with tiny_engine() as engine:
+            for width, height in sizes[:2]:
+                run_at(engine, width, height)
+        with tiny_engine() as engine:  # another engine, one more size
+            run_at(engine, *sizes[2])
+        assert torch._dynamo.config.recompile_limit == 4
+    finally:
+        torch._dynamo.config.recompile_limit = before
+        torch._dynamo.reset()

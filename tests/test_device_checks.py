@@ -122,7 +122,7 @@ def test_the_budget_skips_what_would_not_fit(tmp_path, monkeypatch):
     settings = dc.CheckSettings(device="cpu", mid=None, checks=("scaled_mm",), budget=0.3)
     records = dc.run_checks(settings, None, log=lambda _: None)
     assert [r["status"] for r in records] == ["passed", "skipped", "skipped", "skipped", "skipped"]
-    assert records[1]["reason"].startswith("skipped: time budget (needs about 0 s")
+    assert records[1]["reason"].startswith("skipped: time budget (needs about ")  # seconds: as the machine ran it
     with pytest.raises(ValueError, match="unknown check"):
         dc.run_checks(dc.CheckSettings(device="cpu", checks=("nope",)))
 
