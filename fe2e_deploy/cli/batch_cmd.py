@@ -119,4 +119,6 @@ def batch(
             overwrite=overwrite,
             progress=progress,
         )
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
     report_images(report)

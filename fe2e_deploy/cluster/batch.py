@@ -72,6 +72,7 @@ class BatchReport:
     total_seconds: float = 0.0
     ray_start_seconds: float = 0.0  # starting a local Ray (0 when joining a running cluster)
     done_before: str = "all outputs exist"  # why images are skipped, in the summary
+    notes: list[str] = field(default_factory=list)  # what the planning found and did (a damaged shard redone)
 
     @property
     def predicted(self) -> int:
@@ -194,18 +195,28 @@ class ShardJob:
 def plan_shards(
     found: list[Path], root: Path, store: OutputStore, shards: ShardOptions, overwrite: bool, report: BatchReport
 ) -> list[ShardJob]:
-    """The shards to write: the images no manifest lists (all with ``overwrite``), ``shards.shard_size`` per shard.
+    """The shards to write: the images no finished shard holds (all with ``overwrite``), ``shards.shard_size`` per
+    shard.
 
-    Shard files without a manifest (a killed run's) are removed; ``overwrite`` removes every shard and
-    manifest first. Images whose keys clash fail (see :func:`~fe2e_deploy.cluster.shards.image_key`).
+    Shard files without a manifest (a killed run's) are removed; so are a missing or damaged shard's manifest and
+    file (its images are predicted again, said in ``report.notes``); ``overwrite`` removes every shard and manifest
+    first. Only names from the folder's listings are deleted (:func:`~fe2e_deploy.cluster.shards.read_state`),
+    manifests before their shards. Images whose keys clash fail (see :func:`~fe2e_deploy.cluster.shards.image_key`).
     """
     state = read_state(store, shards)
-    stale = state.orphans + ([m.shard for m in state.manifests] if overwrite else [])
-    for name in stale:
-        store.delete(name)
-    if overwrite:
-        for manifest in state.manifests:
-            store.delete(manifest_name(manifest.shard))
+    for manifest, why in state.damaged:
+        if not overwrite:
+            report.notes.append(
+                f"{store.describe(manifest.shard)}: {why}; its {len(manifest.keys)} image(s) are predicted again"
+            )
+    damaged = {m.shard for m, _ in state.damaged}
+    redo = {manifest_name(shard) for shard in damaged}
+    for name in state.manifest_files:  # first: a shard without its manifest is an orphan, removed by the next run
+        if overwrite or name in redo:
+            store.delete(name)
+    for name in state.shards:
+        if overwrite or name in damaged or name in state.orphans:
+            store.delete(name)
     done = {} if overwrite else state.done()
     names = output_names(path.relative_to(root) for path in found)
     owners: dict[str, Path] = {}

@@ -100,15 +100,19 @@ class OutputStore:
 
     def list(self, rel: str = "", recursive: bool = True) -> list[str]:
         """The files under ``rel`` (paths relative to the folder), in one listing; none when it does not exist."""
+        return sorted(self.sizes(rel, recursive))
+
+    def sizes(self, rel: str = "", recursive: bool = False) -> dict[str, int]:
+        """The files under ``rel`` (paths relative to the folder) and their sizes in bytes, in one listing."""
         from pyarrow import fs  # noqa: PLC0415
 
         selector = fs.FileSelector(self.path(rel), recursive=recursive, allow_not_found=True)
         root = PurePosixPath(self.root)
-        return sorted(
-            PurePosixPath(info.path).relative_to(root).as_posix()
+        return {
+            PurePosixPath(info.path).relative_to(root).as_posix(): info.size
             for info in self.filesystem().get_file_info(selector)
             if info.type == fs.FileType.File
-        )
+        }
 
     def read_bytes(self, rel: str) -> bytes:
         if self.uri is None:
@@ -117,6 +121,11 @@ class OutputStore:
             return stream.readall()
 
     def delete(self, rel: str) -> None:
+        """Delete the file ``rel`` of the folder (none there: nothing to do). ``rel`` must be a plain path inside
+        the folder (no ``..``, not absolute): nothing outside the output is ever deleted."""
+        parts = PurePosixPath(rel).parts
+        if not parts or PurePosixPath(rel).is_absolute() or any(p in ("..", ".") for p in rel.split("/")):
+            raise ValueError(f"{rel!r}: not a file inside {self.describe()}; nothing deleted")
         if self.uri is None:
             (Path(self.root) / rel).unlink(missing_ok=True)
         else:
