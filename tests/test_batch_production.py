@@ -439,3 +439,35 @@ def test_only_the_toolkits_own_names_are_deleted(images, tmp_path):
     for rel in ("../victim.txt", "/etc/hosts", "shard-000009/../../victim.txt", "", "./x"):
         with pytest.raises(ValueError, match="nothing deleted"):
             store.delete(rel)
+
+
+def closed_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once it is closed
+
+
+def test_object_store_outputs_that_cannot_be_written_are_one_line_and_fast(s3, tiny_dir, images, monkeypatch):
+    """Issue 33 item 6: at batch's write probe, ``-o s3://`` and ``-o gs://`` (no bucket), a missing bucket and an
+    unreachable endpoint were 57-line tracebacks, exit code 1 (the endpoint after seconds of retries). Now: one
+    line naming the output, exit code 2, within seconds (the probe does not retry)."""
+    _, query = s3
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    unreachable = f"s3://bucket/out?endpoint_override=127.0.0.1:{closed_port()}&scheme=http&region=us-east-1"
+    cases = {
+        "s3://": "s3://: no bucket",
+        "gs://": "gs://: no bucket",
+        f"s3://no-such-bucket/out{query}": "s3://no-such-bucket/out: cannot write there",
+        unreachable: "s3://bucket/out: cannot write there",
+    }
+    for output, named in cases.items():
+        start = time.monotonic()
+        result = CliRunner().invoke(app, batch_args(images, output, tiny_dir))
+        elapsed = time.monotonic() - start
+        assert result.exit_code == 2, (output, result.output, result.exception)
+        [line] = error_lines(result.output)
+        assert named in line and "Traceback" not in result.output, (output, line)
+        assert elapsed < 3, (output, elapsed)
