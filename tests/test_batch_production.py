@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -471,3 +472,31 @@ def test_object_store_outputs_that_cannot_be_written_are_one_line_and_fast(s3, t
         [line] = error_lines(result.output)
         assert named in line and "Traceback" not in result.output, (output, line)
         assert elapsed < 3, (output, elapsed)
+
+
+def test_clips_in_the_input_and_a_zero_shard_size_are_refused_before_any_work(tiny_dir, images, tmp_path):
+    """Issue 33 items 7 and 10: videos among the images were skipped without a word, ``--shard-size 0`` ran with
+    64; options of the other output format were dropped. Each is one line naming it, exit code 2, no Ray."""
+    folder = tmp_path / "with_clips"
+    shutil.copytree(images, folder)
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(64))
+    (folder / "sub" / "take2.MOV").write_bytes(b"\x00\x00\x00\x18ftypqt  " + bytes(64))
+    out = tmp_path / "out"
+    for source in (folder, f"file://{folder}"):
+        result = CliRunner().invoke(app, batch_args(source, out, tiny_dir))
+        assert result.exit_code == 2, (result.output, result.exception)
+        [line] = error_lines(result.output)
+        assert "2 video(s)" in line and "clip.mp4" in line and "sub/take2.MOV" in line and "infer" in line, line
+    cases = {
+        ("--output-format", "parquet", "--shard-size", "0"): "--shard-size must be >= 1 (got 0)",
+        ("--output-format", "webdataset", "--shard-size", "-1"): "--shard-size must be >= 1 (got -1)",
+        ("--shard-size", "8"): "--shard-size: only with --output-format parquet or webdataset",
+        ("--previews", "--normals-dtype", "uint8"): "--normals-dtype, --previews: only with --output-format",
+        ("--output-format", "parquet", "--outputs", "depth_npy"): "--outputs: only with --output-format files",
+    }
+    for more, named in cases.items():
+        result = CliRunner().invoke(app, batch_args(images, out, tiny_dir, *more))
+        assert result.exit_code == 2, (more, result.output, result.exception)
+        [line] = error_lines(result.output)
+        assert named in line, (more, line)
+    assert not out.exists() or not any(out.iterdir())

@@ -321,3 +321,19 @@ def test_browser_shows_the_results_and_the_errors(tmp_path):
         driver.quit()
         stop_demo(process)
     assert process.returncode is not None
+
+
+def test_demo_refuses_a_zero_limit():
+    """Issue 33 item 10: ``--max-image-pixels 0`` fell back to the default; it is refused in one line, exit code 2
+    (before the port is tried: here one in use, so the unchanged code stops there instead of serving)."""
+    from typer.testing import CliRunner
+
+    from fe2e_deploy.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for option in ("--max-image-pixels", "--max-points", "--max-clip-frames"):
+            result = CliRunner().invoke(app, ["demo", "--port", str(port), "--device", "cpu", option, "0"])
+            assert result.exit_code == 2 and f"{option} 0: must be an integer >= 1" in result.output, result.output

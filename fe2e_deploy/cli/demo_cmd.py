@@ -60,7 +60,7 @@ def demo(
         from . import options  # noqa: PLC0415
 
         limits = DemoOptions(
-            max_image_pixels=max_image_pixels or MAX_IMAGE_PIXELS,
+            max_image_pixels=MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels,
             max_clip_frames=max_clip_frames,
             max_points=max_points,
             max_file_mb=max_file_mb,

@@ -100,7 +100,7 @@ def serve(
                 max_batch_size=max_batch_size,
                 batch_wait_s=batch_wait_ms / 1000,
                 max_body_bytes=int(max_body_mb * 2**20),
-                **({"max_image_pixels": max_image_pixels} if max_image_pixels else {}),
+                **({"max_image_pixels": max_image_pixels} if max_image_pixels is not None else {}),
                 max_ongoing_requests=max_ongoing_requests,
                 body_timeout_s=body_timeout_s,
                 request_timeout_s=request_timeout_s,

@@ -90,13 +90,38 @@ class BatchReport:
         )
 
 
+#: Videos named in the message that refuses them (and how many more).
+VIDEOS_NAMED = 5
+
+
+def refuse_videos(images: str, videos: list[str]) -> None:
+    """Videos under IMAGES (by suffix, as ``infer`` finds them) stop the job before any work, named: ``batch``
+    runs images only, and skipping them would leave them out without a word."""
+    if not videos:
+        return
+    named = ", ".join(videos[:VIDEOS_NAMED]) + (
+        f" and {len(videos) - VIDEOS_NAMED} more" if videos[VIDEOS_NAMED:] else ""
+    )
+    raise InvalidInput(
+        f"{images}: holds {len(videos)} video(s) ({named}); batch predicts images only: run videos through "
+        "`fe2e-deploy infer`, and give batch a folder without them"
+    )
+
+
 def list_images(images: str | Path, store: OutputStore) -> tuple[ImageSource, list[Path]]:
     """The .jpg/.jpeg/.png files under ``images`` (a folder or a pyarrow URI), sorted, outside the outputs;
-    refuses a folder with none and an output place that cannot be written, before anything starts."""
+    refuses a folder with none, a folder that holds videos (:func:`refuse_videos`) and an output place that cannot
+    be written, before anything starts."""
+    from ..files.video import VIDEO_SUFFIXES, find_videos  # noqa: PLC0415
+
     text = str(images)
     if not is_uri(text):
         from ..infer import check_infer_paths  # noqa: PLC0415
 
+        if Path(text).is_dir():
+            inside = Path(store.root).resolve() if store.local else None
+            videos = [p for p in find_videos(Path(text)) if inside is None or not p.resolve().is_relative_to(inside)]
+            refuse_videos(text, [p.relative_to(text).as_posix() for p in videos])
         if store.local:
             return ImageSource(text), check_infer_paths(Path(text), Path(store.root))
         if Path(text).is_file():
@@ -113,16 +138,15 @@ def list_images(images: str | Path, store: OutputStore) -> tuple[ImageSource, li
         infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
     except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid is a ValueError, missing paths OSError
         raise MissingInput(f"{text}: cannot list images ({exc})") from None
-    found = sorted(
-        PurePosixPath(info.path)
-        for info in infos
-        if info.type == fs.FileType.File and PurePosixPath(info.path).suffix.lower() in IMAGE_SUFFIXES
-    )
+    files = [PurePosixPath(info.path) for info in infos if info.type == fs.FileType.File]
     if isinstance(filesystem, fs.LocalFileSystem):  # file://: outputs written inside the input are not inputs
         if store.local:
-            found = [p for p in found if not Path(p).resolve().is_relative_to(Path(store.root).resolve())]
+            files = [p for p in files if not Path(p).resolve().is_relative_to(Path(store.root).resolve())]
     elif not store.local and store.uri.split("://")[0] == text.split("://")[0]:  # the same store: its outputs
-        found = [p for p in found if not p.is_relative_to(store.root)]
+        files = [p for p in files if not p.is_relative_to(store.root)]
+    videos = sorted(p for p in files if p.suffix.lower() in VIDEO_SUFFIXES)
+    refuse_videos(text, [p.relative_to(root).as_posix() for p in videos])
+    found = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         raise MissingInput(f"{text}: no .jpg/.jpeg/.png images found")
     store.check_writable()
