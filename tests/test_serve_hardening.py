@@ -312,6 +312,18 @@ def test_format_ply_answers_a_point_cloud_and_a_video_body_is_415(server, scene)
     status, _, body = request(server.url + "/predict?format=ply&intrinsics=1,2", scene)
     assert status == 400 and "intrinsics" in json_error(body)
 
+    # issue 33 item 15: at most 100k points by default (the demo's; every pixel before: 618 MB for 24 MP)
+    large = png(scene_image(400, 300, seed=4))  # 120k pixels at output_res=input
+    status, _, body = request(server.url + "/predict?format=ply", large)
+    assert status == 200 and len(PlyData.read(io.BytesIO(body))["vertex"].data) == 100_000
+    status, _, body = request(server.url + "/predict?format=ply&max_points=100001", large)
+    assert status == 400 and "--max-points" in json_error(body)
+    # and an MPEG-TS clip is a video (415), not an unreadable image (400)
+    from test_serve_formats import mpeg_ts  # noqa: PLC0415
+
+    status, _, body = request(server.url + "/predict", mpeg_ts())
+    assert status == 415 and "video (MPEG-TS)" in json_error(body)
+
 
 @pytest.mark.parametrize(
     ("args", "named"),
