@@ -38,7 +38,11 @@ def batch(
         "filesystem URI (s3://bucket/prefix; S3-compatible servers: "
         "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http). Each output appears complete or not at all.",
     ),
-    engine: Path = typer.Option(..., help=ENGINE_HELP + " Every worker opens it once: a path all nodes can read."),
+    engine: Path = typer.Option(
+        None,
+        help=ENGINE_HELP + " Every worker opens it once: a path all nodes can read. Default: the embedded demo "
+        "model (at its training size, 128x96), as infer without model options.",
+    ),
     address: str = typer.Option(
         None, help="Ray cluster to run on: auto (the one this machine belongs to) or HOST:PORT; default: a local one."
     ),

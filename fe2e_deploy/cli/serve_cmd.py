@@ -17,7 +17,11 @@ from .options import ENGINE_HELP, Dtype, MaxImagePixels, MaxProcessingPixels, Pr
 
 @app.command("serve")
 def serve(
-    engine: Path = typer.Option(..., help=ENGINE_HELP + " Each replica opens it once."),
+    engine: Path = typer.Option(
+        None,
+        help=ENGINE_HELP + " Each replica opens it once. Default: the embedded demo model (at its training size, "
+        "128x96), as infer without model options.",
+    ),
     replicas: int = typer.Option(1, help="Replicas (Ray actors), each with its own copy of the engine."),
     host: str = typer.Option(
         "127.0.0.1", help="Interface to listen on (0.0.0.0: every interface). Ray's own servers stay on 127.0.0.1."
@@ -95,9 +99,10 @@ def serve(
             from ..engines import engine_kind  # noqa: PLC0415
             from ..engines.options import EngineOptions  # noqa: PLC0415
 
-            engine_kind(engine)  # a missing or unsupported engine fails here, before Ray starts
+            if engine is not None:
+                engine_kind(engine)  # a missing or unsupported engine fails here, before Ray starts
             settings = ServeOptions(
-                engine=str(engine.absolute()),
+                engine=None if engine is None else str(engine.absolute()),
                 engine_options=EngineOptions(
                     device="cuda" if gpus_per_replica > 0 else "cpu",
                     dtype=dtype,
@@ -125,7 +130,8 @@ def serve(
                 gpus_per_replica=gpus_per_replica,
                 drain_timeout_s=drain_timeout_s,
             )
-        typer.echo(f"serving {engine} on {url}: POST {url}/predict, GET {url}/healthz (Ctrl-C or SIGTERM stops)")
+        what = "the embedded demo model" if engine is None else engine
+        typer.echo(f"serving {what} on {url}: POST {url}/predict, GET {url}/healthz (Ctrl-C or SIGTERM stops)")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -264,7 +264,7 @@ def plan_shards(
 
 
 def run_batch(
-    engine: str | Path,
+    engine: str | Path | None,
     images: str | Path,
     output_dir: str | Path,
     *,
@@ -283,7 +283,9 @@ def run_batch(
     ``output_dir``: a local folder or a pyarrow filesystem URI. ``shards`` None: ``infer``'s files
     (``outputs`` says which); else shards of that format. ``address``: an existing cluster ("auto" or
     ``HOST:PORT``); None starts a local one for the job (it dies with this process). ``workers`` actors
-    each open ``engine`` once, on ``gpus_per_worker`` GPUs (0: CPU) and ``cpus_per_worker`` CPUs (default
+    each open ``engine`` once (None: the embedded demo model at its training size, as ``infer`` without model
+    options: :func:`~fe2e_deploy.web_demo.open_demo_engine`), on ``gpus_per_worker`` GPUs (0: CPU) and
+    ``cpus_per_worker`` CPUs (default
     :func:`default_worker_cpus`); ``options`` open the engine in each worker (their device is the
     worker's: cuda with GPUs, else cpu), ``options.batch_size`` images per engine call. Finished images
     are skipped unless ``overwrite``.
@@ -299,7 +301,8 @@ def run_batch(
     if gpus_per_worker < 0 or (cpus_per_worker is not None and cpus_per_worker <= 0):
         raise InvalidInput("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     outputs = outputs or OutputOptions()
-    engine_kind(engine)  # a missing or unsupported engine fails before Ray starts (a corrupt one in the workers)
+    if engine is not None:  # a missing or unsupported engine fails before Ray starts (a corrupt one in the workers)
+        engine_kind(engine)
     start = time.perf_counter()
     store = OutputStore.parse(output_dir)
     source, found = list_images(images, store)
@@ -326,7 +329,7 @@ def run_batch(
                     ray.cluster_resources().get("CPU", 1.0), workers, gpus_per_worker
                 )
                 worker = {  # the workers' arguments
-                    "engine": str(Path(engine).absolute()),
+                    "engine": None if engine is None else str(Path(engine).absolute()),
                     "store": store,
                     "options": replace(options, device="cuda" if gpus_per_worker > 0 else "cpu"),
                     "threads": torch_threads(cpus, gpus_per_worker),

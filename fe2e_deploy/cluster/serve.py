@@ -94,7 +94,7 @@ class ServeOptions:
     body, ``request_timeout_s`` the rest of a request (decoding, batch wait, engine, encoding).
     """
 
-    engine: str
+    engine: str | None  # None: the embedded demo model (web_demo.open_demo_engine, as infer opens it)
     engine_options: EngineOptions = EngineOptions()
     max_batch_size: int = 8
     batch_wait_s: float = 0.01
@@ -183,13 +183,13 @@ class FE2EService:
         bind_replica_server_to_node()
         import torch  # noqa: PLC0415
 
-        from ..engines import load_engine  # noqa: PLC0415
+        from ..web_demo import open_demo_engine  # noqa: PLC0415  (load_engine, or the demo model for None)
 
         if options.threads:
             torch.set_num_threads(options.threads)
         self.options = options
         try:
-            self.engine = load_engine(options.engine, options.engine_options)
+            self.engine = open_demo_engine(options.engine, options.engine_options)
         except Exception as exc:
             if not is_user_error(exc):
                 raise
