@@ -12,6 +12,11 @@ decoding), a file that is no image, a clip that cannot be decoded or whose frame
 :class:`~fe2e_deploy.errors.UserError` the page shows as a message, and the app goes on. One engine call runs at
 a time (a lock here, and Gradio's queue with one worker shared by both tabs, at most ``queue_size`` waiting).
 
+Files: the uploads Gradio receives, the copies it serves and every result are in the runner's work folder
+(``work_dir``; by default a fresh ``fe2e-demo-*`` under the temporary folder, 0700, deleted by
+:meth:`DemoRunner.close`): Gradio's temp folder is its ``gradio/`` (``GRADIO_TEMP_DIR``, set by
+:func:`build_app`), not the shared ``/tmp/gradio``. The command also makes the files it creates 0600.
+
 Gradio is the optional ``demo`` extra, imported only by :func:`build_app` and :func:`launch`.
 """
 
@@ -110,7 +115,8 @@ class DemoRunner:
     """One engine, opened once, and the uploads it runs (one at a time) through ``infer``'s pipeline.
 
     Each upload gets a folder under ``work_dir``; the newest :data:`KEEP_RUNS` are kept (the page serves their
-    files), older ones deleted.
+    files), older ones deleted. Gradio's own files (uploads as received, the copies it serves) go to
+    ``gradio_dir``, inside it. A ``work_dir`` made here is private (0700).
     """
 
     def __init__(self, engine: Engine, options: DemoOptions | None = None, work_dir: str | Path | None = None):
@@ -119,6 +125,8 @@ class DemoRunner:
         self._own_dir = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="fe2e-demo-") if work_dir is None else work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.gradio_dir = self.work_dir / "gradio"
+        self.gradio_dir.mkdir(mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._runs: deque[Path] = deque()
         self._count = 0
@@ -286,8 +294,9 @@ def example_clips(folder: Path | None = None, kinds: tuple[str, ...] = ("dolly",
 
 
 def build_app(runner: DemoRunner, examples: bool = True):
-    """The Gradio Blocks of the page over ``runner`` (not launched)."""
+    """The Gradio Blocks of the page over ``runner`` (not launched); Gradio's files go to ``runner.gradio_dir``."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["GRADIO_TEMP_DIR"] = str(runner.gradio_dir)  # read by the components and the server as they are made
     import gradio as gr  # noqa: PLC0415  (the demo extra)
 
     from .errors import describe, is_user_error  # noqa: PLC0415
@@ -379,11 +388,12 @@ def build_app(runner: DemoRunner, examples: bool = True):
 
 
 def launch(runner: DemoRunner, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve the page on ``host:port`` (never a public share link); blocks until Ctrl-C unless ``block`` is False
-    (then returns the Blocks: ``.close()`` stops it)."""
+    """Serve the page on ``host:port`` (never a public share link; an IPv6 address such as ``::1`` with or
+    without brackets); blocks until Ctrl-C unless ``block`` is False (then returns the Blocks: ``.close()`` stops
+    it)."""
     blocks = build_app(runner)
     blocks.launch(
-        server_name=host,
+        server_name=url_host(host),  # Gradio builds its URL with it (and strips the brackets to bind)
         server_port=port,
         share=False,
         inbrowser=False,
@@ -393,4 +403,11 @@ def launch(runner: DemoRunner, host: str = "127.0.0.1", port: int = 7860, block:
         max_file_size=int(runner.options.max_file_mb * 2**20),
         allowed_paths=[str(runner.work_dir), str(EXAMPLES_DIR), str(SCENES_DIR), str(examples_cache())],
     )
+    for path in runner.gradio_dir.rglob("*"):  # Gradio copies the examples with their modes (0644)
+        path.chmod(0o700 if path.is_dir() else 0o600)
     return blocks
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL: an IPv6 address in brackets (``::1`` -> ``[::1]``)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,13 +35,15 @@ from ray_helpers import assert_processes_end  # noqa: E402
 
 from fe2e_deploy.artifacts.contract import ContractError  # noqa: E402
 from fe2e_deploy.cli import app  # noqa: E402
-from fe2e_deploy.cluster.batch import run_batch  # noqa: E402
+from fe2e_deploy.cluster.batch import BatchReport, plan_shards, run_batch  # noqa: E402
 from fe2e_deploy.cluster.ray_setup import connect  # noqa: E402
-from fe2e_deploy.cluster.shards import ShardManifest, ShardOptions  # noqa: E402
-from fe2e_deploy.cluster.stores import upload  # noqa: E402
+from fe2e_deploy.cluster.shards import Sample, ShardManifest, ShardOptions, open_shard  # noqa: E402
+from fe2e_deploy.cluster.stores import OutputStore, upload  # noqa: E402
 from fe2e_deploy.engines import EngineOptions, load_engine  # noqa: E402
+from fe2e_deploy.files.images import find_images  # noqa: E402
 from fe2e_deploy.files.outputs import OutputOptions  # noqa: E402
 from fe2e_deploy.infer import run_infer  # noqa: E402
+from fe2e_deploy.processing import Prediction  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RES = ["--processing-res", "64x48"]
@@ -196,11 +199,30 @@ def test_parquet_shards_hold_the_maps_and_resume_from_their_manifests(cluster, t
     assert sorted(p.name for p in out.glob("*.parquet")) == [f"shard-00000{i}.parquet" for i in (0, 2, 3)]
     assert sorted(shard_maps(out)) == KEYS
 
-    # resuming reads the manifests only, never a shard (here: made unreadable); nothing to do, so no Ray
-    (out / "shard-000000.parquet").write_bytes(b"not parquet")
+    # resuming reads the manifests and the shards' sizes, never a shard (here: unreadable, of the size its manifest
+    # records); nothing to do, so no Ray
+    kept = (out / "shard-000000.parquet").read_bytes()
+    (out / "shard-000000.parquet").write_bytes(b"x" * len(kept))
     idle = run_batch(tiny_dir, images, out, options=OPTIONS, shards=shards, progress=False)
     assert len(idle.skipped) == 7 and not idle.written and idle.ray_start_seconds == 0
-    assert "in finished shards" in idle.summary()
+    assert "in finished shards" in idle.summary() and not idle.notes
+    (out / "shard-000000.parquet").write_bytes(kept)
+
+    # issue 33 item 9: a truncated shard and a deleted one are redone (and said), not skipped
+    shard3 = out / "shard-000003.parquet"
+    shard3.write_bytes(shard3.read_bytes()[:100])
+    (out / "shard-000002.parquet").unlink()
+    args = batch_args(images, out, tiny_dir, "--output-format", "parquet", "--shard-size", "3")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "4 image(s) written, 3 skipped (in finished shards), 0 failed" in result.output, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 2, result.output
+    assert "shard-000002.parquet: missing; its 1 image(s) are predicted again" in notes[0], notes
+    assert "shard-000003.parquet: 100 bytes, but its manifest records" in notes[1], notes
+    assert sorted(p.name for p in out.glob("*.parquet")) == [f"shard-00000{i}.parquet" for i in (0, 4, 5)]
+    assert sorted(p.name for p in (out / "_manifests").iterdir()) == [f"shard-00000{i}.json" for i in (0, 4, 5)]
+    assert sorted(shard_maps(out)) == KEYS
     (out / "_manifests" / "shard-000002.json").write_text('{"format": "fe2e-batch-shard", "format_version": 1}')
     with pytest.raises(ContractError, match=r"shard-000002\.json: field .* is missing"):
         run_batch(tiny_dir, images, out, options=OPTIONS, shards=shards, progress=False)
@@ -328,3 +350,153 @@ def test_an_interrupted_upload_leaves_no_object(s3):
     with pytest.raises(OSError, match="the source broke"):
         upload(Failing(b"x" * 5000), filesystem, "bucket/partial/object.bin")
     assert s3_keys(filesystem, "bucket/partial") == []
+
+
+def finished_shard(output: str | Path, fmt: str = "parquet") -> OutputStore:
+    """A finished output (shard 0 and its manifest, one sample), written without Ray; returns its store."""
+    store = OutputStore.parse(output)
+    options = ShardOptions(fmt)
+    normals = np.zeros((4, 4, 3), np.float32)
+    normals[..., 2] = 1
+    with open_shard(store, 0, options) as shard:
+        shard.add(Sample.of("scene0", "scene0.png", Prediction(np.zeros((4, 4), np.float32), normals), options))
+    return store
+
+
+def planted_manifest(store: OutputStore, number: int, shard: str) -> bytes:
+    """A manifest ``_manifests/shard-NNNNNN.json`` that is valid in every field but ``shard``."""
+    good = ShardManifest.from_json(json.loads(store.read_bytes("_manifests/shard-000000.json")))
+    document = {**good.to_json(), "shard": shard}
+    data = json.dumps(document).encode()
+    store.put_bytes(f"_manifests/shard-{number:06d}.json", data)
+    return data
+
+
+@pytest.mark.parametrize(
+    "shard",
+    [
+        "shard-000009/../../victim.txt",  # a path out of the output (deleted by --overwrite, exit 0, before)
+        "part-1.parquet",  # no shard name (an AttributeError traceback before)
+        "shard-000009.parquet",  # a valid name, but not this manifest's shard (deleted by --overwrite before)
+        "shard-000005.parquet/../../victim.txt",
+    ],
+)
+def test_a_hostile_manifest_touches_nothing_and_is_one_line(tiny_dir, images, tmp_path, shard):
+    """Issue 33 items 2 and 9: a manifest's ``shard`` must be its own shard's name (``shard-NNNNNN.parquet|tar``,
+    the number of the manifest); anything else stops the run in one line (exit code 2), deleting nothing, with or
+    without --overwrite. Nothing outside the output is ever deleted: the names deleted are the toolkit's own."""
+    out = tmp_path / "out"
+    store = finished_shard(out)
+    (out / "shard-000009").mkdir()  # lets the path resolve on a local disk
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "shard-000009.parquet").write_bytes(b"not ours to delete on a planted manifest's word")
+    planted_manifest(store, 5, shard)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and images not in p.parents}
+    for more in ([], ["--overwrite"]):
+        result = CliRunner().invoke(app, batch_args(images, out, tiny_dir, "--output-format", "parquet", *more))
+        assert result.exit_code == 2, (result.output, result.exception)
+        [line] = error_lines(result.output)
+        assert "shard-000005.json" in line and "shard" in line and "Traceback" not in result.output, line
+        assert {p: p.read_bytes() for p in before if p.is_file()} == before  # nothing deleted or changed
+
+
+def test_a_hostile_manifest_on_an_s3_server_deletes_nothing_outside_the_prefix(s3, tiny_dir, images, monkeypatch):
+    """Issue 33 item 2: on an object store, ``shard-000001/../../victim.txt`` deleted ``bucket/victim.txt``
+    (outside the output's prefix) on --overwrite. Now the run is refused in one line and no object changes."""
+    filesystem, query = s3
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    with filesystem.open_output_stream("bucket/victim.txt") as f:
+        f.write(b"keep me")
+    target = f"s3://bucket/hostile{query}"
+    store = finished_shard(target)
+    planted_manifest(store, 1, "shard-000001/../../victim.txt")
+    before = s3_keys(filesystem, "bucket")
+    assert "victim.txt" in before and "hostile/shard-000000.parquet" in before
+    result = CliRunner().invoke(app, batch_args(images, target, tiny_dir, "--output-format", "parquet", "--overwrite"))
+    assert result.exit_code == 2, (result.output, result.exception)
+    [line] = error_lines(result.output)
+    assert "shard-000001.json" in line, line
+    assert s3_keys(filesystem, "bucket") == before
+    with filesystem.open_input_file("bucket/victim.txt") as f:
+        assert f.readall() == b"keep me"
+
+
+def test_only_the_toolkits_own_names_are_deleted(images, tmp_path):
+    """Issue 33 item 2: --overwrite (and the removal of orphans) deletes the shard and manifest names batch writes,
+    exactly, from a listing of OUT; other files that merely start like them stay, and the store refuses a path out
+    of its folder."""
+    out = tmp_path / "out"
+    store = finished_shard(out)
+    others = ["shard-000001-notes.txt", "shard-000002.parquet.bak", "shard-3.parquet", "_manifests/notes.json"]
+    for name in others:
+        (out / name).write_text("not batch's")
+    (out / "shard-000007.tar").write_bytes(b"an orphan of batch's (no manifest)")
+    report = BatchReport()
+    jobs = plan_shards(find_images(images), images, store, ShardOptions("parquet"), True, report)
+    assert sum(len(job.sources) for job in jobs) == 7 and not report.notes
+    assert files_under(out) == sorted(others)
+    for rel in ("../victim.txt", "/etc/hosts", "shard-000009/../../victim.txt", "", "./x"):
+        with pytest.raises(ValueError, match="nothing deleted"):
+            store.delete(rel)
+
+
+def closed_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once it is closed
+
+
+def test_object_store_outputs_that_cannot_be_written_are_one_line_and_fast(s3, tiny_dir, images, monkeypatch):
+    """Issue 33 item 6: at batch's write probe, ``-o s3://`` and ``-o gs://`` (no bucket), a missing bucket and an
+    unreachable endpoint were 57-line tracebacks, exit code 1 (the endpoint after seconds of retries). Now: one
+    line naming the output, exit code 2, within seconds (the probe does not retry)."""
+    _, query = s3
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    unreachable = f"s3://bucket/out?endpoint_override=127.0.0.1:{closed_port()}&scheme=http&region=us-east-1"
+    cases = {
+        "s3://": "s3://: no bucket",
+        "gs://": "gs://: no bucket",
+        f"s3://no-such-bucket/out{query}": "s3://no-such-bucket/out: cannot write there",
+        unreachable: "s3://bucket/out: cannot write there",
+    }
+    for output, named in cases.items():
+        start = time.monotonic()
+        result = CliRunner().invoke(app, batch_args(images, output, tiny_dir))
+        elapsed = time.monotonic() - start
+        assert result.exit_code == 2, (output, result.output, result.exception)
+        [line] = error_lines(result.output)
+        assert named in line and "Traceback" not in result.output, (output, line)
+        assert elapsed < 3, (output, elapsed)
+
+
+def test_clips_in_the_input_and_a_zero_shard_size_are_refused_before_any_work(tiny_dir, images, tmp_path):
+    """Issue 33 items 7 and 10: videos among the images were skipped without a word, ``--shard-size 0`` ran with
+    64; options of the other output format were dropped. Each is one line naming it, exit code 2, no Ray."""
+    folder = tmp_path / "with_clips"
+    shutil.copytree(images, folder)
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(64))
+    (folder / "sub" / "take2.MOV").write_bytes(b"\x00\x00\x00\x18ftypqt  " + bytes(64))
+    out = tmp_path / "out"
+    for source in (folder, f"file://{folder}"):
+        result = CliRunner().invoke(app, batch_args(source, out, tiny_dir))
+        assert result.exit_code == 2, (result.output, result.exception)
+        [line] = error_lines(result.output)
+        assert "2 video(s)" in line and "clip.mp4" in line and "sub/take2.MOV" in line and "infer" in line, line
+    cases = {
+        ("--output-format", "parquet", "--shard-size", "0"): "--shard-size must be >= 1 (got 0)",
+        ("--output-format", "webdataset", "--shard-size", "-1"): "--shard-size must be >= 1 (got -1)",
+        ("--shard-size", "8"): "--shard-size: only with --output-format parquet or webdataset",
+        ("--previews", "--normals-dtype", "uint8"): "--normals-dtype, --previews: only with --output-format",
+        ("--output-format", "parquet", "--outputs", "depth_npy"): "--outputs: only with --output-format files",
+    }
+    for more, named in cases.items():
+        result = CliRunner().invoke(app, batch_args(images, out, tiny_dir, *more))
+        assert result.exit_code == 2, (more, result.output, result.exception)
+        [line] = error_lines(result.output)
+        assert named in line, (more, line)
+    assert not out.exists() or not any(out.iterdir())

@@ -319,3 +319,31 @@ def test_input_blocks_and_worker_cpus():
     assert [input_blocks(n, w) for n, w in ((9, 2), (1, 4), (100, 1), (1_000_000, 16))] == [8, 1, 4, 15625]
     assert default_worker_cpus(2, 2, 0) == 0.75 and default_worker_cpus(2, 1, 0) == 1.5  # the rest decodes
     assert default_worker_cpus(64, 8, 1) == 1.0 and default_worker_cpus(1, 8, 0) == 0.25
+
+
+def test_batch_and_serve_default_to_the_embedded_demo_model_as_infer_does(cluster, images, tmp_path):
+    """Issue 33 item 16: without --engine, batch (and serve, see test_serve_hardening) open the embedded demo model
+    at its training size, as infer and demo do (they required --engine)."""
+    from typer.main import get_command
+
+    from fe2e_deploy.web_demo import open_demo_engine
+
+    for name in ("batch", "serve"):
+        [engine] = [p for p in get_command(app).commands[name].params if p.name == "engine"]
+        assert not engine.required and engine.default is None and "the embedded demo model" in engine.help, name
+    out = tmp_path / "out"
+    args = ["batch", str(images), "-o", str(out), "--workers", "1", "--cpus-per-worker", "0.5"]
+    result = CliRunner().invoke(app, [*args, "--outputs", "depth_npy,normals_npy", "--no-progress"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "9 image(s) written" in result.output
+    expected = tmp_path / "infer"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the worker (0.5 CPU)
+    try:
+        with open_demo_engine(None, EngineOptions(device="cpu")) as engine:  # what infer runs without options
+            run_infer(engine, images, expected, progress=False, outputs=OutputOptions(("depth_npy", "normals_npy")))
+    finally:
+        torch.set_num_threads(threads)
+    assert files_under(out) == files_under(expected)
+    for path in expected.rglob("*.npy"):
+        np.testing.assert_allclose(np.load(out / path.relative_to(expected)), np.load(path), rtol=0, atol=1e-6)

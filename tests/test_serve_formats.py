@@ -28,6 +28,36 @@ VIDEOS = {
 }
 
 
+def mpeg_ts(frames: int = 3, m2ts: bool = False) -> bytes:
+    """A real MPEG transport stream (PyAV): 188-byte packets, each starting with the sync byte 0x47 (M2TS: a
+    4-byte timestamp before each)."""
+    av = pytest.importorskip("av")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = buffer.getvalue()
+    if not m2ts:
+        return data
+    return b"".join(i.to_bytes(4, "big") + data[i : i + 188] for i in range(0, len(data), 188))
+
+
+def test_an_mpeg_ts_body_is_415():
+    """Issue 33 item 15: an MPEG-TS clip (.ts, .m2ts) was answered 400 "unreadable image"; it is a video (415)."""
+    for body in (mpeg_ts(), mpeg_ts(m2ts=True)):
+        assert video_container(body) == "MPEG-TS"
+        with pytest.raises(RequestFailed) as info:
+            check_not_video(body)
+        assert info.value.status == 415 and "MPEG-TS" in str(info.value)
+    assert video_container(b"\x47" + bytes(187)) is None  # one packet: too little to tell, left to the decoder
+
+
 @pytest.mark.parametrize("container", list(VIDEOS))
 def test_a_video_body_is_415_in_one_line(container):
     body = VIDEOS[container] + bytes(64)
@@ -39,7 +69,7 @@ def test_a_video_body_is_415_in_one_line(container):
 
 def test_images_are_not_videos():
     for image in (scene_image(8, 8), scene_image(8, 8).convert("L")):
-        for fmt in ("PNG", "JPEG", "WEBP"):
+        for fmt in ("PNG", "JPEG", "WEBP", "GIF"):  # a GIF starts with 0x47 ("G"), as MPEG-TS packets do
             buffer = io.BytesIO()
             image.save(buffer, format=fmt)
             assert video_container(buffer.getvalue()) is None
@@ -79,7 +109,26 @@ def test_format_ply_is_the_point_cloud_of_infer():
     body, _ = encode_prediction(pred, "ply", "pointcloud", image=image, camera=camera, exif_source=jpeg)
     ply = PlyData.read(io.BytesIO(body))
     assert len(ply["vertex"].data) == 5 and any("from --intrinsics" in c for c in ply.comments)
-    assert camera_options(None, 90.0, None) == CameraOptions(fov=90.0)
+    assert camera_options(None, 90.0, None) == CameraOptions(fov=90.0, max_points=100_000)
+
+
+def test_format_ply_has_a_default_point_cap():
+    """Issue 33 item 15: without ``max_points`` a ply answer held every pixel (618 MB for a 24 MP image); now the
+    demo's 100k points by default, and a request may ask fewer, not more than the server's ``--max-points``."""
+    from fe2e_deploy.cluster.responses import MAX_POINTS
+    from fe2e_deploy.web_demo import MAX_POINTS as DEMO_MAX_POINTS
+
+    assert MAX_POINTS == DEMO_MAX_POINTS == 100_000
+    assert camera_options(None, None, None).max_points == 100_000
+    assert camera_options(None, None, 50).max_points == 50
+    assert camera_options(None, None, None, limit=7).max_points == 7
+    with pytest.raises(RequestFailed, match=r"max_points=100001: over this server's limit of 100000") as info:
+        camera_options(None, None, 100_001)
+    assert info.value.status == 400
+    body, _ = encode_prediction(
+        prediction(shape=(6, 8)), "ply", "pointcloud", camera=camera_options(None, 90.0, None, 5)
+    )
+    assert len(PlyData.read(io.BytesIO(body))["vertex"].data) == 5
 
 
 def test_bad_ply_parameters_are_400():

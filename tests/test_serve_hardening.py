@@ -110,12 +110,13 @@ def tree(pid: int) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir, tmp_path_factory):
+def server(tmp_path_factory):
     """``serve --max-batch-size 16 --batch-wait-ms 1000`` (a request waits up to 1 s for 15 others) with its own
-    local Ray (Ray's token auth off), a 2 s body timeout and 20 /predict requests at once."""
+    local Ray (Ray's token auth off), a 2 s body timeout and 20 /predict requests at once. No --engine: the
+    replica opens the embedded demo model (issue 33 item 16; the engine-file path is test_cluster's server)."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    args = ["--engine", str(tiny_dir), "--port", str(port), "--processing-res", "64x48", "--cpus-per-replica", "1"]
+    args = ["--port", str(port), "--processing-res", "64x48", "--cpus-per-replica", "1"]
     args += ["--max-batch-size", "16", "--batch-wait-ms", "1000", "--max-body-mb", "1"]
     args += ["--body-timeout-s", str(BODY_TIMEOUT_S), "--max-ongoing-requests", str(MAX_ONGOING)]
     proc = start(args, log, {"RAY_AUTH_MODE": "disabled"})  # the campaign's worst case: nothing may be reachable
@@ -273,6 +274,28 @@ def test_max_batch_size_16_runs_16_concurrent_requests_in_one_or_two_engine_call
     assert after["engine_calls"] - before["engine_calls"] <= 2, (before, after)
 
 
+def test_the_replica_opens_the_embedded_demo_model_without_engine(server, scene):
+    """Issue 33 item 16: serve without --engine answers the embedded demo model's maps, as infer opens it."""
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from fe2e_deploy.engines import EngineOptions  # noqa: PLC0415
+    from fe2e_deploy.web_demo import open_demo_engine  # noqa: PLC0415
+
+    status, _, body = request(server.url + "/predict", scene)
+    assert status == 200
+    maps = np.load(io.BytesIO(body))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the replica (--cpus-per-replica 1)
+    try:
+        with open_demo_engine(None, EngineOptions(device="cpu", processing_res=(64, 48))) as engine:
+            expected = engine.predict(Image.open(io.BytesIO(scene)))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(maps["depth"], expected.depth, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(maps["normals"], expected.normals, rtol=0, atol=1e-6)
+
+
 def test_every_error_is_one_line_of_json(server):
     """L5: 404 and 405 (FastAPI's own) answer {"error": ...} as /predict's errors do."""
     status, _, body = request(server.url + "/nowhere")
@@ -312,6 +335,18 @@ def test_format_ply_answers_a_point_cloud_and_a_video_body_is_415(server, scene)
     status, _, body = request(server.url + "/predict?format=ply&intrinsics=1,2", scene)
     assert status == 400 and "intrinsics" in json_error(body)
 
+    # issue 33 item 15: at most 100k points by default (the demo's; every pixel before: 618 MB for 24 MP)
+    large = png(scene_image(400, 300, seed=4))  # 120k pixels at output_res=input
+    status, _, body = request(server.url + "/predict?format=ply", large)
+    assert status == 200 and len(PlyData.read(io.BytesIO(body))["vertex"].data) == 100_000
+    status, _, body = request(server.url + "/predict?format=ply&max_points=100001", large)
+    assert status == 400 and "--max-points" in json_error(body)
+    # and an MPEG-TS clip is a video (415), not an unreadable image (400)
+    from test_serve_formats import mpeg_ts  # noqa: PLC0415
+
+    status, _, body = request(server.url + "/predict", mpeg_ts())
+    assert status == 415 and "video (MPEG-TS)" in json_error(body)
+
 
 @pytest.mark.parametrize(
     ("args", "named"),
@@ -323,6 +358,7 @@ def test_format_ply_answers_a_point_cloud_and_a_video_body_is_415(server, scene)
         (["--port", "70000"], "--port 70000"),
         (["--host", "999.1.1.1"], "--host '999.1.1.1'"),
         (["--max-image-pixels", "0"], "--max-image-pixels"),
+        (["--max-points", "0"], "--max-points 0"),
     ],
 )
 def test_a_bad_option_is_named_in_one_line_before_ray_starts(tiny_dir, args, named):

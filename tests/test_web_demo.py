@@ -206,12 +206,12 @@ def browser_driver():
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
-def start_demo(port: int, log: Path) -> tuple[subprocess.Popen, float]:
+def start_demo(port: int, log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, float]:
     """``fe2e-deploy demo`` (as the README starts it) on 127.0.0.1:port; returns it and the seconds until the
     page answers."""
     import urllib.request
 
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     t0 = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "fe2e_deploy", "demo", "--port", str(port), "--device", "cpu"],
@@ -321,3 +321,81 @@ def test_browser_shows_the_results_and_the_errors(tmp_path):
         driver.quit()
         stop_demo(process)
     assert process.returncode is not None
+
+
+def test_demo_refuses_a_zero_limit():
+    """Issue 33 item 10: ``--max-image-pixels 0`` fell back to the default; it is refused in one line, exit code 2
+    (before the port is tried: here one in use, so the unchanged code stops there instead of serving)."""
+    from typer.testing import CliRunner
+
+    from fe2e_deploy.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for option in ("--max-image-pixels", "--max-points", "--max-clip-frames"):
+            result = CliRunner().invoke(app, ["demo", "--port", str(port), "--device", "cpu", option, "0"])
+            assert result.exit_code == 2 and f"{option} 0: must be an integer >= 1" in result.output, result.output
+
+
+def test_demo_serves_an_ipv6_loopback_address_and_warns_only_beyond_loopback(runner):
+    """Issue 33 item 13: ``--host ::1`` was an httpx.InvalidURL traceback (the address unbracketed in Gradio's URL),
+    and ``::1`` / ``localhost`` got the "reachable beyond this machine" warning although they are loopback."""
+    pytest.importorskip("gradio")
+    import urllib.request
+
+    from fe2e_deploy.web_demo import launch
+
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    blocks = launch(runner, host="::1", port=port, block=False)
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{port}/", timeout=30) as answer:
+            assert answer.status == 200
+    finally:
+        blocks.close()
+    from fe2e_deploy.cli.demo_cmd import loopback_only
+
+    assert loopback_only("127.0.0.1") and loopback_only("::1") and loopback_only("[::1]")
+    assert loopback_only("localhost") and loopback_only("127.0.0.2")
+    assert not loopback_only("0.0.0.0") and not loopback_only("::") and not loopback_only("no-such-host.invalid")
+
+
+@pytest.mark.slow
+def test_sigterm_cleans_up_and_the_demo_files_are_private(tmp_path):
+    """Issue 33 item 14: on SIGTERM the demo left /tmp/fe2e-demo-* (uploads and results) behind (SIGINT cleaned
+    up), and results in Gradio's temp folder were readable by every local user (0644 in 0755 folders). Now the
+    uploads, results and Gradio's copies are in one folder of the demo's, 0700 (files 0600), gone after SIGTERM."""
+    pytest.importorskip("gradio")
+    from gradio_client import Client, handle_file
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    process, _ = start_demo(port, tmp_path / "demo.log", {"TMPDIR": str(temp)})
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, httpx_kwargs={"timeout": 60})
+        image = tmp_path / "upload.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
+        downloads = client.predict(handle_file(str(image)), api_name="/predict_image")[4]
+        assert len(downloads) == 5
+        [folder] = temp.glob("fe2e-demo-*")
+        assert sorted(p.name for p in temp.iterdir()) == [folder.name]  # nothing of Gradio's beside it
+        paths = [folder, *folder.rglob("*")]
+        files = [p for p in paths if p.is_file()]
+        assert any(p.name == "upload.png" for p in files) and any(p.suffix == ".ply" for p in files)
+        wrong = [(str(p), oct(p.stat().st_mode & 0o777)) for p in paths if p.stat().st_mode & 0o077]
+        assert not wrong, wrong  # folders 0700, files 0600
+        assert all(p.stat().st_mode & 0o777 == 0o700 for p in paths if p.is_dir())
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            rc = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert rc == 0, (tmp_path / "demo.log").read_text()[-3000:]
+    assert list(temp.iterdir()) == [], list(temp.rglob("*"))[:10]

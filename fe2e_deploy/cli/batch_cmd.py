@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -39,7 +38,11 @@ def batch(
         "filesystem URI (s3://bucket/prefix; S3-compatible servers: "
         "s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http). Each output appears complete or not at all.",
     ),
-    engine: Path = typer.Option(..., help=ENGINE_HELP + " Every worker opens it once: a path all nodes can read."),
+    engine: Path = typer.Option(
+        None,
+        help=ENGINE_HELP + " Every worker opens it once: a path all nodes can read. Default: the embedded demo "
+        "model (at its training size, 128x96), as infer without model options.",
+    ),
     address: str = typer.Option(
         None, help="Ray cluster to run on: auto (the one this machine belongs to) or HOST:PORT; default: a local one."
     ),
@@ -65,11 +68,12 @@ def batch(
     ),
     shard_size: int = typer.Option(
         None,
-        help="Images per shard (parquet, webdataset; default 64: ~400 MB at 1024x768). A shard is what a rerun "
-        "resumes from and what a failed worker redoes.",
+        help="Images per shard, >= 1 (parquet, webdataset only; default 64: ~400 MB at 1024x768). A shard is what "
+        "a rerun resumes from and what a failed worker redoes.",
     ),
     normals_dtype: str = typer.Option(
-        "float16", help="Normals in shards: float16, or uint8 holding (n + 1) / 2 * 255 as infer's normals PNG."
+        None,
+        help="Normals in shards: float16 (default), or uint8 holding (n + 1) / 2 * 255 as infer's normals PNG.",
     ),
     previews: bool = typer.Option(
         False, "--previews", help="Shards also hold 8-bit PNG previews of each image's depth (colour) and normals."
@@ -83,21 +87,36 @@ def batch(
     (--output-format), each complete or not at all, in a folder or an object store. Resumable:
     finished images are skipped (--overwrite predicts them again; for shards it deletes the old ones
     first). A worker that dies is restarted and its images run again; unreadable images are reported
-    and skipped (exit code 1 at the end); a write error stops the job (exit code 2). Without
+    and skipped (exit code 1 at the end); a write error stops the job (exit code 2). Videos in IMAGES are
+    refused before any work (run them through infer). Without
     --address a local Ray starts on 127.0.0.1 and ends with the command, even if it is killed.
     Needs: pip install 'fe2e-deploy\\[ray]'.
     """
     with user_errors():
         from ..cluster.batch import run_batch  # noqa: PLC0415
-        from ..cluster.shards import OUTPUT_FORMATS, ShardOptions  # noqa: PLC0415
+        from ..cluster.shards import DEFAULT_SHARD_SIZE, OUTPUT_FORMATS, ShardOptions  # noqa: PLC0415
         from ..engines.options import EngineOptions  # noqa: PLC0415
 
         if output_format not in OUTPUT_FORMATS:
             raise InvalidInput(f"--output-format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
         shards = None
-        if output_format != "files":
-            shards = ShardOptions(output_format, normals_dtype=normals_dtype, previews=previews)
-            shards = replace(shards, shard_size=shard_size or shards.shard_size, png_compression=png_compression)
+        if output_format == "files":  # the shards' options are refused, not dropped
+            given = {"--shard-size": shard_size, "--normals-dtype": normals_dtype, "--previews": previews or None}
+            named = [flag for flag, value in given.items() if value is not None]
+            if named:
+                raise InvalidInput(f"{', '.join(named)}: only with --output-format parquet or webdataset (shards)")
+        else:
+            if outputs != "all":
+                raise InvalidInput(
+                    "--outputs: only with --output-format files (shards hold depth and normals; see --previews)"
+                )
+            shards = ShardOptions(
+                output_format,
+                shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size,
+                normals_dtype=normals_dtype or "float16",
+                previews=previews,
+                png_compression=png_compression,
+            )
 
         settings = EngineOptions(  # each worker opens the engine on its own device (cuda with GPUs, else cpu)
             dtype=dtype,
@@ -119,4 +138,6 @@ def batch(
             overwrite=overwrite,
             progress=progress,
         )
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
     report_images(report)

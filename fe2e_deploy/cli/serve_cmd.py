@@ -17,7 +17,11 @@ from .options import ENGINE_HELP, Dtype, MaxImagePixels, MaxProcessingPixels, Pr
 
 @app.command("serve")
 def serve(
-    engine: Path = typer.Option(..., help=ENGINE_HELP + " Each replica opens it once."),
+    engine: Path = typer.Option(
+        None,
+        help=ENGINE_HELP + " Each replica opens it once. Default: the embedded demo model (at its training size, "
+        "128x96), as infer without model options.",
+    ),
     replicas: int = typer.Option(1, help="Replicas (Ray actors), each with its own copy of the engine."),
     host: str = typer.Option(
         "127.0.0.1", help="Interface to listen on (0.0.0.0: every interface). Ray's own servers stay on 127.0.0.1."
@@ -33,6 +37,11 @@ def serve(
     ),
     max_body_mb: float = typer.Option(50.0, help="Largest request body (MB); larger ones are answered 413."),
     max_image_pixels: MaxImagePixels = None,
+    max_points: int = typer.Option(
+        100_000,
+        help="format=ply: points of an answer when the request gives no max_points (drawn with a fixed seed, as "
+        "infer --max-points and the demo), and the most a request may ask (more is answered 400).",
+    ),
     body_timeout_s: float = typer.Option(
         30.0, help="Time a client has to send its whole body (s); a slower one is answered 408 and let go."
     ),
@@ -54,8 +63,9 @@ def serve(
     /predict query parameters: format=npz (default: depth [H, W] and normals [H, W, 3], float32),
     npy, png or ply; map=depth|normals (npy, png) or depth_colored (png); output_res=input|processing.
     format=ply: infer's point cloud (binary PLY, relative depth), with fov=DEGREES (horizontal) or
-    intrinsics=fx,fy,cx,cy (pixels of the maps), else the image's EXIF focal length, else 60 deg; max_points=N.
-    A video body (MP4/MOV, MKV/WebM, AVI...) is answered 415: videos go through infer or batch.
+    intrinsics=fx,fy,cx,cy (pixels of the maps), else the image's EXIF focal length, else 60 deg; max_points=N
+    (default and most: --max-points, 100000).
+    A video body (MP4/MOV, MKV/WebM, AVI, MPEG-TS...) is answered 415: videos go through infer.
     Requests that arrive together are batched into one engine call. Every error is answered with a
     one-line JSON reason: 400/413/415/422 bad request or image (--max-image-pixels default 6048x4032),
     408 body too slow, 503 busy or too slow (with Retry-After). Ctrl-C or SIGTERM (to the process or
@@ -74,6 +84,7 @@ def serve(
                 batch_wait_ms=batch_wait_ms,
                 max_body_mb=max_body_mb,
                 max_image_pixels=max_image_pixels,
+                max_points=max_points,
                 body_timeout_s=body_timeout_s,
                 request_timeout_s=request_timeout_s,
                 drain_timeout_s=drain_timeout_s,
@@ -88,9 +99,10 @@ def serve(
             from ..engines import engine_kind  # noqa: PLC0415
             from ..engines.options import EngineOptions  # noqa: PLC0415
 
-            engine_kind(engine)  # a missing or unsupported engine fails here, before Ray starts
+            if engine is not None:
+                engine_kind(engine)  # a missing or unsupported engine fails here, before Ray starts
             settings = ServeOptions(
-                engine=str(engine.absolute()),
+                engine=None if engine is None else str(engine.absolute()),
                 engine_options=EngineOptions(
                     device="cuda" if gpus_per_replica > 0 else "cpu",
                     dtype=dtype,
@@ -100,10 +112,11 @@ def serve(
                 max_batch_size=max_batch_size,
                 batch_wait_s=batch_wait_ms / 1000,
                 max_body_bytes=int(max_body_mb * 2**20),
-                **({"max_image_pixels": max_image_pixels} if max_image_pixels else {}),
+                **({"max_image_pixels": max_image_pixels} if max_image_pixels is not None else {}),
                 max_ongoing_requests=max_ongoing_requests,
                 body_timeout_s=body_timeout_s,
                 request_timeout_s=request_timeout_s,
+                max_points=max_points,
                 threads=torch_threads(cpus_per_replica, gpus_per_replica),
             )
             started = True  # from here on, a local Ray may be running: stopped below whatever happens
@@ -117,7 +130,8 @@ def serve(
                 gpus_per_replica=gpus_per_replica,
                 drain_timeout_s=drain_timeout_s,
             )
-        typer.echo(f"serving {engine} on {url}: POST {url}/predict, GET {url}/healthz (Ctrl-C or SIGTERM stops)")
+        what = "the embedded demo model" if engine is None else engine
+        typer.echo(f"serving {what} on {url}: POST {url}/predict, GET {url}/healthz (Ctrl-C or SIGTERM stops)")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -143,6 +157,7 @@ def check_options(**values: float | None) -> None:
         "batch_wait_ms": (lambda v: v >= 0, "a number >= 0"),
         "max_body_mb": (lambda v: v > 0, "a number > 0"),
         "max_image_pixels": (lambda v: v >= 1, "an integer >= 1"),
+        "max_points": (lambda v: v >= 1, "an integer >= 1"),
         "body_timeout_s": (lambda v: v > 0, "a number > 0"),
         "request_timeout_s": (lambda v: v > 0, "a number > 0"),
         "drain_timeout_s": (lambda v: v >= 0, "a number >= 0"),

@@ -72,6 +72,7 @@ class BatchReport:
     total_seconds: float = 0.0
     ray_start_seconds: float = 0.0  # starting a local Ray (0 when joining a running cluster)
     done_before: str = "all outputs exist"  # why images are skipped, in the summary
+    notes: list[str] = field(default_factory=list)  # what the planning found and did (a damaged shard redone)
 
     @property
     def predicted(self) -> int:
@@ -89,13 +90,38 @@ class BatchReport:
         )
 
 
+#: Videos named in the message that refuses them (and how many more).
+VIDEOS_NAMED = 5
+
+
+def refuse_videos(images: str, videos: list[str]) -> None:
+    """Videos under IMAGES (by suffix, as ``infer`` finds them) stop the job before any work, named: ``batch``
+    runs images only, and skipping them would leave them out without a word."""
+    if not videos:
+        return
+    named = ", ".join(videos[:VIDEOS_NAMED]) + (
+        f" and {len(videos) - VIDEOS_NAMED} more" if videos[VIDEOS_NAMED:] else ""
+    )
+    raise InvalidInput(
+        f"{images}: holds {len(videos)} video(s) ({named}); batch predicts images only: run videos through "
+        "`fe2e-deploy infer`, and give batch a folder without them"
+    )
+
+
 def list_images(images: str | Path, store: OutputStore) -> tuple[ImageSource, list[Path]]:
     """The .jpg/.jpeg/.png files under ``images`` (a folder or a pyarrow URI), sorted, outside the outputs;
-    refuses a folder with none and an output place that cannot be written, before anything starts."""
+    refuses a folder with none, a folder that holds videos (:func:`refuse_videos`) and an output place that cannot
+    be written, before anything starts."""
+    from ..files.video import VIDEO_SUFFIXES, find_videos  # noqa: PLC0415
+
     text = str(images)
     if not is_uri(text):
         from ..infer import check_infer_paths  # noqa: PLC0415
 
+        if Path(text).is_dir():
+            inside = Path(store.root).resolve() if store.local else None
+            videos = [p for p in find_videos(Path(text)) if inside is None or not p.resolve().is_relative_to(inside)]
+            refuse_videos(text, [p.relative_to(text).as_posix() for p in videos])
         if store.local:
             return ImageSource(text), check_infer_paths(Path(text), Path(store.root))
         if Path(text).is_file():
@@ -112,16 +138,15 @@ def list_images(images: str | Path, store: OutputStore) -> tuple[ImageSource, li
         infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
     except (OSError, ValueError) as exc:  # pyarrow: ArrowInvalid is a ValueError, missing paths OSError
         raise MissingInput(f"{text}: cannot list images ({exc})") from None
-    found = sorted(
-        PurePosixPath(info.path)
-        for info in infos
-        if info.type == fs.FileType.File and PurePosixPath(info.path).suffix.lower() in IMAGE_SUFFIXES
-    )
+    files = [PurePosixPath(info.path) for info in infos if info.type == fs.FileType.File]
     if isinstance(filesystem, fs.LocalFileSystem):  # file://: outputs written inside the input are not inputs
         if store.local:
-            found = [p for p in found if not Path(p).resolve().is_relative_to(Path(store.root).resolve())]
+            files = [p for p in files if not Path(p).resolve().is_relative_to(Path(store.root).resolve())]
     elif not store.local and store.uri.split("://")[0] == text.split("://")[0]:  # the same store: its outputs
-        found = [p for p in found if not p.is_relative_to(store.root)]
+        files = [p for p in files if not p.is_relative_to(store.root)]
+    videos = sorted(p for p in files if p.suffix.lower() in VIDEO_SUFFIXES)
+    refuse_videos(text, [p.relative_to(root).as_posix() for p in videos])
+    found = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         raise MissingInput(f"{text}: no .jpg/.jpeg/.png images found")
     store.check_writable()
@@ -194,18 +219,28 @@ class ShardJob:
 def plan_shards(
     found: list[Path], root: Path, store: OutputStore, shards: ShardOptions, overwrite: bool, report: BatchReport
 ) -> list[ShardJob]:
-    """The shards to write: the images no manifest lists (all with ``overwrite``), ``shards.shard_size`` per shard.
+    """The shards to write: the images no finished shard holds (all with ``overwrite``), ``shards.shard_size`` per
+    shard.
 
-    Shard files without a manifest (a killed run's) are removed; ``overwrite`` removes every shard and
-    manifest first. Images whose keys clash fail (see :func:`~fe2e_deploy.cluster.shards.image_key`).
+    Shard files without a manifest (a killed run's) are removed; so are a missing or damaged shard's manifest and
+    file (its images are predicted again, said in ``report.notes``); ``overwrite`` removes every shard and manifest
+    first. Only names from the folder's listings are deleted (:func:`~fe2e_deploy.cluster.shards.read_state`),
+    manifests before their shards. Images whose keys clash fail (see :func:`~fe2e_deploy.cluster.shards.image_key`).
     """
     state = read_state(store, shards)
-    stale = state.orphans + ([m.shard for m in state.manifests] if overwrite else [])
-    for name in stale:
-        store.delete(name)
-    if overwrite:
-        for manifest in state.manifests:
-            store.delete(manifest_name(manifest.shard))
+    for manifest, why in state.damaged:
+        if not overwrite:
+            report.notes.append(
+                f"{store.describe(manifest.shard)}: {why}; its {len(manifest.keys)} image(s) are predicted again"
+            )
+    damaged = {m.shard for m, _ in state.damaged}
+    redo = {manifest_name(shard) for shard in damaged}
+    for name in state.manifest_files:  # first: a shard without its manifest is an orphan, removed by the next run
+        if overwrite or name in redo:
+            store.delete(name)
+    for name in state.shards:
+        if overwrite or name in damaged or name in state.orphans:
+            store.delete(name)
     done = {} if overwrite else state.done()
     names = output_names(path.relative_to(root) for path in found)
     owners: dict[str, Path] = {}
@@ -229,7 +264,7 @@ def plan_shards(
 
 
 def run_batch(
-    engine: str | Path,
+    engine: str | Path | None,
     images: str | Path,
     output_dir: str | Path,
     *,
@@ -248,7 +283,9 @@ def run_batch(
     ``output_dir``: a local folder or a pyarrow filesystem URI. ``shards`` None: ``infer``'s files
     (``outputs`` says which); else shards of that format. ``address``: an existing cluster ("auto" or
     ``HOST:PORT``); None starts a local one for the job (it dies with this process). ``workers`` actors
-    each open ``engine`` once, on ``gpus_per_worker`` GPUs (0: CPU) and ``cpus_per_worker`` CPUs (default
+    each open ``engine`` once (None: the embedded demo model at its training size, as ``infer`` without model
+    options: :func:`~fe2e_deploy.web_demo.open_demo_engine`), on ``gpus_per_worker`` GPUs (0: CPU) and
+    ``cpus_per_worker`` CPUs (default
     :func:`default_worker_cpus`); ``options`` open the engine in each worker (their device is the
     worker's: cuda with GPUs, else cpu), ``options.batch_size`` images per engine call. Finished images
     are skipped unless ``overwrite``.
@@ -264,7 +301,8 @@ def run_batch(
     if gpus_per_worker < 0 or (cpus_per_worker is not None and cpus_per_worker <= 0):
         raise InvalidInput("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     outputs = outputs or OutputOptions()
-    engine_kind(engine)  # a missing or unsupported engine fails before Ray starts (a corrupt one in the workers)
+    if engine is not None:  # a missing or unsupported engine fails before Ray starts (a corrupt one in the workers)
+        engine_kind(engine)
     start = time.perf_counter()
     store = OutputStore.parse(output_dir)
     source, found = list_images(images, store)
@@ -291,7 +329,7 @@ def run_batch(
                     ray.cluster_resources().get("CPU", 1.0), workers, gpus_per_worker
                 )
                 worker = {  # the workers' arguments
-                    "engine": str(Path(engine).absolute()),
+                    "engine": None if engine is None else str(Path(engine).absolute()),
                     "store": store,
                     "options": replace(options, device="cuda" if gpus_per_worker > 0 else "cpu"),
                     "threads": torch_threads(cpus, gpus_per_worker),

@@ -35,6 +35,14 @@ FORMATS = {
 }
 #: ISO media major brands of still images (HEIF/AVIF share the ``ftyp`` box with MP4/MOV): not videos.
 IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"mif1", b"avif")
+#: Points of a ``format=ply`` answer when the request gives no ``max_points``, and by default the most it may ask
+#: (``serve --max-points``): the demo's 100k (``web_demo.MAX_POINTS``). Every pixel of a 24 MP image would be a
+#: 618 MB answer.
+MAX_POINTS = 100_000
+#: MPEG transport streams: packets of 188 bytes (M2TS/BDAV: 192, a 4-byte timestamp first), each starting with
+#: the sync byte 0x47; at least ``TS_PACKETS`` of the first packets must start so.
+TS_LAYOUTS = ((188, 0), (192, 4))
+TS_PACKETS = 3
 #: The PNG output kind (:func:`~fe2e_deploy.files.outputs.png_pixels`) of each ``map`` of ``format=png``.
 PNG_KINDS = {"depth": "depth_png16", "normals": "normals_png", "depth_colored": "depth_colored"}
 
@@ -61,9 +69,19 @@ def check_request(fmt: str, what: str | None, output_res: str) -> str:
     return what
 
 
+def _is_transport_stream(body: bytes) -> bool:
+    """Whether ``body`` starts with MPEG-TS (or M2TS) packets: the sync byte at every packet start (of the first 8;
+    at least :data:`TS_PACKETS` of them), which no image has (a GIF starts with 0x47 too, but only once)."""
+    for size, offset in TS_LAYOUTS:
+        starts = range(offset, min(len(body), offset + 8 * size), size)
+        if len(starts) >= TS_PACKETS and all(body[i] == 0x47 for i in starts):
+            return True
+    return False
+
+
 def video_container(body: bytes) -> str | None:
     """The video container ``body`` starts like (MP4/MOV ``ftyp``, Matroska/WebM EBML, AVI ``RIFF....AVI``, FLV,
-    MPEG-PS), or None (an image, or anything else: left to the image decoder)."""
+    MPEG-PS, MPEG-TS), or None (an image, or anything else: left to the image decoder)."""
     if body[4:8] == b"ftyp" and body[8:12] not in IMAGE_BRANDS:
         return "MP4/MOV"
     if body.startswith(b"\x1a\x45\xdf\xa3"):
@@ -74,24 +92,29 @@ def video_container(body: bytes) -> str | None:
         return "FLV"
     if body.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
         return "MPEG"
+    if _is_transport_stream(body):
+        return "MPEG-TS"
     return None
 
 
 def check_not_video(body: bytes) -> None:
-    """:class:`RequestFailed` (415) for a video body: videos go through ``infer`` or ``batch``."""
+    """:class:`RequestFailed` (415) for a video body: videos go through ``infer``."""
     container = video_container(body)
     if container is not None:
         raise RequestFailed(
-            f"the body is a video ({container}); /predict takes one image: run videos through "
-            "fe2e-deploy infer or batch",
-            415,
+            f"the body is a video ({container}); /predict takes one image: run videos through fe2e-deploy infer", 415
         )
 
 
-def camera_options(intrinsics: str | None, fov: float | None, max_points: int | None) -> CameraOptions:
-    """``format=ply``'s query parameters as :class:`CameraOptions`, or :class:`RequestFailed` (400)."""
+def camera_options(
+    intrinsics: str | None, fov: float | None, max_points: int | None, limit: int = MAX_POINTS
+) -> CameraOptions:
+    """``format=ply``'s query parameters as :class:`CameraOptions`, or :class:`RequestFailed` (400). At most
+    ``limit`` points (the server's ``--max-points``): ``max_points`` None means ``limit``, more is refused."""
+    if max_points is not None and max_points > limit:
+        raise RequestFailed(f"max_points={max_points}: over this server's limit of {limit} points (--max-points)")
     try:
-        return CameraOptions(parse_intrinsics(intrinsics), fov, max_points)
+        return CameraOptions(parse_intrinsics(intrinsics), fov, limit if max_points is None else max_points)
     except InvalidInput as exc:
         raise RequestFailed(str(exc).replace("--max-points", "max_points").replace("--", "")) from None
 

@@ -2,7 +2,8 @@
 
 Follow a request: ``POST /predict`` (the image file as the body; ``format=npz|npy|png|ply``, ``map=``,
 ``output_res=`` as query parameters, checked first by :func:`~.responses.check_request`; ``format=ply`` also
-takes ``fov=``, ``intrinsics=fx,fy,cx,cy`` and ``max_points=``) is admitted
+takes ``fov=``, ``intrinsics=fx,fy,cx,cy`` and ``max_points=``, at most ``ServeOptions.max_points``, the
+default) is admitted
 if the replica holds fewer than ``max_ongoing_requests`` (else 503 with ``Retry-After``), read up to
 the body limit (else 413) within ``body_timeout_s`` (else 408), refused if it is a video (415), its image size
 checked from the
@@ -43,7 +44,7 @@ from ..errors import ImageError, InvalidInput, describe, is_user_error
 from ..files.images import READ_ERRORS, ImageTooLarge, read_image, unreadable_image
 from .fate import ClusterGuard, guard_if_starting
 from .ray_setup import check_listen_address, connect, signals_to_driver_only
-from .responses import RequestFailed, camera_options, check_not_video, check_request, encode_prediction
+from .responses import MAX_POINTS, RequestFailed, camera_options, check_not_video, check_request, encode_prediction
 
 #: The app's name in Ray Serve (``serve.get_app_handle(APP_NAME)``).
 APP_NAME = "fe2e"
@@ -93,7 +94,7 @@ class ServeOptions:
     body, ``request_timeout_s`` the rest of a request (decoding, batch wait, engine, encoding).
     """
 
-    engine: str
+    engine: str | None  # None: the embedded demo model (web_demo.open_demo_engine, as infer opens it)
     engine_options: EngineOptions = EngineOptions()
     max_batch_size: int = 8
     batch_wait_s: float = 0.01
@@ -103,6 +104,7 @@ class ServeOptions:
     body_timeout_s: float = 30.0
     request_timeout_s: float = 120.0
     png_compression: int = 1
+    max_points: int = MAX_POINTS  # format=ply: points by default, and the most a request may ask
     threads: int | None = None  # torch threads of a CPU replica
 
     @property
@@ -181,13 +183,13 @@ class FE2EService:
         bind_replica_server_to_node()
         import torch  # noqa: PLC0415
 
-        from ..engines import load_engine  # noqa: PLC0415
+        from ..web_demo import open_demo_engine  # noqa: PLC0415  (load_engine, or the demo model for None)
 
         if options.threads:
             torch.set_num_threads(options.threads)
         self.options = options
         try:
-            self.engine = load_engine(options.engine, options.engine_options)
+            self.engine = open_demo_engine(options.engine, options.engine_options)
         except Exception as exc:
             if not is_user_error(exc):
                 raise
@@ -230,7 +232,7 @@ class FE2EService:
         self.ongoing += 1
         try:
             what = check_request(format, map, output_res)
-            camera = camera_options(intrinsics, fov, max_points) if format == "ply" else None
+            camera = camera_options(intrinsics, fov, max_points, self.options.max_points) if format == "ply" else None
             body = await self._read_body(request)
             check_not_video(body)
             async with asyncio.timeout(self.options.request_timeout_s):

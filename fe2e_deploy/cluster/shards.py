@@ -20,9 +20,16 @@ when ``x.jpg`` and ``x.png`` share a folder): WebDataset splits a member name at
 base name, so dots in the base name become ``_``.
 
 A shard appears complete or not at all (:meth:`~fe2e_deploy.cluster.stores.OutputStore.staged`); its
-manifest is written after it, so a listed shard is complete. A resumed run reads the manifests only (one
-listing plus one small read per shard: no look at any output), skips the images they list, removes shard
-files without a manifest (left by a killed run) and numbers its shards after the highest one there.
+manifest is written after it, so a listed shard is complete. A resumed run reads the manifests (one listing
+plus one small read per shard) and one listing of the shards' names and sizes (no shard is opened), skips the
+images they list, redoes the shards that are missing or whose size is not the one their manifest records
+(:class:`ShardState`), removes shard files without a manifest (left by a killed run) and numbers its shards
+after the highest one there.
+
+Names: the toolkit reads, counts and deletes only the names it writes, exactly (``shard-NNNNNN.parquet``,
+``shard-NNNNNN.tar``, ``_manifests/shard-NNNNNN.json``: :func:`shard_number`, :func:`manifest_number`),
+taken from listings of OUT, never a path read from a file: a manifest whose ``shard`` is not the shard its own
+name says is refused (:func:`read_state`), so a planted manifest cannot make a run delete anything.
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ NORMALS_DTYPES = ("float16", "uint8")
 #: Images per shard: 64 at 1024x768 are ~400 MB of float16 maps (WebDataset suggests shards of 100 MB - 1 GB).
 DEFAULT_SHARD_SIZE = 64
 MANIFEST_DIR = "_manifests"  # parquet and dataset readers skip names starting with "_"
-_SHARD_NAME = re.compile(r"shard-(\d{6,})")
+_SHARD_NAME = re.compile(r"shard-(\d{6,})\.(parquet|tar)")
+_MANIFEST_NAME = re.compile(rf"{MANIFEST_DIR}/shard-(\d{{6,}})\.json")
 #: Parquet rows per row group (a reader's unit): 8 images at 1024x768 are ~50 MB of maps.
 ROW_GROUP_IMAGES = 8
 #: Threads reading manifests when a run resumes (object-store reads wait on the network).
@@ -90,6 +98,24 @@ def shard_name(index: int, fmt: str) -> str:
 
 def manifest_name(shard: str) -> str:
     return f"{MANIFEST_DIR}/{PurePosixPath(shard).stem}.json"
+
+
+def shard_number(rel: str) -> int | None:
+    """The number of a shard file named exactly as :func:`shard_name` names them (either format), else None."""
+    found = _SHARD_NAME.fullmatch(rel)
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return number if rel == f"shard-{number:06d}.{found.group(2)}" else None
+
+
+def manifest_number(rel: str) -> int | None:
+    """The number of a manifest named exactly as :func:`manifest_name` names them, else None."""
+    found = _MANIFEST_NAME.fullmatch(rel)
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return number if rel == f"{MANIFEST_DIR}/shard-{number:06d}.json" else None
 
 
 def image_key(rel: PurePosixPath, name: str) -> str:
@@ -272,38 +298,72 @@ def open_shard(store: OutputStore, index: int, options: ShardOptions) -> Iterato
 
 @dataclass
 class ShardState:
-    """What an output folder holds: finished shards (by manifest) and the next free shard number."""
+    """What an output folder holds: finished shards (by manifest), damaged ones, and the next free shard number.
 
-    manifests: list[ShardManifest]
+    Every name here comes from a listing of the folder and is one the toolkit writes (see the module).
+    """
+
+    manifests: list[ShardManifest]  # finished shards: the file is there, of the size its manifest records
+    damaged: list[tuple[ShardManifest, str]]  # manifests whose shard is missing or of another size, and why
     orphans: list[str]  # shard files without a manifest (a killed run's)
+    shards: list[str]  # every shard file there (either format)
+    manifest_files: list[str]  # every manifest file there
     next_index: int
 
     def done(self) -> dict[str, str]:
-        """Image key -> the shard that holds it."""
+        """Image key -> the finished shard that holds it."""
         return {key: m.shard for m in self.manifests for key in m.keys}
 
 
 def read_state(store: OutputStore, options: ShardOptions) -> ShardState:
-    """The manifests under ``store`` (one listing, the manifests read in parallel) and its shard files."""
-    manifests = [rel for rel in store.list(MANIFEST_DIR, recursive=False) if rel.endswith(".json")]
+    """The manifests under ``store`` (one listing, the manifests read in parallel) and its shard files (one
+    listing, with their sizes).
+
+    A manifest that is no valid JSON, breaks its contract, or whose ``shard`` is not the shard its own name says
+    (``_manifests/shard-000005.json`` holds ``shard-000005.parquet`` or ``.tar``) is a :class:`ContractError`
+    naming it; a folder holding shards of the other format is an :class:`InvalidInput`.
+    """
+    manifest_files = [rel for rel in store.list(MANIFEST_DIR, recursive=False) if manifest_number(rel) is not None]
 
     def read(rel: str) -> ShardManifest:
+        where = store.describe(rel)
         try:
             document = json.loads(store.read_bytes(rel))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ContractError(f"{store.describe(rel)}: not valid JSON ({exc}) ({ShardManifest.REBUILD})") from None
-        return ShardManifest.from_json(document, store.describe(rel))
+            raise ContractError(f"{where}: not valid JSON ({exc}) ({ShardManifest.REBUILD})") from None
+        manifest = ShardManifest.from_json(document, where)
+        if manifest.output_format not in SHARD_SUFFIXES:
+            raise ContractError(
+                f"{where}: field 'output_format' is {manifest.output_format!r}, not one of "
+                f"{', '.join(SHARD_SUFFIXES)} (rebuild it: {ShardManifest.REBUILD})"
+            )
+        expected = shard_name(manifest_number(rel), manifest.output_format)
+        if manifest.shard != expected:
+            raise ContractError(
+                f"{where}: field 'shard' is {manifest.shard!r}, not {expected!r} (a manifest names its own "
+                f"shard, shard-NNNNNN.parquet or .tar) (rebuild it: {ShardManifest.REBUILD})"
+            )
+        return manifest
 
     with ThreadPoolExecutor(MANIFEST_READERS) as pool:
-        found = list(pool.map(read, manifests))
+        found = list(pool.map(read, manifest_files))
     other = [m for m in found if m.output_format != options.format]
     if other:
         raise InvalidInput(
             f"{store.describe()}: holds {other[0].output_format} shards ({other[0].shard}); "
             f"give --output-format {other[0].output_format} or another output folder"
         )
+    sizes = {rel: size for rel, size in store.sizes().items() if shard_number(rel) is not None}
+    finished, damaged = [], []
+    for manifest in found:
+        size = sizes.get(manifest.shard)
+        if size is None:
+            damaged.append((manifest, "missing"))
+        elif size != manifest.shard_bytes:
+            damaged.append((manifest, f"{size} bytes, but its manifest records {manifest.shard_bytes}"))
+        else:
+            finished.append(manifest)
     listed = {m.shard for m in found}
-    shards = [rel for rel in store.list("", recursive=False) if _SHARD_NAME.match(rel)]
-    numbers = [int(_SHARD_NAME.match(name).group(1)) for name in [*shards, *listed]]
-    orphans = [rel for rel in shards if rel not in listed]
-    return ShardState(found, orphans, max(numbers, default=-1) + 1)
+    numbers = [shard_number(name) for name in [*sizes, *listed]]
+    orphans = [rel for rel in sizes if rel not in listed]
+    return ShardState(finished, damaged, orphans, sorted(sizes), manifest_files, max(numbers, default=-1) + 1)

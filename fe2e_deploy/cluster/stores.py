@@ -27,11 +27,15 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, describe
 from ..files.atomic import atomic_path, check_writable_dir
 
 #: pyarrow filesystems (``type_name``) whose objects appear only when their upload completes.
 OBJECT_STORES = ("s3", "gcs", "abfs")
+#: The write probe of an object store (:meth:`OutputStore.check_writable`): seconds to connect, to answer, and
+#: no retry, so that an unreachable endpoint or a missing bucket is answered at once, not after the retries.
+PROBE_CONNECT_S = 3.0
+PROBE_REQUEST_S = 10.0
 
 
 def is_uri(text: str) -> bool:
@@ -67,6 +71,9 @@ class OutputStore:
             raise InvalidInput(f"{text}: not an output folder or filesystem URI pyarrow can open ({exc})") from None
         if isinstance(filesystem, fs.LocalFileSystem):
             return cls(str(Path(root).absolute()))
+        if not root.strip("/"):
+            scheme = text.split("://", 1)[0]
+            raise InvalidInput(f"{text}: no bucket; give the folder the outputs go to: {scheme}://BUCKET/PREFIX")
         return cls(root.rstrip("/"), text)
 
     @property
@@ -90,25 +97,37 @@ class OutputStore:
         return f"{scheme}://{self.path(rel)}"
 
     def check_writable(self) -> None:
-        """Prove that objects can be written here before any long work (creates a local folder)."""
+        """Prove that objects can be written here before any long work (creates a local folder). An object
+        store that refuses (a missing bucket, no permission) or cannot be reached is one :class:`InvalidInput`,
+        within seconds (:func:`probing`)."""
         if self.uri is None:
             check_writable_dir(self.root)
             return
-        probe = ".write-test"
-        self.put_bytes(probe, b"")
-        self.filesystem().delete_file(self.path(probe))
+        filesystem, probe = probing(self.filesystem()), self.path(".write-test")
+        try:
+            if filesystem.type_name not in OBJECT_STORES:
+                filesystem.create_dir(self.root, recursive=True)
+            with filesystem.open_output_stream(probe):
+                pass
+            filesystem.delete_file(probe)
+        except (OSError, ValueError) as exc:  # pyarrow: errors without errno; ArrowInvalid is a ValueError
+            raise InvalidInput(f"{self.describe()}: cannot write there ({describe(exc)})") from None
 
     def list(self, rel: str = "", recursive: bool = True) -> list[str]:
         """The files under ``rel`` (paths relative to the folder), in one listing; none when it does not exist."""
+        return sorted(self.sizes(rel, recursive))
+
+    def sizes(self, rel: str = "", recursive: bool = False) -> dict[str, int]:
+        """The files under ``rel`` (paths relative to the folder) and their sizes in bytes, in one listing."""
         from pyarrow import fs  # noqa: PLC0415
 
         selector = fs.FileSelector(self.path(rel), recursive=recursive, allow_not_found=True)
         root = PurePosixPath(self.root)
-        return sorted(
-            PurePosixPath(info.path).relative_to(root).as_posix()
+        return {
+            PurePosixPath(info.path).relative_to(root).as_posix(): info.size
             for info in self.filesystem().get_file_info(selector)
             if info.type == fs.FileType.File
-        )
+        }
 
     def read_bytes(self, rel: str) -> bytes:
         if self.uri is None:
@@ -117,6 +136,11 @@ class OutputStore:
             return stream.readall()
 
     def delete(self, rel: str) -> None:
+        """Delete the file ``rel`` of the folder (none there: nothing to do). ``rel`` must be a plain path inside
+        the folder (no ``..``, not absolute): nothing outside the output is ever deleted."""
+        parts = PurePosixPath(rel).parts
+        if not parts or PurePosixPath(rel).is_absolute() or any(p in ("..", ".") for p in rel.split("/")):
+            raise ValueError(f"{rel!r}: not a file inside {self.describe()}; nothing deleted")
         if self.uri is None:
             (Path(self.root) / rel).unlink(missing_ok=True)
         else:
@@ -161,6 +185,31 @@ class OutputStore:
     def _stream(local: Path, filesystem, target: str) -> None:
         with local.open("rb") as source:
             upload(source, filesystem, target)
+
+
+def probing(filesystem):
+    """``filesystem`` (the same store and credentials) answering at once, for a probe: S3 without retries and
+    with short timeouts (:data:`PROBE_CONNECT_S`, :data:`PROBE_REQUEST_S`), GCS retrying for as long; any other
+    filesystem, or one this pyarrow cannot rebuild, as it is."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from pyarrow import fs  # noqa: PLC0415
+
+    quick = {
+        "s3": {
+            "connect_timeout": PROBE_CONNECT_S,
+            "request_timeout": PROBE_REQUEST_S,
+            "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=1),
+        },
+        "gcs": {"retry_time_limit": timedelta(seconds=PROBE_CONNECT_S)},
+    }.get(filesystem.type_name)
+    if quick is None:
+        return filesystem
+    try:
+        rebuild, (options,) = filesystem.__reduce__()  # how pyarrow pickles it: its options, as a dict
+        return rebuild({**options, **quick})
+    except (TypeError, ValueError):
+        return filesystem
 
 
 def upload(source: BinaryIO, filesystem, target: str) -> None:

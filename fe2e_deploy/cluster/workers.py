@@ -87,19 +87,20 @@ def _rows(sources: Iterable[str], status: list[str], reasons: list[str]) -> dict
 
 
 class EngineWorker:
-    """A Ray actor's engine, opened once; an engine that cannot be opened is answered on every call."""
+    """A Ray actor's engine, opened once (``engine`` None: the embedded demo model, as ``infer`` opens it without
+    model options); an engine that cannot be opened is answered on every call."""
 
-    def __init__(self, engine: str, store: OutputStore, options: EngineOptions, threads: int | None) -> None:
+    def __init__(self, engine: str | None, store: OutputStore, options: EngineOptions, threads: int | None) -> None:
         import torch  # noqa: PLC0415
 
-        from ..engines import load_engine  # noqa: PLC0415
+        from ..web_demo import open_demo_engine  # noqa: PLC0415  (load_engine, or the demo model for None)
 
         if threads:
             torch.set_num_threads(threads)
         self.store = store
         self.engine_error = ""  # a missing or corrupt engine: every batch answers it, the driver stops the job
         try:
-            self.engine = load_engine(engine, options)
+            self.engine = open_demo_engine(engine, options)
         except UserError as exc:  # not raised: Ray would show the worker's traceback, not the reason
             self.engine_error = str(exc) or type(exc).__name__
 
@@ -109,7 +110,7 @@ class PredictWorker(EngineWorker):
 
     def __init__(
         self,
-        engine: str,
+        engine: str | None,
         store: OutputStore,
         outputs: OutputOptions,
         options: EngineOptions,
@@ -185,7 +186,7 @@ class ShardWorker(EngineWorker):
 
     def __init__(
         self,
-        engine: str,
+        engine: str | None,
         store: OutputStore,
         source: ImageSource,
         shards: ShardOptions,
