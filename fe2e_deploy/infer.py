@@ -34,7 +34,7 @@ from .engines.base import Finish, Prepared
 from .errors import ImageError, InvalidInput, MissingInput, NotAFolder
 from .files.atomic import check_writable_dir
 from .files.images import READ_ERRORS, find_images, read_image, unreadable_image
-from .files.outputs import Extras, OutputOptions, output_names, output_paths, write_prediction
+from .files.outputs import Extras, OutputOptions, OutputOwners, output_names, output_paths, write_prediction
 from .files.pointcloud import exif_focal_35mm
 from .metric_align import align_depth_map, find_align_files
 from .processing import Prediction
@@ -131,26 +131,33 @@ def check_infer_inputs(input_path: str | Path, output_dir: str | Path) -> tuple[
 
 
 def plan_outputs(
-    images: list[Path], input_dir: Path, output_dir: Path, kinds: tuple[str, ...], overwrite: bool, report: InferReport
+    images: list[Path],
+    input_dir: Path,
+    output_dir: Path,
+    kinds: tuple[str, ...],
+    overwrite: bool,
+    report: InferReport,
+    owners: OutputOwners | None = None,
 ) -> list[ImageJob]:
     """The images to predict, in order; skipped (all outputs exist) and clashing images go to ``report``.
 
     An image whose outputs (of ``kinds``) all exist is skipped unless ``overwrite``; one with only some
     of them is predicted again and all rewritten. An image whose outputs would be another's fails.
+    ``owners`` records whose each output is (the clips are planned against it next).
     """
     names = output_names(path.relative_to(input_dir) for path in images)
-    owners: dict[Path, Path] = {}  # output file -> the image it belongs to
+    owners = OutputOwners() if owners is None else owners
     jobs = []
     for path in images:
         rel = path.relative_to(input_dir)
         paths = output_paths(output_dir, rel, names[rel], kinds)
         existing = [p for p in paths.values() if p.exists()]
-        taken = next((owners[p] for p in paths.values() if p in owners), None)
+        taken = owners.clash(paths.values())
         if taken is not None:
             first = next(iter(paths.values())).name
-            report.failed.append((path, f"its outputs ({first}, ...) would be those of {taken}"))
+            report.failed.append((path, f"its outputs ({first}, ...) would be those of {taken[1]}"))
             continue
-        owners.update(dict.fromkeys(paths.values(), path))
+        owners.add(paths.values(), path)
         if len(existing) == len(paths) and not overwrite:
             report.skipped.append((path, f"all its outputs exist, e.g. {existing[0]} (pass --overwrite to replace)"))
         else:
@@ -235,12 +242,13 @@ def run_infer(
     start = time.perf_counter()
     if align_to is not None and "alignment" not in outputs.kinds:  # the fit of each image goes beside its maps
         outputs = dataclasses.replace(outputs, kinds=(*outputs.kinds, "alignment"))
-    jobs = plan_outputs(images, input_dir, output_dir, outputs.kinds, overwrite, report)
+    owners = OutputOwners()  # images, then clips: an output that would be another input's fails its input
+    jobs = plan_outputs(images, input_dir, output_dir, outputs.kinds, overwrite, report, owners)
     if align_to is not None:  # a missing file refuses the run (the CLI checks before loading the model)
         files = find_align_files(align_to, [job.path.relative_to(input_dir) for job in jobs])
         for job in jobs:
             job.align_file = files[job.path.relative_to(input_dir)]
-    video_jobs = plan_videos(videos, input_dir, output_dir, video, overwrite, report)
+    video_jobs = plan_videos(videos, input_dir, output_dir, video, overwrite, report, owners)
     frames = sum(estimate_frames(job, video) for job in video_jobs)
     unit = "frame" if videos else "img"
     bar = tqdm(total=len(images) + frames, desc=f"infer ({engine.name})", unit=unit, disable=not progress)

@@ -18,7 +18,9 @@ its final names.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -32,10 +34,19 @@ from PIL import Image
 
 from .engines import Engine
 from .engines.base import Finish, Prepared
-from .errors import ImageError, InvalidInput
-from .files.atomic import staged_folder
+from .errors import ImageError, InvalidInput, OutputExists
+from .files.atomic import looks_temporary, staged_folder
 from .files.colormaps import depth_preview, normals_preview
-from .files.outputs import ALL_KINDS, OUTPUT_KINDS, Extras, OutputOptions, output_names, png_pixels, write_pointcloud
+from .files.outputs import (
+    ALL_KINDS,
+    OUTPUT_KINDS,
+    Extras,
+    OutputOptions,
+    OutputOwners,
+    output_names,
+    png_pixels,
+    write_pointcloud,
+)
 from .files.png import write_png
 from .files.video import FrameRange, VideoError, VideoWriter, encoder, expected_frames, iter_timed_frames, probe
 from .processing import Prediction
@@ -74,6 +85,28 @@ class VideoJob:
     folders: dict[str, Path]  # per-frame kind -> folder
     completing: bool
     expected: int | None = None  # frames, from the headers
+    replace: frozenset[Path] = frozenset()  # the outputs it may replace: all with --overwrite, else those it completes
+
+
+def unreplaceable(folders: dict[str, Path], name: str) -> str | None:
+    """Why one of the existing per-frame ``folders`` (kind -> folder) of the clip ``name`` may not be replaced: it is
+    a file, or it holds an entry that is neither one of the clip's frame files (``<name>_<i:06d><suffix>``) nor a
+    temporary of an atomic write. None when each is absent or holds only the clip's frames."""
+    for kind, folder in folders.items():
+        if not os.path.lexists(folder):
+            continue
+        if not folder.is_dir() or folder.is_symlink():
+            return f"its per-frame folder {folder} exists and is not a folder: refusing to replace it"
+        frame = re.compile(rf"{re.escape(name)}_\d{{6,}}{re.escape(ALL_KINDS[kind])}")
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if looks_temporary(entry.name):
+                    continue
+                if not entry.is_file(follow_symlinks=False) or frame.fullmatch(entry.name) is None:
+                    return (
+                        f"its per-frame folder {folder} holds {entry.name}, not a frame of it: refusing to replace it"
+                    )
+    return None
 
 
 def video_paths(out_dir: Path, rel: Path, name: str, kinds: tuple[str, ...]) -> tuple[dict, dict]:
@@ -86,18 +119,46 @@ def video_paths(out_dir: Path, rel: Path, name: str, kinds: tuple[str, ...]) -> 
     return videos, {kind: out_dir / kind / rel.parent / name for kind in kinds}
 
 
-def plan_videos(videos: list[Path], root: Path, out_dir: Path, options: VideoOptions, overwrite: bool, report) -> list:
-    """The videos to run; those whose outputs all exist are skipped (``report.skipped``) unless ``overwrite``."""
+def plan_videos(
+    videos: list[Path],
+    root: Path,
+    out_dir: Path,
+    options: VideoOptions,
+    overwrite: bool,
+    report,
+    owners: OutputOwners | None = None,
+) -> list:
+    """The videos to run; those whose outputs all exist are skipped (``report.skipped``) unless ``overwrite``.
+
+    A video fails here, before any work (``report.failed``), when one of its outputs would be, hold or lie inside
+    another input's (``owners``: the images' outputs, planned first, and the videos' before it), and when one of
+    its per-frame folders exists holding anything but its own frame files (never replaced, even with
+    ``overwrite``). Without ``overwrite`` a video replaces only the outputs it completes (those found here).
+    """
     names = output_names(path.relative_to(root) for path in videos)
+    owners = OutputOwners() if owners is None else owners
     jobs = []
     for path in videos:
         rel = path.relative_to(root)
         files, folders = video_paths(out_dir, rel, names[rel], options.kinds)
-        existing = [p for p in [*files.values(), *folders.values()] if p.exists()]
-        if len(existing) == len(files) + len(folders) and not overwrite:
+        targets = [*files.values(), *folders.values()]
+        taken = owners.clash(targets)
+        if taken is not None:
+            report.failed.append(
+                (path, f"its output {taken[0]} would clash with the outputs of {taken[1]} (rename one of them)")
+            )
+            continue
+        existing = [p for p in targets if os.path.lexists(p)]
+        kept = unreplaceable(folders, names[rel])
+        if kept is not None:
+            report.failed.append((path, kept))
+            continue
+        owners.add(targets, path)
+        if len(existing) == len(targets) and not overwrite:
             report.skipped.append((path, f"all its outputs exist, e.g. {existing[0]} (pass --overwrite to replace)"))
         else:
-            jobs.append(VideoJob(path, names[rel], files, folders, bool(existing) and not overwrite))
+            replace = frozenset(targets if overwrite else existing)
+            jobs.append(VideoJob(path, names[rel], files, folders, bool(existing) and not overwrite, replace=replace))
     return jobs
 
 
@@ -160,8 +221,11 @@ def run_video(
 
     aligner = TemporalAligner(smoothing=options.smoothing) if options.temporal == "align" else None
     with contextlib.ExitStack() as stack:
-        staged = {kind: stack.enter_context(staged_folder(path, overwrite=True)) for kind, path in job.folders.items()}
-        writers_ = {kind: VideoWriter(path, fps) for kind, path in job.videos.items()}
+        staged = {
+            kind: stack.enter_context(staged_folder(path, overwrite=path in job.replace))
+            for kind, path in job.folders.items()
+        }
+        writers_ = {kind: VideoWriter(path, fps, overwrite=path in job.replace) for kind, path in job.videos.items()}
         sequencer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="infer-video"))
         count = 0
 
@@ -209,6 +273,7 @@ def run_video(
                     batch = []
             while pending:
                 pending.popleft().result()
+            check_not_appeared(job)  # before anything takes its final name: all of the clip's outputs or none
             for writer in writers_.values():
                 writer.close()
         except BaseException:
@@ -221,6 +286,16 @@ def run_video(
             stop.set()
             thread.join()
     return count
+
+
+def check_not_appeared(job: VideoJob) -> None:
+    """:class:`OutputExists` when an output the clip may not replace (another run's, written meanwhile) exists now."""
+    for target in [*job.videos.values(), *job.folders.values()]:
+        if target in job.replace or not os.path.lexists(target):
+            continue
+        if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+            continue  # an empty folder is replaced
+        raise OutputExists(f"{target}: appeared while this run was writing it (pass --overwrite to replace it)")
 
 
 #: Levels of the depth preview's lookup table (:func:`depth_preview_fast`).
@@ -305,8 +380,11 @@ def run_videos(
 
         try:
             count = run_video(engine, job, options, outputs, write_pool, writers, prefetch, progress, timers)
-        except ImageError as exc:
-            reason = str(exc) if isinstance(exc, VideoError) else f"frame {done[0]}: {exc} (nothing written)"
+        except (ImageError, OutputExists) as exc:  # OutputExists: another run wrote its outputs meanwhile
+            if isinstance(exc, VideoError | OutputExists):
+                reason = str(exc)
+            else:
+                reason = f"frame {done[0]}: {exc} (nothing written)"
             with lock:
                 report.failed.append((job.path, reason))
             tqdm.write(f"warning: skipping {job.path}: {reason}")

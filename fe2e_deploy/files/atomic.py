@@ -55,6 +55,13 @@ def _remove(path: Path) -> None:
 
 #: names that look like a temporary of this module: ``.NAME.tmpPID...`` / ``.NAME.oldPID...``
 _TEMP_LIKE = re.compile(r"\..+\.(?:tmp|old)\d+")
+
+
+def looks_temporary(name: str) -> bool:
+    """Whether a file name is that of a temporary of this module (a live run's, or one a killed run left)."""
+    return name.startswith(".") and _TEMP_LIKE.match(name) is not None
+
+
 #: folder -> (its mtime, its temp-like names) as this process last saw them; see :func:`_temp_like_names`
 _LISTINGS: dict[str, tuple[int, frozenset[str]]] = {}
 

@@ -108,6 +108,36 @@ def output_names(rel_images: Iterable[Path]) -> dict[Path, str]:
     return {rel: rel.stem if counts[(rel.parent, rel.stem.casefold())] == 1 else rel.name for rel in rel_images}
 
 
+class OutputOwners:
+    """Which input each planned output of a run belongs to: files (an image's maps, a clip's preview videos) and
+    folders (a clip's per-frame folders), so that no output is another's, lies inside another's folder or holds
+    another's files (``infer`` plans images, then clips, against one of these)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[Path, Path] = {}  # output file or folder -> its input
+        self.inside: dict[Path, Path] = {}  # each folder above an output -> the first input with an output below it
+
+    def owner(self, path: Path) -> Path | None:
+        """The input that owns ``path``, something below it, or a file or folder above it; None when it is free."""
+        if path in self.owners:
+            return self.owners[path]
+        if path in self.inside:
+            return self.inside[path]
+        return next((self.owners[p] for p in path.parents if p in self.owners), None)
+
+    def clash(self, paths: Iterable[Path]) -> tuple[Path, Path] | None:
+        """``(path, its owner)`` of the first of ``paths`` that is not free, else None."""
+        return next(((path, owner) for path in paths if (owner := self.owner(path)) is not None), None)
+
+    def add(self, paths: Iterable[Path], owner: Path) -> None:
+        for path in paths:
+            self.owners[path] = owner
+            for parent in path.parents:
+                if parent in self.inside:  # so are the folders above it
+                    break
+                self.inside[parent] = owner
+
+
 def output_paths(
     out_dir: str | Path, rel_image: Path, name: str | None = None, kinds: Iterable[str] = tuple(OUTPUT_KINDS)
 ) -> dict[str, Path]:
