@@ -3,13 +3,17 @@ asked for silently dropped, and each problem one line naming it (exit code 2) or
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import av
 import numpy as np
 import pytest
 from conftest import scene_image
-from test_video import write_clip
+from test_video import decoded, write_clip
 
 from fe2e_deploy.engines.eager import EagerEngine
 from fe2e_deploy.files.outputs import OutputOptions
+from fe2e_deploy.files.video import VideoError, VideoWriter, encoder
 from fe2e_deploy.infer import run_infer
 from fe2e_deploy.video_infer import VideoOptions
 
@@ -102,3 +106,51 @@ def test_a_clip_never_replaces_files_it_did_not_write(tmp_path, engine, monkeypa
         data = kept.read_bytes() if kept.is_file() else (kept / "clip_000000_depth.npy").read_bytes()
         assert data.startswith(b"the other run's")
         assert files_under(fresh) == [target if target.endswith(".mp4") else f"{target}/clip_000000_depth.npy"]
+
+
+# -- 3. a clip larger than H.264 allows ------------------------------------------------------------------------------
+
+
+def write_ffv1_clip(path, frames: int, width: int, height: int):
+    """A lossless FFV1 clip in Matroska (any size: libx264 takes at most 16384 a side)."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("ffv1", rate=12)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+    container.mux(stream.encode())
+    container.close()
+    return path
+
+
+@pytest.mark.parametrize("size", [(20000, 16), (16, 16386)])
+def test_a_clip_over_16384_a_side_gets_a_downscaled_preview_and_the_run_goes_on(tmp_path, engine, size):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_ffv1_clip(folder / "a.mkv", 2, *size)
+    write_clip(folder / "b.mp4", frames=2)
+    out = tmp_path / "out"
+    report = run_infer(engine, folder, out, progress=False, video=VideoOptions(kinds=("depth_npy",)))
+    assert [p.name for p in report.written] == ["a.mkv", "b.mp4"] and not report.failed, report.failed
+    width, height = size
+    assert np.load(out / "depth_npy/a/a_000001_depth.npy").shape == (height, width)  # the maps at full size
+    suffix = encoder()[1]
+    for kind in ("depth", "normals"):
+        frames, (w, h), _ = decoded(out / f"{kind}_video/a_{kind}{suffix}")
+        assert frames == 2 and max(w, h) == 16384 and min(w, h) == min(width, height) * 16384 // max(width, height)
+
+
+def test_an_encoder_that_refuses_the_preview_is_a_video_error(tmp_path, monkeypatch):
+    """What fails a clip alone (the run goes on), not a traceback: here libx264 given a side over 16384."""
+    import fe2e_deploy.files.video as video_module
+
+    if encoder()[0] == "ffv1":
+        pytest.skip("no H.264 encoder in this PyAV")
+    monkeypatch.setattr(video_module, "preview_size", lambda width, height, codec: (width, height))
+    writer = VideoWriter(tmp_path / "p.mp4", Fraction(12))
+    with pytest.raises(VideoError, match=r"cannot encode the preview p\.mp4"):
+        writer.write(np.zeros((16, 16386, 3), np.uint8))
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []

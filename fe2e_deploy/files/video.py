@@ -9,6 +9,7 @@ partly written video never carries its final name.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -163,6 +164,19 @@ def encoder() -> tuple[str, str]:
     return "ffv1", ".mkv"
 
 
+#: The longest side libx264 (x264) encodes; a larger preview is downscaled to fit (:func:`preview_size`).
+MAX_H264_SIDE = 16384
+
+
+def preview_size(width: int, height: int, codec: str) -> tuple[int, int]:
+    """The size a ``width`` x ``height`` preview is encoded at: its own, or for H.264 with a side over
+    :data:`MAX_H264_SIDE` scaled down to fit (the aspect kept; the maps themselves keep their size)."""
+    longest = max(width, height)
+    if codec == "ffv1" or longest <= MAX_H264_SIDE:
+        return width, height
+    return max(1, width * MAX_H264_SIDE // longest), max(1, height * MAX_H264_SIDE // longest)
+
+
 #: Time base of the preview videos' timestamps (MPEG's 90 kHz clock: exact for every common frame rate).
 TIME_BASE = Fraction(1, 90_000)
 
@@ -171,7 +185,8 @@ class VideoWriter:
     """An RGB video written to a temporary sibling of ``path``; :meth:`close` renames it into place, :meth:`abort`
     deletes it. ``fps`` is the declared rate; each frame keeps the time it is given (a variable-frame-rate input's
     timing is kept), else frames are ``1 / fps`` apart. H.264 at CRF 18, :data:`PRESET` (``yuv420p``; ``yuv444p``
-    when a side is odd)."""
+    when a side is odd), downscaled when a side is over :data:`MAX_H264_SIDE`. An encoder that refuses the frames
+    is a :class:`VideoError` (the clip fails alone); a system error (a full disk) is raised as it is."""
 
     def __init__(self, path: Path, fps: Fraction, codec: str | None = None, overwrite: bool = True):
         import av  # noqa: PLC0415
@@ -184,6 +199,7 @@ class VideoWriter:
         self.fps = Fraction(fps).limit_denominator(1_000_000)
         self.container = av.open(str(self.tmp), "w", format="matroska" if self.path.suffix == ".mkv" else None)
         self.stream = None
+        self.size: tuple[int, int] | None = None  # (width, height) encoded, set by the first frame
         self.frames = 0
         self.last_pts = -1
 
@@ -194,6 +210,7 @@ class VideoWriter:
 
         if self.stream is None:
             height, width = rgb.shape[:2]
+            self.size = width, height = preview_size(width, height, self.codec)
             self.stream = self.container.add_stream(self.codec, rate=self.fps)
             self.stream.width, self.stream.height = width, height
             if self.codec == "ffv1":
@@ -203,18 +220,34 @@ class VideoWriter:
                 self.stream.options = {"crf": "18", "preset": PRESET}
             self.stream.codec_context.time_base = self.stream.time_base = TIME_BASE
             self.stream.thread_type = "AUTO"
+        if (rgb.shape[1], rgb.shape[0]) != self.size:
+            rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(self.size, Image.Resampling.BILINEAR))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         seconds = self.frames / self.fps if seconds is None else seconds
         frame.pts = self.last_pts = max(round(seconds / TIME_BASE), self.last_pts + 1)
         frame.time_base = TIME_BASE
-        self.container.mux(self.stream.encode(frame))
+        with self._encoding():
+            self.container.mux(self.stream.encode(frame))
         self.frames += 1
+
+    @contextlib.contextmanager
+    def _encoding(self) -> Iterator[None]:
+        """An encoder error (not a system error) as a :class:`VideoError` naming the preview."""
+        import av  # noqa: PLC0415
+
+        try:
+            yield
+        except av.FFmpegError as exc:
+            if isinstance(exc, OSError):
+                raise
+            raise VideoError(f"cannot encode the preview {self.path.name} ({exc})") from None
 
     def close(self) -> Path:
         """Flush, close, and rename to ``path`` (never over an existing file unless ``overwrite``)."""
         try:
             if self.stream is not None:
-                self.container.mux(self.stream.encode())
+                with self._encoding():
+                    self.container.mux(self.stream.encode())
             self.container.close()
             install_file(self.tmp, self.path, self.overwrite)
         finally:
