@@ -35,16 +35,16 @@ from PIL import Image
 from .engines import Engine
 from .engines.base import Finish, Prepared
 from .errors import ImageError, InvalidInput, OutputExists
-from .files.atomic import looks_temporary, staged_folder
+from .files.atomic import looks_temporary, naming, staged_folder
 from .files.colormaps import depth_preview, normals_preview
 from .files.outputs import (
     ALL_KINDS,
-    OUTPUT_KINDS,
     Extras,
     OutputOptions,
     OutputOwners,
     output_names,
     png_pixels,
+    save_npy,
     write_pointcloud,
 )
 from .files.png import write_png
@@ -239,7 +239,7 @@ def run_video(
             depth = prediction.depth if aligner is None else aligner.align(prediction.depth, picture)
             writers_["depth_video"].write(depth_preview_fast(depth), seconds)
             writers_["normals_video"].write(normals_picture, seconds)
-            write_frame_files(staged, job.name, index, depth, prediction.normals, outputs, image)
+            write_frame_files(staged, job.name, index, depth, prediction.normals, outputs, image, job.folders)
             timers["write"] += time.perf_counter() - t0
             progress()
 
@@ -337,21 +337,35 @@ def write_frame_files(
     normals: np.ndarray,
     outputs: OutputOptions,
     image: Image.Image | None = None,
+    targets: dict[str, Path] | None = None,
 ) -> None:
     """Frame ``index``'s per-frame files into the (staged) folders of their kinds (``image``: the frame, for the
-    point cloud's colours; its z is ``exp`` of the aligned depth, so a clip's clouds share one frame of reference)."""
+    point cloud's colours; its z is ``exp`` of the aligned depth, so a clip's clouds share one frame of reference).
+    ``targets``: the folders they are staged for, which a write error names (default ``folders``)."""
     stem = f"{name}_{index:06d}"
     npy = np.float16 if outputs.npy_dtype == "float16" else np.float32
+    targets = targets or folders
+
+    def files(kind: str) -> tuple[Path, contextlib.AbstractContextManager]:
+        filename = f"{stem}{ALL_KINDS[kind]}"
+        return folders[kind] / filename, naming(targets[kind] / filename)
+
     if "depth_npy" in folders:
-        np.save(folders["depth_npy"] / f"{stem}{OUTPUT_KINDS['depth_npy']}", depth.astype(npy, copy=False))
+        path, named = files("depth_npy")
+        with named:
+            save_npy(path, depth.astype(npy, copy=False))
     if "normals_npy" in folders:
-        np.save(folders["normals_npy"] / f"{stem}{OUTPUT_KINDS['normals_npy']}", normals.astype(npy, copy=False))
+        path, named = files("normals_npy")
+        with named:
+            save_npy(path, normals.astype(npy, copy=False))
     if "depth_png16" in folders:
-        path = folders["depth_png16"] / f"{stem}{OUTPUT_KINDS['depth_png16']}"
-        write_png(path, png_pixels("depth_png16", depth, normals), outputs.png_compression)
+        path, named = files("depth_png16")
+        with named:
+            write_png(path, png_pixels("depth_png16", depth, normals), outputs.png_compression)
     if "pointcloud" in folders:
-        path = folders["pointcloud"] / f"{stem}{ALL_KINDS['pointcloud']}"
-        write_pointcloud(path, depth, normals, None, outputs.camera, Extras(image))
+        path, named = files("pointcloud")
+        with named:
+            write_pointcloud(path, depth, normals, None, outputs.camera, Extras(image))
 
 
 def run_videos(

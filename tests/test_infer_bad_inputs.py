@@ -3,19 +3,26 @@ asked for silently dropped, and each problem one line naming it (exit code 2) or
 
 from __future__ import annotations
 
+import errno
+import os
+import pathlib
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from conftest import scene_image
+from conftest import model_file_args, scene_image
 from test_video import decoded, write_clip
+from typer.testing import CliRunner
 
+from fe2e_deploy.cli import app
 from fe2e_deploy.engines.eager import EagerEngine
 from fe2e_deploy.files.outputs import OutputOptions
 from fe2e_deploy.files.video import VideoError, VideoWriter, encoder
 from fe2e_deploy.infer import run_infer
 from fe2e_deploy.video_infer import VideoOptions
+
+runner = CliRunner()
 
 
 @pytest.fixture()
@@ -154,3 +161,145 @@ def test_an_encoder_that_refuses_the_preview_is_a_video_error(tmp_path, monkeypa
         writer.write(np.zeros((16, 16386, 3), np.uint8))
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 4. a full disk: one line naming the file, nothing partial, old outputs kept ------------------------------------
+
+
+def one_line_error(result, *needles: str) -> str:
+    """Exit code 2, exactly one ``error:`` line holding every needle, no traceback."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"traceback: {type(result.exception).__name__}: {result.exception}\n{result.output}"
+    )
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_old_outputs_survive(tmp_path, tiny_dir, monkeypatch):
+    """ENOSPC from a write (as Python raises it: no file name) while infer writes an image's or a clip's frame's PNG."""
+    images = tmp_path / "images"
+    images.mkdir()
+    scene_image(64, 48, seed=1).save(images / "a.png")
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    args = [
+        "--processing-res",
+        "32x32",
+        "--no-progress",
+        "--outputs",
+        "depth_npy,depth_png16",
+        *model_file_args(tiny_dir),
+    ]
+    cases = {images: ("depth_png16/a_depth.png", "depth_npy/a_depth.npy"), clip: ("depth_png16/clip", "depth_npy/clip")}
+    for source, (failing, other) in cases.items():
+        out = tmp_path / f"out_{source.name}"
+        assert runner.invoke(app, ["infer", str(source), "-o", str(out), *args]).exit_code == 0
+        before = {name: (out / name).read_bytes() for name in files_under(out)}
+
+        def full(self, data, out=out, real=pathlib.Path.write_bytes):
+            if out in self.parents:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(self, data)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(pathlib.Path, "write_bytes", full)
+            result = runner.invoke(app, ["infer", str(source), "-o", str(out), *args, "--overwrite"])
+        one_line_error(result, str(out / failing), "No space left on device")
+        assert {name: (out / name).read_bytes() for name in files_under(out)} == before  # no partial or lost file
+        assert (out / other).exists()
+
+
+def unshare_available() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+FULL_DISK_SCRIPT = """
+import json, subprocess, sys
+from typer.testing import CliRunner
+from fe2e_deploy.cli import app
+mount, runs = sys.argv[1], json.loads(sys.argv[2])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20k", "none", mount], check=True)
+results = []
+for args in runs:
+    subprocess.run(["find", mount, "-mindepth", "1", "-delete"], check=True)
+    result = CliRunner().invoke(app, args)
+    results.append({"code": result.exit_code, "output": result.output, "exception": repr(result.exception),
+                    "left": subprocess.run(["find", mount, "-type", "f"], capture_output=True, text=True).stdout})
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not unshare_available(), reason="needs unshare -rm (a private tmpfs)")
+def test_a_really_full_disk_is_one_line(tmp_path, tiny_dir):
+    """infer into a 20 KiB tmpfs (in a private mount namespace): numpy's short write of a .npy, an image's and a
+    clip frame's, is one line naming the file, and nothing partial is left."""
+    import json
+    import subprocess
+    import sys
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        scene_image(64, 48, seed=i).save(images / f"a{i}.png")
+    clip = write_clip(tmp_path / "clip.mp4", frames=3)
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    common = ["--processing-res", "32x32", "--no-progress", "--outputs", "depth_npy", *model_file_args(tiny_dir)]
+    runs = [["infer", str(source), "-o", str(mount / "out"), *common] for source in (images, clip)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        ["unshare", "-rm", sys.executable, "-c", FULL_DISK_SCRIPT, str(mount), json.dumps(runs)],
+        capture_output=True, text=True, env=env, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    named = (["depth_npy/a"], ["depth_npy/clip/clip_0", "depth_video/clip_depth.", "normals_video/clip_normals."])
+    for result, files in zip(json.loads(done.stdout.splitlines()[-1]), named, strict=True):
+        errors = [line for line in result["output"].splitlines() if line.startswith("error:")]
+        assert result["code"] == 2 and len(errors) == 1 and result["exception"] == "SystemExit(2)", result
+        assert "No space left on device" in errors[0], result
+        assert any(f"error: {mount / 'out' / name}" in errors[0] for name in files), result  # the file, not a temporary
+        assert ".tmp" not in result["left"], result
+
+
+WRITER_SCRIPT = """
+import pathlib, subprocess, sys
+from fractions import Fraction
+import numpy as np
+from fe2e_deploy.files.video import VideoWriter
+mount = pathlib.Path(sys.argv[1])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20k", "none", str(mount)], check=True)
+(mount / "fill").write_bytes(bytes(18000))  # room for the first packet, not for the header and the second
+writer, rng, errors = VideoWriter(mount / "v.mp4", Fraction(12)), np.random.default_rng(0), []
+for _ in range(4):
+    try:
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    except OSError as exc:
+        errors.append(f"{exc.filename}: {exc.strerror}")
+writer.abort()
+print(len(errors), errors[-1], sorted(p.name for p in mount.iterdir()))
+"""
+
+
+@pytest.mark.skipif(not unshare_available(), reason="needs unshare -rm (a private tmpfs)")
+def test_a_preview_that_hit_a_full_disk_takes_no_more_frames(tmp_path):
+    """PyAV crashes (SIGSEGV) muxing on into a file whose header did not fit: the writer refuses further frames."""
+    import subprocess
+    import sys
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        ["unshare", "-rm", sys.executable, "-c", WRITER_SCRIPT, str(mount)],
+        capture_output=True, text=True, env=env, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == f"3 {mount / 'v.mp4'}: No space left on device ['fill']", done.stdout

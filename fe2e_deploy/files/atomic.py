@@ -202,6 +202,41 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _no_space_left(path: Path) -> bool:
+    """Whether the file system of ``path`` (its nearest existing folder) has no free block left."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return stats.f_bavail == 0 or stats.f_bfree == 0
+
+
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """A system error raised while writing ``path`` names ``path``, the file the user asked for.
+
+    A failed ``write`` reports no file name, and one through a temporary names the temporary. A short write
+    reported without an errno (numpy's ``N requested and M written``) becomes ``ENOSPC`` when the file system has
+    no space left, else ``EIO``: a system error the command line prints as one line.
+    """
+    path = Path(path)
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            code = errno.ENOSPC if _no_space_left(path) else errno.EIO
+            raise OSError(
+                code, f"{os.strerror(code)} ({exc})" if code == errno.EIO else os.strerror(code), str(path)
+            ) from exc
+        name = getattr(exc, "filename", None)
+        if name is None or any(looks_temporary(part) for part in Path(str(name)).parts):
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        raise
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object], overwrite: bool = True) -> Path:
     """``write(tmp_path)`` then rename to ``path``; a failure leaves no partial file.
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageError, InvalidInput
-from .atomic import install_file, remove_stale_temps, temp_sibling
+from .atomic import install_file, naming, remove_stale_temps, temp_sibling
 
 #: x264's speed preset for the previews: ultrafast encodes a 1080p frame in ~0.04 CPU-s (veryfast: ~0.08).
 PRESET = "ultrafast"
@@ -197,9 +197,11 @@ class VideoWriter:
         self.tmp = temp_sibling(self.path)
         self.codec = codec or encoder()[0]
         self.fps = Fraction(fps).limit_denominator(1_000_000)
-        self.container = av.open(str(self.tmp), "w", format="matroska" if self.path.suffix == ".mkv" else None)
+        with naming(self.path):
+            self.container = av.open(str(self.tmp), "w", format="matroska" if self.path.suffix == ".mkv" else None)
         self.stream = None
         self.size: tuple[int, int] | None = None  # (width, height) encoded, set by the first frame
+        self.broken: Exception | None = None  # the error of a failed write: no more writes
         self.frames = 0
         self.last_pts = -1
 
@@ -220,6 +222,8 @@ class VideoWriter:
                 self.stream.options = {"crf": "18", "preset": PRESET}
             self.stream.codec_context.time_base = self.stream.time_base = TIME_BASE
             self.stream.thread_type = "AUTO"
+        if self.broken is not None:  # PyAV crashes writing on after a failed write (a header the disk had no room for)
+            raise self.broken
         if (rgb.shape[1], rgb.shape[0]) != self.size:
             rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(self.size, Image.Resampling.BILINEAR))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -232,18 +236,25 @@ class VideoWriter:
 
     @contextlib.contextmanager
     def _encoding(self) -> Iterator[None]:
-        """An encoder error (not a system error) as a :class:`VideoError` naming the preview."""
+        """An encoder error (not a system error) as a :class:`VideoError` naming the preview; after either, no more
+        writes."""
         import av  # noqa: PLC0415
 
         try:
-            yield
+            with naming(self.path):  # a full disk names the preview, not its temporary
+                yield
+        except OSError as exc:
+            self.broken = exc
+            raise
         except av.FFmpegError as exc:
-            if isinstance(exc, OSError):
-                raise
-            raise VideoError(f"cannot encode the preview {self.path.name} ({exc})") from None
+            self.broken = VideoError(f"cannot encode the preview {self.path.name} ({exc})")
+            raise self.broken from None
 
     def close(self) -> Path:
         """Flush, close, and rename to ``path`` (never over an existing file unless ``overwrite``)."""
+        if self.broken is not None:
+            self.abort()
+            raise self.broken
         try:
             if self.stream is not None:
                 with self._encoding():
