@@ -72,10 +72,41 @@ def find_align_files(align_dir: str | Path, rel_images: Iterable[Path]) -> dict[
     return found
 
 
+#: What a file of known depths may fail to read with (each fails its image alone).
+_READ_ERRORS = (OSError, ValueError, IndexError, EOFError, csv.Error)
+
+
+def _unreadable(path: Path, why: object) -> ImageError:
+    return ImageError(f"{path}: unreadable known depths ({why})")
+
+
+def load_known_depths(path: Path) -> np.ndarray:
+    """The array of a ``.npy`` of known depths, memory-mapped (nothing read yet beyond its header), or
+    :class:`ImageError` (``unreadable known depths (why)``): not an ``.npy`` (empty, an ``.npz`` archive, garbage),
+    or not numbers (strings, records, objects, complex)."""
+    try:
+        values = np.load(path, mmap_mode="r", allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, "an empty file" if _empty(path) else exc or type(exc).__name__) from None
+    if not isinstance(values, np.ndarray):  # np.load opened a zip: an .npz archive of arrays
+        values.close()
+        raise _unreadable(path, "an .npz archive, not one .npy array")
+    if values.dtype.kind not in "iuf":
+        raise _unreadable(path, f"dtype {values.dtype}: expected numbers")
+    return values
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def read_known_depths(path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
     """``(points [N, 3] of u, v, depth; a dense map's size (w, h) or None)``: a dense map becomes its pixels."""
-    try:
-        if path.suffix == ".csv":
+    if path.suffix == ".csv":
+        try:
             with open(path, newline="") as fh:
                 rows = list(csv.reader(fh))
             header = [c.strip().lower() for c in rows[0]] if rows else []
@@ -84,12 +115,15 @@ def read_known_depths(path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
             return np.array([[float(c) for c in row[:3]] for row in rows[1:] if row], dtype=np.float64).reshape(
                 -1, 3
             ), None
-        values = np.load(path, allow_pickle=False)
-    except ImageError:
-        raise
-    except (OSError, ValueError, IndexError) as exc:
-        raise ImageError(f"{path}: unreadable known depths ({exc})") from None
-    values = np.asarray(values, dtype=np.float64)
+        except ImageError:
+            raise
+        except _READ_ERRORS as exc:
+            raise _unreadable(path, exc) from None
+    values = load_known_depths(path)
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except _READ_ERRORS as exc:  # a file cut short after its header
+        raise _unreadable(path, exc) from None
     if values.ndim == 2 and values.shape[1] == 3:
         return values, None
     if values.ndim != 2:

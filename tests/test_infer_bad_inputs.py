@@ -303,3 +303,38 @@ def test_a_preview_that_hit_a_full_disk_takes_no_more_frames(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.strip() == f"3 {mount / 'v.mp4'}: No space left on device ['fill']", done.stdout
+
+
+# -- 5. an unreadable --align-to file fails its image alone -----------------------------------------------------------
+
+
+def test_unreadable_known_depths_fail_their_image_and_the_run_goes_on(tmp_path, tiny_dir):
+    images, align = tmp_path / "images", tmp_path / "align"
+    images.mkdir()
+    align.mkdir()
+    names = ["empty", "npz", "strings", "structured", "objects", "complex", "nul", "binary", "good"]
+    for i, name in enumerate(names):
+        scene_image(64, 48, seed=i).save(images / f"{name}.png")
+    args = ["infer", str(images), "--processing-res", "32x32", "--no-progress", "--outputs", "depth_npy"]
+    args += model_file_args(tiny_dir)
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "relative")]).exit_code == 0
+    d = np.load(tmp_path / "relative/depth_npy/good_depth.npy").astype(np.float64)
+    np.save(align / "good.npy", np.exp(1.5 * d + 0.2))  # dense, the image's size
+    (align / "empty.npy").write_bytes(b"")
+    np.savez(align / "npz.npz", depth=np.ones((48, 64)))
+    (align / "npz.npz").rename(align / "npz.npy")
+    np.save(align / "strings.npy", np.array([["1", "2", "x"]] * 5))
+    np.save(align / "structured.npy", np.zeros(5, dtype=[("u", "f4"), ("v", "f4"), ("depth", "f4")]))
+    np.save(align / "objects.npy", np.array([[1, 2, None]] * 5, dtype=object), allow_pickle=True)
+    np.save(align / "complex.npy", np.ones((5, 3), dtype=np.complex64))
+    (align / "nul.csv").write_bytes(b"u,v,depth\n1,2,\x003\n")
+    (align / "binary.csv").write_bytes(bytes(range(128, 256)))
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "out"), "--align-to", str(align)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    failed = [line for line in result.output.splitlines() if line.startswith("failed ")]
+    assert len(failed) == len(names) - 1, result.output
+    for name, line in zip(sorted(set(names) - {"good"}), sorted(failed), strict=True):
+        assert f"{name}.png: " in line and line.count("unreadable known depths (") == 1 and f"{name}." in line, line
+    assert "1 image(s) written" in result.output and f"{len(names) - 1} failed" in result.output, result.output
+    assert files_under(tmp_path / "out") == ["alignment/good_alignment.json", "depth_npy/good_depth.npy"]
