@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import re
 from fractions import Fraction
 
 import av
@@ -17,9 +18,11 @@ from typer.testing import CliRunner
 
 from fe2e_deploy.cli import app
 from fe2e_deploy.engines.eager import EagerEngine
+from fe2e_deploy.errors import ImageError
 from fe2e_deploy.files.outputs import OutputOptions
 from fe2e_deploy.files.video import VideoError, VideoWriter, encoder
 from fe2e_deploy.infer import run_infer
+from fe2e_deploy.metric_align import align_depth_map
 from fe2e_deploy.video_infer import VideoOptions
 
 runner = CliRunner()
@@ -338,3 +341,51 @@ def test_unreadable_known_depths_fail_their_image_and_the_run_goes_on(tmp_path, 
         assert f"{name}.png: " in line and line.count("unreadable known depths (") == 1 and f"{name}." in line, line
     assert "1 image(s) written" in result.output and f"{len(names) - 1} failed" in result.output, result.output
     assert files_under(tmp_path / "out") == ["alignment/good_alignment.json", "depth_npy/good_depth.npy"]
+
+
+# -- 12. dense known-depth maps: the image's size, bounded memory, a spread to fit ------------------------------------
+
+
+def test_a_dense_map_of_another_size_is_refused_before_it_is_read(tmp_path):
+    import tracemalloc
+
+    d = np.random.default_rng(0).uniform(0.05, 0.95, (96, 128)).astype(np.float32)
+    np.save(tmp_path / "small.npy", np.random.default_rng(1).uniform(1, 3, (7, 5)))
+    with pytest.raises(ImageError, match=re.escape("known-depth map is 7x5, the image is 96x128")):
+        align_depth_map(d, tmp_path / "small.npy", image_size=(128, 96))
+    big = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(1500, 2000))
+    big[:] = 2.0
+    del big
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match=re.escape("known-depth map is 1500x2000, the image is 48x64")):
+            align_depth_map(d[:48, :64], tmp_path / "big.npy")  # the image: the map's size by default
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak  # the 12 MB map was never read (it was: 100+ MB of points at 6000x8000: 5.8 GB)
+
+
+def test_a_large_dense_map_is_fitted_on_a_bounded_sample(tmp_path, monkeypatch):
+    import fe2e_deploy.metric_align as metric_align
+
+    d = np.random.default_rng(2).uniform(0.05, 0.95, (48, 64)).astype(np.float32)
+    np.save(tmp_path / "a.npy", np.exp(1.7 * d.astype(np.float64) + 0.3))
+    monkeypatch.setattr(metric_align, "MAX_FIT_POINTS", 500)
+    metric, fit = align_depth_map(d, tmp_path / "a.npy")
+    assert fit.points == 500 and abs(fit.scale - 1.7) < 1e-4 and abs(fit.shift - 0.3) < 1e-4
+    np.testing.assert_allclose(metric, np.exp(1.7 * d.astype(np.float64) + 0.3), rtol=1e-4)
+    assert align_depth_map(d, tmp_path / "a.npy")[1] == fit  # the same sample every run
+
+
+@pytest.mark.parametrize("value", [2.0, 1.0, 1e-3])
+def test_a_constant_known_depth_is_refused_as_having_no_spread(tmp_path, value):
+    d = np.random.default_rng(3).uniform(0.05, 0.95, (48, 64)).astype(np.float32)
+    np.save(tmp_path / "dense.npy", np.full((48, 64), value))
+    rng = np.random.default_rng(4)
+    np.save(
+        tmp_path / "sparse.npy", np.stack([rng.integers(0, 64, 20), rng.integers(0, 48, 20), np.full(20, value)], -1)
+    )
+    for name in ("dense.npy", "sparse.npy"):
+        with pytest.raises(ImageError, match="known depths have no spread: cannot fit a scale"):
+            align_depth_map(d, tmp_path / name)

@@ -112,10 +112,10 @@ AlignToOption = Annotated[
     Path | None,
     typer.Option(
         help="Metric depth: a folder with one file of known depths per image, named after its stem (<stem>.npy as "
-        "N x 3 u,v,depth or a dense HxW map with NaN/0 invalid, or <stem>.csv with the header u,v,depth; u,v in "
-        "pixels of the input image). Scale and shift are fitted robustly in FE2E's log-depth space; depth_npy, "
-        "depth_exr, depth_png16 (x1000, mm for m) and point clouds become metric; the fit goes to alignment/. An "
-        "image without a file refuses the run; one with too few valid points (< 4) fails alone."
+        "N x 3 u,v,depth or a dense HxW map of the image's size with NaN/0 invalid, or <stem>.csv with the header "
+        "u,v,depth; u,v in pixels of the input image). Scale and shift are fitted robustly in FE2E's log-depth "
+        "space; depth_npy, depth_exr, depth_png16 (x1000, mm for m) and point clouds become metric; the fit goes to "
+        "alignment/. An image without a file refuses the run; one with too few valid points (< 4) fails alone."
     ),
 ]
 
