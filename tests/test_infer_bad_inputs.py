@@ -16,6 +16,7 @@ from conftest import model_file_args, scene_image
 from test_video import decoded, write_clip
 from typer.testing import CliRunner
 
+from fe2e_deploy import load_gate
 from fe2e_deploy.cli import app
 from fe2e_deploy.engines.eager import EagerEngine
 from fe2e_deploy.errors import ImageError
@@ -389,3 +390,19 @@ def test_a_constant_known_depth_is_refused_as_having_no_spread(tmp_path, value):
     for name in ("dense.npy", "sparse.npy"):
         with pytest.raises(ImageError, match="known depths have no spread: cannot fit a scale"):
             align_depth_map(d, tmp_path / name)
+
+
+# -- 8. --start / --end: finite seconds, checked before the model loads ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--start", "nan"), ("--end", "nan"), ("--start", "inf"), ("--end", "inf"), ("--start", "1e300"),
+     ("--end", "1e300"), ("--start", "-inf"), ("--end", "-1")],
+)  # fmt: skip
+def test_non_finite_or_huge_start_and_end_are_refused_before_loading(tmp_path, option, value):
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    with load_gate.closed():
+        result = runner.invoke(app, ["infer", str(clip), "-o", str(tmp_path / "out"), option, value, "--no-progress"])
+    one_line_error(result, f"{option} {float(value):g}", "seconds")
+    assert not (tmp_path / "out").exists() or files_under(tmp_path / "out") == []

@@ -41,6 +41,10 @@ def find_videos(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).rglob("*") if p.is_file() and is_video(p))
 
 
+#: Latest --start / --end accepted (seconds; 31 years): beyond any clip, and its timestamps stay 64-bit integers.
+MAX_SECONDS = 1e9
+
+
 @dataclass(frozen=True)
 class FrameRange:
     """Which frames of a clip are processed: from ``start`` to ``end`` seconds, every ``stride``-th, at most
@@ -56,8 +60,14 @@ class FrameRange:
             raise InvalidInput(f"--frame-stride must be >= 1, got {self.stride}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InvalidInput(f"--max-frames must be >= 1, got {self.max_frames}")
-        if self.start < 0 or (self.end is not None and self.end <= self.start):
-            raise InvalidInput(f"--start {self.start} / --end {self.end}: need 0 <= start < end")
+        for option, value in (("--start", self.start), ("--end", self.end)):
+            if value is not None and not 0 <= value <= MAX_SECONDS:  # also refuses NaN
+                raise InvalidInput(
+                    f"{option} {value:g}: give a finite number of seconds from 0 to {MAX_SECONDS:g}"
+                    + (" (leave --end out for the clip's end)" if option == "--end" else "")
+                )
+        if self.end is not None and self.end <= self.start:
+            raise InvalidInput(f"--start {self.start:g} / --end {self.end:g} seconds: need 0 <= start < end")
 
 
 @dataclass(frozen=True)
