@@ -288,7 +288,11 @@ def run_infer(
             return
         finally:
             job.image = None
-        write_prediction(job.paths, prediction, outputs, extras)
+        try:
+            write_prediction(job.paths, prediction, outputs, extras)
+        except ImageError as exc:  # a point cloud that does not fit float32; nothing written
+            fail(job, str(exc))
+            return
         with lock:
             report.write_seconds += time.perf_counter() - t0
             (report.completed if job.completing else report.written).append(job.path)

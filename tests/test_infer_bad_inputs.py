@@ -21,6 +21,7 @@ from fe2e_deploy.cli import app
 from fe2e_deploy.engines.eager import EagerEngine
 from fe2e_deploy.errors import ImageError
 from fe2e_deploy.files.outputs import OutputOptions
+from fe2e_deploy.files.pointcloud import CameraOptions
 from fe2e_deploy.files.video import VideoError, VideoWriter, encoder
 from fe2e_deploy.infer import run_infer
 from fe2e_deploy.metric_align import align_depth_map
@@ -406,3 +407,66 @@ def test_non_finite_or_huge_start_and_end_are_refused_before_loading(tmp_path, o
         result = runner.invoke(app, ["infer", str(clip), "-o", str(tmp_path / "out"), option, value, "--no-progress"])
     one_line_error(result, f"{option} {float(value):g}", "seconds")
     assert not (tmp_path / "out").exists() or files_under(tmp_path / "out") == []
+
+
+# -- 11. a focal length that would put the cloud at infinity ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--intrinsics", "1e-300,1e-300,31.5,23.5"], "fx 1e-300"),
+        (["--intrinsics", "500,1e-300,31.5,23.5"], "fy 1e-300"),
+        (["--intrinsics", "500,500,1e300,23.5"], "cx 1e+300"),
+        (["--fov", "1e-300"], "--fov 1e-300"),
+    ],
+)
+def test_a_focal_length_out_of_range_is_refused_before_loading(tmp_path, extra, needle):
+    scene_image(64, 48).save(tmp_path / "a.png")
+    with load_gate.closed():
+        result = runner.invoke(
+            app, ["infer", str(tmp_path), "-o", str(tmp_path / "out"), "--outputs", "pointcloud", *extra]
+        )
+    one_line_error(result, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_serve_refuses_a_tiny_fov_too():
+    from fe2e_deploy.cluster.responses import RequestFailed, camera_options
+
+    for fov in (1e-300, 1e-4):
+        with pytest.raises(RequestFailed, match=f"fov {fov:g}") as info:
+            camera_options(None, fov, None)
+        assert "--" not in str(info.value)
+
+
+def test_a_cloud_that_overflows_float32_fails_its_image_alone(tmp_path, engine):
+    """The cloud is checked finite before it is written: extreme metric depths and a short (allowed) focal length."""
+    images, align = tmp_path / "images", tmp_path / "align"
+    images.mkdir()
+    align.mkdir()
+    for name in ("far", "near"):
+        scene_image(64, 48, seed=1).save(images / f"{name}.png")
+    relative = tmp_path / "relative"
+    run_infer(engine, images, relative, progress=False, outputs=OutputOptions(kinds=("depth_npy",)))
+    for name, shift in (("far", 85.0), ("near", 0.0)):  # metric depth up to e^80 (clipped): x = 32 e^80 / 1e-3
+        d = np.load(relative / f"depth_npy/{name}_depth.npy").astype(np.float64)
+        np.save(align / f"{name}.npy", np.exp(d + shift))
+    camera = CameraOptions((1e-3, 1e-3, 31.5, 23.5))
+    outputs = OutputOptions(kinds=("pointcloud", "depth_npy"), camera=camera)
+    report = run_infer(engine, images, tmp_path / "out", progress=False, outputs=outputs, align_to=align)
+    assert [p.name for p in report.written] == ["near.png"]
+    assert [p.name for p, _ in report.failed] == ["far.png"] and "not finite in float32" in report.failed[0][1]
+    assert not list((tmp_path / "out").rglob("far*"))
+
+
+# -- 16. messages that say what is wrong ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "name"), [("nan,1,1,1", "fx"), ("1,inf,1,1", "fy"), ("1,1,-inf,1", "cx")])
+def test_a_non_finite_intrinsic_is_named(tmp_path, text, name):
+    scene_image(64, 48).save(tmp_path / "a.png")
+    args = ["infer", str(tmp_path), "-o", str(tmp_path / "out"), "--outputs", "pointcloud", "--intrinsics", text]
+    with load_gate.closed():
+        line = one_line_error(runner.invoke(app, args), f"--intrinsics: {name} is ", "not a finite number")
+    assert "4 numbers" not in line
