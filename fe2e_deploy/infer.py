@@ -51,6 +51,7 @@ class InferReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     videos: int = 0  # videos among written/completed
     frames: int = 0  # their frames that went through the engine
+    clip_frames: dict[Path, int] = field(default_factory=dict)  # each of those videos' frames
     predict_seconds: float = 0.0  # in engine.predict_batch (main thread)
     read_seconds: float = 0.0  # decoding, summed over reader threads
     write_seconds: float = 0.0  # encoding and writing, summed over writer threads
@@ -71,16 +72,33 @@ class InferReport:
         return (self.read_seconds + self.write_seconds) / max(1, self.predicted)
 
     def summary(self) -> str:
-        completed = f"{len(self.completed)} completed (some outputs were missing), " if self.completed else ""
-        if self.videos:
-            completed += f"(of these {self.videos} video(s), {self.frames} frames), "
+        """One line: what was written and completed (images; clips and their frames), skipped, failed; the times."""
+        from .files.video import is_video  # noqa: PLC0415
+
+        inputs = [*self.written, *self.completed, *(p for p, _ in self.skipped), *(p for p, _ in self.failed)]
+        clips = bool(self.clip_frames) or any(is_video(p) for p in inputs)
+        images = not clips or any(not is_video(p) for p in inputs)
+        done = self._count(self.completed, images, clips) if clips else len(self.completed)
+        completed = f"{done} completed (some outputs were missing), "
+        unit = "image or frame" if clips and images else "frame" if clips else "image"
         return (
-            f"{len(self.written)} image(s) written, {completed}"
+            f"{self._count(self.written, images, clips)} written, {completed if self.completed else ''}"
             f"{len(self.skipped)} skipped (all outputs exist), {len(self.failed)} failed; "
-            f"{self.seconds_per_image:.3f} s per image end to end "
+            f"{self.seconds_per_image:.3f} s per {unit} end to end "
             f"({self.predict_seconds / max(1, self.predicted):.3f} s in the engine; "
-            f"host side {self.host_seconds_per_image:.3f} s per image, overlapped)"
+            f"host side {self.host_seconds_per_image:.3f} s per {unit}, overlapped)"
         )
+
+    def _count(self, paths: list[Path], images: bool, clips: bool) -> str:
+        """``2 image(s)``, ``1 clip (3 frames)``, ``2 image(s) and 3 clips (40 frames)``: of the kinds the run has,
+        those with any (all of them when there are none)."""
+        videos = [p for p in paths if p in self.clip_frames]
+        parts = [(len(paths) - len(videos), f"{len(paths) - len(videos)} image(s)")] if images else []
+        if clips:
+            frames = sum(self.clip_frames[p] for p in videos)
+            count = f"{len(videos)} clip{'' if len(videos) == 1 else 's'}"
+            parts.append((len(videos), f"{count} ({frames} frame{'' if frames == 1 else 's'})" if videos else count))
+        return " and ".join(text for n, text in ([p for p in parts if p[0]] or parts))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, MissingInput
+from .errors import ImageError, MissingInput, NotAFolder
 
 ALIGN_SUFFIXES = (".npy", ".csv")
 #: Fewest valid known depths an image needs (2 unknowns, and a robust fit needs more).
@@ -58,6 +58,10 @@ class Alignment:
 def find_align_files(align_dir: str | Path, rel_images: Iterable[Path]) -> dict[Path, Path]:
     """The align file of each image (relative path -> file); a missing or ambiguous one refuses the run in one line."""
     align_dir = Path(align_dir)
+    if align_dir.exists() and not align_dir.is_dir():
+        raise NotAFolder(
+            f"--align-to {align_dir}: is a file; give the folder that holds one <stem>.npy or <stem>.csv per image"
+        )
     if not align_dir.is_dir():
         raise MissingInput(f"--align-to {align_dir}: folder not found (give a folder with one file per image)")
     found, missing, ambiguous = {}, [], []

@@ -407,6 +407,7 @@ def run_videos(
                 (report.completed if job.completing else report.written).append(job.path)
                 report.videos += 1
                 report.frames += count
+                report.clip_frames[job.path] = count
         finally:
             report.read_seconds += timers["read"]
             report.predict_seconds += timers["predict"]

@@ -470,3 +470,41 @@ def test_a_non_finite_intrinsic_is_named(tmp_path, text, name):
     with load_gate.closed():
         line = one_line_error(runner.invoke(app, args), f"--intrinsics: {name} is ", "not a finite number")
     assert "4 numbers" not in line
+
+
+def test_align_to_a_file_says_it_is_a_file(tmp_path):
+    scene_image(64, 48).save(tmp_path / "a.png")
+    np.save(tmp_path / "a.npy", np.ones((48, 64)))
+    with load_gate.closed():
+        result = runner.invoke(
+            app, ["infer", str(tmp_path), "-o", str(tmp_path / "out"), "--align-to", str(tmp_path / "a.npy")]
+        )
+    line = one_line_error(
+        result, "a.npy: is a file", "give the folder that holds one <stem>.npy or <stem>.csv per image"
+    )
+    assert "not found" not in line
+
+
+def test_the_summary_counts_clips_and_their_frames():
+    from fe2e_deploy.infer import InferReport
+
+    clip = InferReport(written=[pathlib.Path("c.mp4")], videos=1, frames=3, clip_frames={pathlib.Path("c.mp4"): 3})
+    assert clip.summary().startswith("1 clip (3 frames) written, 0 skipped (all outputs exist), 0 failed; ")
+    assert " s per frame end to end" in clip.summary()
+    both = InferReport(
+        written=[pathlib.Path(p) for p in ("a.png", "b.png", "c.mp4", "d.mkv")],
+        completed=[pathlib.Path("e.mov")],
+        videos=3,
+        frames=12,
+        clip_frames={pathlib.Path("c.mp4"): 5, pathlib.Path("d.mkv"): 4, pathlib.Path("e.mov"): 3},
+    )
+    assert both.summary().startswith(
+        "2 image(s) and 2 clips (9 frames) written, 1 clip (3 frames) completed (some outputs were missing), "
+        "0 skipped (all outputs exist), 0 failed; "
+    ), both.summary()
+    assert " s per image or frame end to end" in both.summary()
+    images = InferReport(written=[pathlib.Path("a.png")], completed=[pathlib.Path("b.png")])
+    assert images.summary().startswith("1 image(s) written, 1 completed (some outputs were missing), 0 skipped")
+    assert " s per image end to end" in images.summary()
+    skipped = InferReport(skipped=[(pathlib.Path("c.mp4"), "all its outputs exist")])
+    assert skipped.summary().startswith("0 clips written, 1 skipped (all outputs exist), 0 failed; ")
