@@ -148,6 +148,18 @@ def check_infer_inputs(input_path: str | Path, output_dir: str | Path) -> tuple[
     return input_path, images, videos
 
 
+def check_align_to(align_to: str | Path | None, videos: list[Path], root: Path | None = None) -> None:
+    """``--align-to`` makes images' depth metric; a clip's stays relative, so with a clip in the input the run is
+    refused (metric and relative maps never mixed in one output folder). ``root``: what the clips are named from."""
+    if align_to is not None and videos:
+        rel = [v.relative_to(root) if root is not None and v.is_relative_to(root) else v for v in videos[:3]]
+        names = ", ".join(p.as_posix() for p in rel) + (", ..." if len(videos) > 3 else "")
+        raise InvalidInput(
+            f"--align-to: videos get no metric depth ({names}); run them without --align-to, into another output "
+            "folder (metric and relative depth never share one)"
+        )
+
+
 def plan_outputs(
     images: list[Path],
     input_dir: Path,
@@ -256,6 +268,7 @@ def run_infer(
     elif input_dir.is_file():  # a single video
         input_dir = input_dir.parent
     videos, video = videos or [], video or VideoOptions()
+    check_align_to(align_to, videos, input_dir)
     report = InferReport()
     start = time.perf_counter()
     if align_to is not None and "alignment" not in outputs.kinds:  # the fit of each image goes beside its maps

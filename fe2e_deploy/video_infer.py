@@ -4,7 +4,7 @@ Per video (named after its path relative to the input folder, like an image):
 
 ``OUT/depth_video/<rel>/<name>_depth.mp4``      depth preview (Spectral, near red), one frame per frame processed
 ``OUT/normals_video/<rel>/<name>_normals.mp4``  normals preview ((n + 1) / 2 * 255)
-``OUT/<kind>/<rel>/<name>/<name>_<i:06d><suffix>``  per-frame files, on request: depth_png16, depth_npy, normals_npy
+``OUT/<kind>/<rel>/<name>/<name>_<i:06d><suffix>``  per-frame files of each kind ``--outputs`` names (any image kind)
 
 A decoder thread decodes and pre-processes frames ahead of the engine (at most ``prefetch`` wait);
 the engine runs them in batches; writer threads finish the maps (upsampling on CPU engines) in
@@ -52,8 +52,17 @@ from .files.video import FrameRange, VideoError, VideoWriter, encoder, expected_
 from .processing import Prediction
 from .temporal import SMOOTHING, TEMPORAL_MODES, TemporalAligner, registration_image
 
-#: Per-frame outputs a video can have (``--outputs``), besides its two preview videos.
-FRAME_KINDS = ("depth_png16", "depth_npy", "normals_npy", "pointcloud")
+#: Per-frame outputs a video can have (``--outputs``), besides its two preview videos: every kind an image has.
+FRAME_KINDS = (
+    "depth_npy",
+    "depth_png16",
+    "depth_colored",
+    "normals_npy",
+    "normals_png",
+    "pointcloud",
+    "depth_exr",
+    "normals_exr",
+)
 
 
 @dataclass(frozen=True)
@@ -358,10 +367,18 @@ def write_frame_files(
         path, named = files("normals_npy")
         with named:
             save_npy(path, normals.astype(npy, copy=False))
-    if "depth_png16" in folders:
-        path, named = files("depth_png16")
-        with named:
-            write_png(path, png_pixels("depth_png16", depth, normals), outputs.png_compression)
+    for kind in ("depth_png16", "depth_colored", "normals_png"):
+        if kind in folders:
+            path, named = files(kind)
+            with named:
+                write_png(path, png_pixels(kind, depth, normals), outputs.png_compression)
+    for kind, values in (("depth_exr", depth), ("normals_exr", normals)):
+        if kind in folders:
+            from .files.exr import write_exr  # noqa: PLC0415  (optional dependency)
+
+            path, named = files(kind)
+            with named:
+                write_exr(path, values)
     if "pointcloud" in folders:
         path, named = files("pointcloud")
         with named:

@@ -4,6 +4,7 @@ asked for silently dropped, and each problem one line naming it (exit code 2) or
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import pathlib
 import re
@@ -13,13 +14,14 @@ import av
 import numpy as np
 import pytest
 from conftest import model_file_args, scene_image
+from PIL import Image
 from test_video import decoded, write_clip
 from typer.testing import CliRunner
 
 from fe2e_deploy import load_gate
 from fe2e_deploy.cli import app
 from fe2e_deploy.engines.eager import EagerEngine
-from fe2e_deploy.errors import ImageError
+from fe2e_deploy.errors import ImageError, InvalidInput
 from fe2e_deploy.files.outputs import OutputOptions
 from fe2e_deploy.files.pointcloud import CameraOptions
 from fe2e_deploy.files.video import VideoError, VideoWriter, encoder
@@ -508,3 +510,106 @@ def test_the_summary_counts_clips_and_their_frames():
     assert " s per image end to end" in images.summary()
     skipped = InferReport(skipped=[(pathlib.Path("c.mp4"), "all its outputs exist")])
     assert skipped.summary().startswith("0 clips written, 1 skipped (all outputs exist), 0 failed; ")
+
+
+# -- 7. nothing asked for is silently dropped: each combination is done, or refused in one line before any work ------
+
+HAS_EXR = importlib.util.find_spec("OpenEXR") is not None
+#: (what, the input: images, clip or both, the options, "done" and the files it writes | "refused" and the error)
+COMBINATIONS = [
+    ("a clip's EXR maps", "clip", ["--outputs", "depth_exr,normals_exr"],
+     ("done", ["depth_exr/clip/clip_000001_depth.exr", "normals_exr/clip/clip_000001_normals.exr"])),
+    ("a clip's colour PNGs", "clip", ["--outputs", "depth_colored,normals_png"],
+     ("done", ["depth_colored/clip/clip_000001_depth_colored.png", "normals_png/clip/clip_000001_normals.png"])),
+    ("a clip's maps and clouds", "clip", ["--outputs", "depth_npy,depth_png16,normals_npy,pointcloud"],
+     ("done", ["depth_npy/clip/clip_000001_depth.npy", "depth_png16/clip/clip_000001_depth.png",
+               "normals_npy/clip/clip_000001_normals.npy", "pointcloud/clip/clip_000001_points.ply"])),
+    ("--align-to with a clip beside images", "both", ["--align-to", "ALIGN"],
+     ("refused", "--align-to: videos get no metric depth (clip.mp4)")),
+    ("--align-to with a clip alone", "clip", ["--align-to", "ALIGN"],
+     ("refused", "--align-to: videos get no metric depth (clip.mp4)")),
+    ("--temporal-smoothing with --temporal none", "clip", ["--temporal", "none", "--temporal-smoothing", "0.5"],
+     ("refused", "--temporal-smoothing 0.5: applies to --temporal align")),
+    ("--intrinsics without point clouds", "images", ["--intrinsics", "50,50,31.5,23.5"],
+     ("refused", "--intrinsics applies to point clouds")),
+    ("--fov without point clouds", "both", ["--outputs", "depth_npy", "--fov", "70"],
+     ("refused", "--fov applies to point clouds")),
+    ("--max-points without point clouds", "clip", ["--max-points", "100"],
+     ("refused", "--max-points applies to point clouds")),
+    ("--frame-stride without a video", "images", ["--frame-stride", "2"],
+     ("refused", "--frame-stride 2 applies to videos")),
+    ("--max-frames without a video", "images", ["--max-frames", "2"], ("refused", "--max-frames 2 applies to videos")),
+    ("--start without a video", "images", ["--start", "1"], ("refused", "--start 1 applies to videos")),
+    ("--end without a video", "images", ["--end", "1"], ("refused", "--end 1 applies to videos")),
+    ("--temporal without a video", "images", ["--temporal", "none"], ("refused", "--temporal none applies to videos")),
+    ("--temporal-smoothing without a video", "images", ["--temporal-smoothing", "0.2"],
+     ("refused", "--temporal-smoothing 0.2 applies to videos")),
+    ("--npy-dtype without a .npy output", "both", ["--outputs", "depth_png16", "--npy-dtype", "float16"],
+     ("refused", "--npy-dtype float16 applies to .npy outputs")),
+    ("--png-compression without a PNG output", "images", ["--outputs", "depth_npy", "--png-compression", "6"],
+     ("refused", "--png-compression 6 applies to PNG outputs")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "source", "extra", "expected"), COMBINATIONS, ids=[c[0] for c in COMBINATIONS])
+def test_every_combination_is_done_or_refused_before_any_work(tmp_path, tiny_dir, what, source, extra, expected):
+    if "_exr" in " ".join(extra) and not HAS_EXR:
+        pytest.skip("needs OpenEXR")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if source in ("images", "both"):
+        scene_image(64, 48).save(folder / "a.png")
+    if source in ("clip", "both"):
+        write_clip(folder / "clip.mp4", frames=2)
+    align = tmp_path / "align"
+    align.mkdir()
+    np.save(align / "a.npy", np.exp(np.random.default_rng(0).uniform(0, 1, (48, 64))))
+    extra = [str(align) if arg == "ALIGN" else arg for arg in extra]
+    out = tmp_path / "out"
+    target = folder / "clip.mp4" if source == "clip" else folder
+    args = ["infer", str(target), "-o", str(out), "--processing-res", "32x32", "--no-progress", *extra]
+    kind, detail = expected
+    if kind == "refused":
+        with load_gate.closed():
+            result = runner.invoke(app, [*args, *model_file_args(tiny_dir)])
+        one_line_error(result, detail)
+        assert not out.exists() or files_under(out) == [], what
+    else:
+        result = runner.invoke(app, [*args, *model_file_args(tiny_dir)])
+        assert result.exit_code == 0, result.output
+        written = files_under(out)
+        assert set(detail) <= set(written), (what, written)
+
+
+@pytest.mark.skipif(not HAS_EXR, reason="needs OpenEXR")
+def test_a_clips_per_frame_exr_and_colour_maps_are_those_of_its_npy(tmp_path, engine):
+    from fe2e_deploy.files.exr import read_exr
+    from fe2e_deploy.files.outputs import png_pixels
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=2)
+    kinds = ("depth_npy", "normals_npy", "depth_exr", "normals_exr", "depth_colored", "normals_png")
+    report = run_infer(engine, clip, tmp_path / "out", progress=False, outputs=OutputOptions(kinds=kinds),
+                       video=VideoOptions(kinds=kinds))  # fmt: skip
+    assert report.frames == 2 and not report.failed
+    out = tmp_path / "out"
+    for i in range(2):
+        depth = np.load(out / f"depth_npy/clip/clip_{i:06d}_depth.npy")
+        normals = np.load(out / f"normals_npy/clip/clip_{i:06d}_normals.npy")
+        assert np.array_equal(read_exr(out / f"depth_exr/clip/clip_{i:06d}_depth.exr"), depth)
+        assert np.array_equal(read_exr(out / f"normals_exr/clip/clip_{i:06d}_normals.exr"), normals)
+        colored = np.asarray(Image.open(out / f"depth_colored/clip/clip_{i:06d}_depth_colored.png"))
+        assert np.array_equal(colored, png_pixels("depth_colored", depth, normals))
+        rgb = np.asarray(Image.open(out / f"normals_png/clip/clip_{i:06d}_normals.png"))
+        assert np.array_equal(rgb, png_pixels("normals_png", depth, normals))
+
+
+def test_run_infer_refuses_align_to_with_videos_before_any_work(tmp_path, engine):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    scene_image(64, 48).save(folder / "a.png")
+    write_clip(folder / "clip.mp4", frames=2)
+    (tmp_path / "align").mkdir()
+    np.save(tmp_path / "align/a.npy", np.ones((48, 64)))
+    with pytest.raises(InvalidInput, match="--align-to: videos get no metric depth"):
+        run_infer(engine, folder, tmp_path / "out", progress=False, align_to=tmp_path / "align")
+    assert not (tmp_path / "out").exists() or files_under(tmp_path / "out") == []
