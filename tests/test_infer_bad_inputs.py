@@ -246,8 +246,8 @@ print(json.dumps(results))
 
 @pytest.mark.skipif(not unshare_available(), reason="needs unshare -rm (a private tmpfs)")
 def test_a_really_full_disk_is_one_line(tmp_path, tiny_dir):
-    """infer into a 20 KiB tmpfs (in a private mount namespace): numpy's short write of a .npy, an image's and a
-    clip frame's, is one line naming the file, and nothing partial is left."""
+    """infer into a 20 KiB tmpfs (in a private mount namespace): numpy's short write of a .npy (an image's, a clip
+    frame's), a preview's and OpenEXR's write error are one line naming the file, and nothing partial is left."""
     import json
     import subprocess
     import sys
@@ -259,16 +259,19 @@ def test_a_really_full_disk_is_one_line(tmp_path, tiny_dir):
     clip = write_clip(tmp_path / "clip.mp4", frames=3)
     mount = tmp_path / "disk"
     mount.mkdir()
-    common = ["--processing-res", "32x32", "--no-progress", "--outputs", "depth_npy", *model_file_args(tiny_dir)]
-    runs = [["infer", str(source), "-o", str(mount / "out"), *common] for source in (images, clip)]
+    common = ["--processing-res", "32x32", "--no-progress", *model_file_args(tiny_dir)]
+    cases = [(images, "depth_npy", ["depth_npy/a"])]
+    cases += [(clip, "depth_npy", ["depth_npy/clip/clip_0", "depth_video/clip_depth.", "normals_video/clip_normals."])]
+    if HAS_EXR:  # OpenEXR's own write error (a RuntimeError) on a full disk
+        cases += [(images, "depth_exr", ["depth_exr/a"])]
+    runs = [["infer", str(source), "-o", str(mount / "out"), "--outputs", kinds, *common] for source, kinds, _ in cases]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
         ["unshare", "-rm", sys.executable, "-c", FULL_DISK_SCRIPT, str(mount), json.dumps(runs)],
-        capture_output=True, text=True, env=env, check=False, timeout=300,
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    named = (["depth_npy/a"], ["depth_npy/clip/clip_0", "depth_video/clip_depth.", "normals_video/clip_normals."])
-    for result, files in zip(json.loads(done.stdout.splitlines()[-1]), named, strict=True):
+    for result, (_, _, files) in zip(json.loads(done.stdout.splitlines()[-1]), cases, strict=True):
         errors = [line for line in result["output"].splitlines() if line.startswith("error:")]
         assert result["code"] == 2 and len(errors) == 1 and result["exception"] == "SystemExit(2)", result
         assert "No space left on device" in errors[0], result
@@ -306,7 +309,7 @@ def test_a_preview_that_hit_a_full_disk_takes_no_more_frames(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
         ["unshare", "-rm", sys.executable, "-c", WRITER_SCRIPT, str(mount)],
-        capture_output=True, text=True, env=env, check=False, timeout=120,
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.strip() == f"3 {mount / 'v.mp4'}: No space left on device ['fill']", done.stdout
