@@ -97,10 +97,15 @@ class VideoJob:
     replace: frozenset[Path] = frozenset()  # the outputs it may replace: all with --overwrite, else those it completes
 
 
+#: Files a file manager leaves in a folder it showed: replaced with the folder like the clip's frames.
+FOLDER_METADATA = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
 def unreplaceable(folders: dict[str, Path], name: str) -> str | None:
     """Why one of the existing per-frame ``folders`` (kind -> folder) of the clip ``name`` may not be replaced: it is
-    a file, or it holds an entry that is neither one of the clip's frame files (``<name>_<i:06d><suffix>``) nor a
-    temporary of an atomic write. None when each is absent or holds only the clip's frames."""
+    a file, or it holds an entry that is neither one of the clip's frame files (``<name>_<i:06d><suffix>``), a
+    temporary of an atomic write nor a file manager's :data:`FOLDER_METADATA`. None when each is absent or holds only
+    the clip's frames."""
     for kind, folder in folders.items():
         if not os.path.lexists(folder):
             continue
@@ -109,7 +114,7 @@ def unreplaceable(folders: dict[str, Path], name: str) -> str | None:
         frame = re.compile(rf"{re.escape(name)}_\d{{6,}}{re.escape(ALL_KINDS[kind])}")
         with os.scandir(folder) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
-                if looks_temporary(entry.name):
+                if looks_temporary(entry.name) or entry.name in FOLDER_METADATA:
                     continue
                 if not entry.is_file(follow_symlinks=False) or frame.fullmatch(entry.name) is None:
                     return (

@@ -96,6 +96,11 @@ def test_a_clip_never_replaces_files_it_did_not_write(tmp_path, engine, monkeypa
         assert [p.name for p, _ in report.failed] == ["clip.mp4"], report
         assert "notes.txt" in report.failed[0][1]
         assert files_under(out) == ["depth_npy/clip/notes.txt"]
+    (out / "depth_npy/clip/notes.txt").unlink()
+    (out / "depth_npy/clip/.DS_Store").write_bytes(b"Finder was here")  # a file manager's: replaced with the folder
+    (out / "depth_npy/clip/clip_000007_depth.npy").write_bytes(b"a frame of an earlier, longer run")
+    report = run_infer(engine, clip, out, progress=False, video=video)
+    assert not report.failed and files_under(out / "depth_npy") == [f"clip/clip_00000{i}_depth.npy" for i in range(2)]
 
     # another run writes the same clip meanwhile: its complete folder and preview survive
     for target in ("depth_npy/clip", "depth_video/clip_depth.mp4"):
