@@ -34,7 +34,7 @@ from .engines.base import Finish, Prepared
 from .errors import ImageError, InvalidInput, MissingInput, NotAFolder
 from .files.atomic import check_writable_dir
 from .files.images import READ_ERRORS, find_images, read_image, unreadable_image
-from .files.outputs import Extras, OutputOptions, output_names, output_paths, write_prediction
+from .files.outputs import Extras, OutputOptions, OutputOwners, output_names, output_paths, write_prediction
 from .files.pointcloud import exif_focal_35mm
 from .metric_align import align_depth_map, find_align_files
 from .processing import Prediction
@@ -51,6 +51,7 @@ class InferReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     videos: int = 0  # videos among written/completed
     frames: int = 0  # their frames that went through the engine
+    clip_frames: dict[Path, int] = field(default_factory=dict)  # each of those videos' frames
     predict_seconds: float = 0.0  # in engine.predict_batch (main thread)
     read_seconds: float = 0.0  # decoding, summed over reader threads
     write_seconds: float = 0.0  # encoding and writing, summed over writer threads
@@ -71,16 +72,33 @@ class InferReport:
         return (self.read_seconds + self.write_seconds) / max(1, self.predicted)
 
     def summary(self) -> str:
-        completed = f"{len(self.completed)} completed (some outputs were missing), " if self.completed else ""
-        if self.videos:
-            completed += f"(of these {self.videos} video(s), {self.frames} frames), "
+        """One line: what was written and completed (images; clips and their frames), skipped, failed; the times."""
+        from .files.video import is_video  # noqa: PLC0415
+
+        inputs = [*self.written, *self.completed, *(p for p, _ in self.skipped), *(p for p, _ in self.failed)]
+        clips = bool(self.clip_frames) or any(is_video(p) for p in inputs)
+        images = not clips or any(not is_video(p) for p in inputs)
+        done = self._count(self.completed, images, clips) if clips else len(self.completed)
+        completed = f"{done} completed (some outputs were missing), "
+        unit = "image or frame" if clips and images else "frame" if clips else "image"
         return (
-            f"{len(self.written)} image(s) written, {completed}"
+            f"{self._count(self.written, images, clips)} written, {completed if self.completed else ''}"
             f"{len(self.skipped)} skipped (all outputs exist), {len(self.failed)} failed; "
-            f"{self.seconds_per_image:.3f} s per image end to end "
+            f"{self.seconds_per_image:.3f} s per {unit} end to end "
             f"({self.predict_seconds / max(1, self.predicted):.3f} s in the engine; "
-            f"host side {self.host_seconds_per_image:.3f} s per image, overlapped)"
+            f"host side {self.host_seconds_per_image:.3f} s per {unit}, overlapped)"
         )
+
+    def _count(self, paths: list[Path], images: bool, clips: bool) -> str:
+        """``2 image(s)``, ``1 clip (3 frames)``, ``2 image(s) and 3 clips (40 frames)``: of the kinds the run has,
+        those with any (all of them when there are none)."""
+        videos = [p for p in paths if p in self.clip_frames]
+        parts = [(len(paths) - len(videos), f"{len(paths) - len(videos)} image(s)")] if images else []
+        if clips:
+            frames = sum(self.clip_frames[p] for p in videos)
+            count = f"{len(videos)} clip{'' if len(videos) == 1 else 's'}"
+            parts.append((len(videos), f"{count} ({frames} frame{'' if frames == 1 else 's'})" if videos else count))
+        return " and ".join(text for n, text in ([p for p in parts if p[0]] or parts))
 
 
 @dataclass
@@ -130,27 +148,46 @@ def check_infer_inputs(input_path: str | Path, output_dir: str | Path) -> tuple[
     return input_path, images, videos
 
 
+def check_align_to(align_to: str | Path | None, videos: list[Path], root: Path | None = None) -> None:
+    """``--align-to`` makes images' depth metric; a clip's stays relative, so with a clip in the input the run is
+    refused (metric and relative maps never mixed in one output folder). ``root``: what the clips are named from."""
+    if align_to is not None and videos:
+        rel = [v.relative_to(root) if root is not None and v.is_relative_to(root) else v for v in videos[:3]]
+        names = ", ".join(p.as_posix() for p in rel) + (", ..." if len(videos) > 3 else "")
+        raise InvalidInput(
+            f"--align-to: videos get no metric depth ({names}); run them without --align-to, into another output "
+            "folder (metric and relative depth never share one)"
+        )
+
+
 def plan_outputs(
-    images: list[Path], input_dir: Path, output_dir: Path, kinds: tuple[str, ...], overwrite: bool, report: InferReport
+    images: list[Path],
+    input_dir: Path,
+    output_dir: Path,
+    kinds: tuple[str, ...],
+    overwrite: bool,
+    report: InferReport,
+    owners: OutputOwners | None = None,
 ) -> list[ImageJob]:
     """The images to predict, in order; skipped (all outputs exist) and clashing images go to ``report``.
 
     An image whose outputs (of ``kinds``) all exist is skipped unless ``overwrite``; one with only some
     of them is predicted again and all rewritten. An image whose outputs would be another's fails.
+    ``owners`` records whose each output is (the clips are planned against it next).
     """
     names = output_names(path.relative_to(input_dir) for path in images)
-    owners: dict[Path, Path] = {}  # output file -> the image it belongs to
+    owners = OutputOwners() if owners is None else owners
     jobs = []
     for path in images:
         rel = path.relative_to(input_dir)
         paths = output_paths(output_dir, rel, names[rel], kinds)
         existing = [p for p in paths.values() if p.exists()]
-        taken = next((owners[p] for p in paths.values() if p in owners), None)
+        taken = owners.clash(paths.values())
         if taken is not None:
             first = next(iter(paths.values())).name
-            report.failed.append((path, f"its outputs ({first}, ...) would be those of {taken}"))
+            report.failed.append((path, f"its outputs ({first}, ...) would be those of {taken[1]}"))
             continue
-        owners.update(dict.fromkeys(paths.values(), path))
+        owners.add(paths.values(), path)
         if len(existing) == len(paths) and not overwrite:
             report.skipped.append((path, f"all its outputs exist, e.g. {existing[0]} (pass --overwrite to replace)"))
         else:
@@ -231,16 +268,18 @@ def run_infer(
     elif input_dir.is_file():  # a single video
         input_dir = input_dir.parent
     videos, video = videos or [], video or VideoOptions()
+    check_align_to(align_to, videos, input_dir)
     report = InferReport()
     start = time.perf_counter()
     if align_to is not None and "alignment" not in outputs.kinds:  # the fit of each image goes beside its maps
         outputs = dataclasses.replace(outputs, kinds=(*outputs.kinds, "alignment"))
-    jobs = plan_outputs(images, input_dir, output_dir, outputs.kinds, overwrite, report)
+    owners = OutputOwners()  # images, then clips: an output that would be another input's fails its input
+    jobs = plan_outputs(images, input_dir, output_dir, outputs.kinds, overwrite, report, owners)
     if align_to is not None:  # a missing file refuses the run (the CLI checks before loading the model)
         files = find_align_files(align_to, [job.path.relative_to(input_dir) for job in jobs])
         for job in jobs:
             job.align_file = files[job.path.relative_to(input_dir)]
-    video_jobs = plan_videos(videos, input_dir, output_dir, video, overwrite, report)
+    video_jobs = plan_videos(videos, input_dir, output_dir, video, overwrite, report, owners)
     frames = sum(estimate_frames(job, video) for job in video_jobs)
     unit = "frame" if videos else "img"
     bar = tqdm(total=len(images) + frames, desc=f"infer ({engine.name})", unit=unit, disable=not progress)
@@ -280,7 +319,11 @@ def run_infer(
             return
         finally:
             job.image = None
-        write_prediction(job.paths, prediction, outputs, extras)
+        try:
+            write_prediction(job.paths, prediction, outputs, extras)
+        except ImageError as exc:  # a point cloud that does not fit float32; nothing written
+            fail(job, str(exc))
+            return
         with lock:
             report.write_seconds += time.perf_counter() - t0
             (report.completed if job.completing else report.written).append(job.path)

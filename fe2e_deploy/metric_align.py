@@ -9,10 +9,13 @@ sub-folder as the image's in the input folder):
 
 - sparse ``.npy`` ``[N, 3]`` or ``.csv`` with the header ``u,v,depth``: pixel column, row (of the input image;
   integers are pixel centres) and depth;
-- dense ``.npy`` ``[H, W]``: a depth per pixel of a map covering the image (any size); NaN, 0 or negative = invalid.
+- dense ``.npy`` ``[H, W]``: a depth per pixel of the image (its size, else refused before the map is read); NaN, 0
+  or negative = invalid.
 
 The fit: least squares, then again on the points within 3 robust standard deviations (1.4826 x the median absolute
-residual, at least 1e-6) until the kept points do not change (at most 20 rounds): outliers do not pull it.
+residual, at least 1e-6) until the kept points do not change (at most 20 rounds): outliers do not pull it. At most
+:data:`MAX_FIT_POINTS` valid points are fitted (more are drawn with a fixed seed), and known depths that are all the
+same (no spread: no scale to fit) fail the image.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, MissingInput
+from .errors import ImageError, MissingInput, NotAFolder
 
 ALIGN_SUFFIXES = (".npy", ".csv")
 #: Fewest valid known depths an image needs (2 unknowns, and a robust fit needs more).
 MIN_POINTS = 4
 _LOG_CLIP = 80.0  # exp(80): beyond any depth; keeps float32 finite
+#: Most known depths a fit uses; more (a dense map of a large image) are drawn with :data:`SAMPLE_SEED`.
+MAX_FIT_POINTS = 1 << 20
+SAMPLE_SEED = 0
+#: Least spread of log(known depth) (max - min) a fit needs: 1e-6, a relative spread of one in a million.
+SPREAD = 1e-6
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Alignment:
 
     scale: float  # log(depth) = scale * d + shift
     shift: float
-    points: int  # valid known depths
+    points: int  # valid known depths fitted (at most MAX_FIT_POINTS)
     inliers: int  # kept by the robust fit
     median_abs_rel: float  # median |metric - known| / known over all valid points
     source: str  # the align file
@@ -50,6 +58,10 @@ class Alignment:
 def find_align_files(align_dir: str | Path, rel_images: Iterable[Path]) -> dict[Path, Path]:
     """The align file of each image (relative path -> file); a missing or ambiguous one refuses the run in one line."""
     align_dir = Path(align_dir)
+    if align_dir.exists() and not align_dir.is_dir():
+        raise NotAFolder(
+            f"--align-to {align_dir}: is a file; give the folder that holds one <stem>.npy or <stem>.csv per image"
+        )
     if not align_dir.is_dir():
         raise MissingInput(f"--align-to {align_dir}: folder not found (give a folder with one file per image)")
     found, missing, ambiguous = {}, [], []
@@ -72,10 +84,42 @@ def find_align_files(align_dir: str | Path, rel_images: Iterable[Path]) -> dict[
     return found
 
 
-def read_known_depths(path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """``(points [N, 3] of u, v, depth; a dense map's size (w, h) or None)``: a dense map becomes its pixels."""
+#: What a file of known depths may fail to read with (each fails its image alone).
+_READ_ERRORS = (OSError, ValueError, IndexError, EOFError, csv.Error)
+
+
+def _unreadable(path: Path, why: object) -> ImageError:
+    return ImageError(f"{path}: unreadable known depths ({why})")
+
+
+def load_known_depths(path: Path) -> np.ndarray:
+    """The array of a ``.npy`` of known depths, memory-mapped (nothing read yet beyond its header), or
+    :class:`ImageError` (``unreadable known depths (why)``): not an ``.npy`` (empty, an ``.npz`` archive, garbage),
+    or not numbers (strings, records, objects, complex)."""
     try:
-        if path.suffix == ".csv":
+        values = np.load(path, mmap_mode="r", allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, "an empty file" if _empty(path) else exc or type(exc).__name__) from None
+    if not isinstance(values, np.ndarray):  # np.load opened a zip: an .npz archive of arrays
+        values.close()
+        raise _unreadable(path, "an .npz archive, not one .npy array")
+    if values.dtype.kind not in "iuf":
+        raise _unreadable(path, f"dtype {values.dtype}: expected numbers")
+    return values
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def read_known_depths(path: Path, grid: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """``(points [N, 3] of u, v, depth; a dense map's size (w, h) or None)``: a dense map becomes its valid pixels
+    (:func:`dense_points`). ``grid`` (w, h): the image's size, which a dense map must have (checked first)."""
+    if path.suffix == ".csv":
+        try:
             with open(path, newline="") as fh:
                 rows = list(csv.reader(fh))
             header = [c.strip().lower() for c in rows[0]] if rows else []
@@ -84,19 +128,42 @@ def read_known_depths(path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
             return np.array([[float(c) for c in row[:3]] for row in rows[1:] if row], dtype=np.float64).reshape(
                 -1, 3
             ), None
-        values = np.load(path, allow_pickle=False)
-    except ImageError:
-        raise
-    except (OSError, ValueError, IndexError) as exc:
-        raise ImageError(f"{path}: unreadable known depths ({exc})") from None
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim == 2 and values.shape[1] == 3:
-        return values, None
+        except ImageError:
+            raise
+        except _READ_ERRORS as exc:
+            raise _unreadable(path, exc) from None
+    values = load_known_depths(path)  # memory-mapped: its shape is checked before anything is read
     if values.ndim != 2:
         raise ImageError(f"{path}: expected [N, 3] (u, v, depth) or a dense [H, W] map, got shape {values.shape}")
-    height, width = values.shape
-    rows, cols = np.mgrid[0:height, 0:width]
-    return np.stack([cols.ravel(), rows.ravel(), values.ravel()], -1), (width, height)
+    sparse = values.shape[1] == 3
+    if not sparse and grid is not None and values.shape != (grid[1], grid[0]):
+        raise ImageError(
+            f"{path}: known-depth map is {values.shape[0]}x{values.shape[1]}, the image is {grid[1]}x{grid[0]} "
+            "(height x width): a dense map needs the image's size"
+        )
+    try:
+        if sparse:
+            return np.asarray(values, dtype=np.float64), None
+        return dense_points(values), (values.shape[1], values.shape[0])
+    except _READ_ERRORS as exc:  # a file cut short after its header
+        raise _unreadable(path, exc) from None
+
+
+def dense_points(values: np.ndarray) -> np.ndarray:
+    """A dense map's valid pixels (finite, > 0) as points ``[N, 3]`` of column, row, depth: at most
+    :data:`MAX_FIT_POINTS`, drawn with a fixed seed (the same every run), in row-major order."""
+    flat = np.flatnonzero(np.isfinite(values) & (values > 0))
+    flat = _subsample(flat)
+    rows, cols = np.divmod(flat, values.shape[1])
+    return np.stack([cols, rows, np.asarray(values.reshape(-1)[flat], dtype=np.float64)], -1).astype(np.float64)
+
+
+def _subsample(index: np.ndarray) -> np.ndarray:
+    """At most :data:`MAX_FIT_POINTS` of ``index``, drawn with :data:`SAMPLE_SEED`, in their order."""
+    if index.size <= MAX_FIT_POINTS:
+        return index
+    keep = np.random.default_rng(SAMPLE_SEED).choice(index.size, size=MAX_FIT_POINTS, replace=False)
+    return index[np.sort(keep)]
 
 
 def sample_points(
@@ -130,6 +197,17 @@ def fit_log_affine(pred: np.ndarray, depth: np.ndarray, rounds: int = 20) -> tup
     return float(scale), float(shift), keep
 
 
+def _check_spread(path: Path, known: np.ndarray, which: str) -> None:
+    """:class:`ImageError` when the known depths (``which``: those the robust fit kept) are all the same: the
+    fit's scale would be 0 or rounding noise (accepted at 2.0 as 2.8e-16, refused at 1.0 as near/far reversed)."""
+    logs = np.log(known)
+    if logs.size and float(np.ptp(logs)) < SPREAD:
+        raise ImageError(
+            f"{path}: known depths have no spread: cannot fit a scale (the {logs.size} known depths{which} "
+            f"are all {float(np.median(known)):.6g})"
+        )
+
+
 def align_depth_map(
     depth: np.ndarray, path: Path, image_size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, Alignment]:
@@ -139,17 +217,20 @@ def align_depth_map(
     points, a flat prediction at them or a fit that reverses near and far fail this image (:class:`ImageError`).
     """
     height, width = depth.shape
-    points, dense = read_known_depths(path)
-    grid = dense or image_size or (width, height)
+    grid = image_size or (width, height)
+    points, _ = read_known_depths(path, grid)
     rows, cols, known = sample_points(points, grid, (width, height))
     pred = depth[rows, cols].astype(np.float64)
-    finite = np.isfinite(pred)
+    finite = np.flatnonzero(np.isfinite(pred))
+    finite = _subsample(finite)
     pred, known = pred[finite], known[finite]
     if pred.size < MIN_POINTS:
         raise ImageError(f"{path}: {pred.size} valid known depth(s), need at least {MIN_POINTS} (finite, > 0, inside)")
     if float(np.ptp(pred)) < 1e-6:
         raise ImageError(f"{path}: the predicted depth is the same at all {pred.size} known points: no scale to fit")
+    _check_spread(path, known, "")
     scale, shift, keep = fit_log_affine(pred, known)
+    _check_spread(path, known[keep], " the fit kept")
     if not scale > 0:
         raise ImageError(f"{path}: the known depths reverse the predicted near/far order (fitted scale {scale:.3g})")
     metric = np.exp(np.clip(scale * depth.astype(np.float64) + shift, -_LOG_CLIP, _LOG_CLIP)).astype(np.float32)

@@ -4,7 +4,7 @@ Per video (named after its path relative to the input folder, like an image):
 
 ``OUT/depth_video/<rel>/<name>_depth.mp4``      depth preview (Spectral, near red), one frame per frame processed
 ``OUT/normals_video/<rel>/<name>_normals.mp4``  normals preview ((n + 1) / 2 * 255)
-``OUT/<kind>/<rel>/<name>/<name>_<i:06d><suffix>``  per-frame files, on request: depth_png16, depth_npy, normals_npy
+``OUT/<kind>/<rel>/<name>/<name>_<i:06d><suffix>``  per-frame files of each kind ``--outputs`` names (any image kind)
 
 A decoder thread decodes and pre-processes frames ahead of the engine (at most ``prefetch`` wait);
 the engine runs them in batches; writer threads finish the maps (upsampling on CPU engines) in
@@ -18,7 +18,9 @@ its final names.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -32,17 +34,35 @@ from PIL import Image
 
 from .engines import Engine
 from .engines.base import Finish, Prepared
-from .errors import ImageError, InvalidInput
-from .files.atomic import staged_folder
+from .errors import ImageError, InvalidInput, OutputExists
+from .files.atomic import looks_temporary, naming, staged_folder
 from .files.colormaps import depth_preview, normals_preview
-from .files.outputs import ALL_KINDS, OUTPUT_KINDS, Extras, OutputOptions, output_names, png_pixels, write_pointcloud
+from .files.outputs import (
+    ALL_KINDS,
+    Extras,
+    OutputOptions,
+    OutputOwners,
+    output_names,
+    png_pixels,
+    save_npy,
+    write_pointcloud,
+)
 from .files.png import write_png
 from .files.video import FrameRange, VideoError, VideoWriter, encoder, expected_frames, iter_timed_frames, probe
 from .processing import Prediction
 from .temporal import SMOOTHING, TEMPORAL_MODES, TemporalAligner, registration_image
 
-#: Per-frame outputs a video can have (``--outputs``), besides its two preview videos.
-FRAME_KINDS = ("depth_png16", "depth_npy", "normals_npy", "pointcloud")
+#: Per-frame outputs a video can have (``--outputs``), besides its two preview videos: every kind an image has.
+FRAME_KINDS = (
+    "depth_npy",
+    "depth_png16",
+    "depth_colored",
+    "normals_npy",
+    "normals_png",
+    "pointcloud",
+    "depth_exr",
+    "normals_exr",
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,33 @@ class VideoJob:
     folders: dict[str, Path]  # per-frame kind -> folder
     completing: bool
     expected: int | None = None  # frames, from the headers
+    replace: frozenset[Path] = frozenset()  # the outputs it may replace: all with --overwrite, else those it completes
+
+
+#: Files a file manager leaves in a folder it showed: replaced with the folder like the clip's frames.
+FOLDER_METADATA = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def unreplaceable(folders: dict[str, Path], name: str) -> str | None:
+    """Why one of the existing per-frame ``folders`` (kind -> folder) of the clip ``name`` may not be replaced: it is
+    a file, or it holds an entry that is neither one of the clip's frame files (``<name>_<i:06d><suffix>``), a
+    temporary of an atomic write nor a file manager's :data:`FOLDER_METADATA`. None when each is absent or holds only
+    the clip's frames."""
+    for kind, folder in folders.items():
+        if not os.path.lexists(folder):
+            continue
+        if not folder.is_dir() or folder.is_symlink():
+            return f"its per-frame folder {folder} exists and is not a folder: refusing to replace it"
+        frame = re.compile(rf"{re.escape(name)}_\d{{6,}}{re.escape(ALL_KINDS[kind])}")
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if looks_temporary(entry.name) or entry.name in FOLDER_METADATA:
+                    continue
+                if not entry.is_file(follow_symlinks=False) or frame.fullmatch(entry.name) is None:
+                    return (
+                        f"its per-frame folder {folder} holds {entry.name}, not a frame of it: refusing to replace it"
+                    )
+    return None
 
 
 def video_paths(out_dir: Path, rel: Path, name: str, kinds: tuple[str, ...]) -> tuple[dict, dict]:
@@ -86,18 +133,46 @@ def video_paths(out_dir: Path, rel: Path, name: str, kinds: tuple[str, ...]) -> 
     return videos, {kind: out_dir / kind / rel.parent / name for kind in kinds}
 
 
-def plan_videos(videos: list[Path], root: Path, out_dir: Path, options: VideoOptions, overwrite: bool, report) -> list:
-    """The videos to run; those whose outputs all exist are skipped (``report.skipped``) unless ``overwrite``."""
+def plan_videos(
+    videos: list[Path],
+    root: Path,
+    out_dir: Path,
+    options: VideoOptions,
+    overwrite: bool,
+    report,
+    owners: OutputOwners | None = None,
+) -> list:
+    """The videos to run; those whose outputs all exist are skipped (``report.skipped``) unless ``overwrite``.
+
+    A video fails here, before any work (``report.failed``), when one of its outputs would be, hold or lie inside
+    another input's (``owners``: the images' outputs, planned first, and the videos' before it), and when one of
+    its per-frame folders exists holding anything but its own frame files (never replaced, even with
+    ``overwrite``). Without ``overwrite`` a video replaces only the outputs it completes (those found here).
+    """
     names = output_names(path.relative_to(root) for path in videos)
+    owners = OutputOwners() if owners is None else owners
     jobs = []
     for path in videos:
         rel = path.relative_to(root)
         files, folders = video_paths(out_dir, rel, names[rel], options.kinds)
-        existing = [p for p in [*files.values(), *folders.values()] if p.exists()]
-        if len(existing) == len(files) + len(folders) and not overwrite:
+        targets = [*files.values(), *folders.values()]
+        taken = owners.clash(targets)
+        if taken is not None:
+            report.failed.append(
+                (path, f"its output {taken[0]} would clash with the outputs of {taken[1]} (rename one of them)")
+            )
+            continue
+        existing = [p for p in targets if os.path.lexists(p)]
+        kept = unreplaceable(folders, names[rel])
+        if kept is not None:
+            report.failed.append((path, kept))
+            continue
+        owners.add(targets, path)
+        if len(existing) == len(targets) and not overwrite:
             report.skipped.append((path, f"all its outputs exist, e.g. {existing[0]} (pass --overwrite to replace)"))
         else:
-            jobs.append(VideoJob(path, names[rel], files, folders, bool(existing) and not overwrite))
+            replace = frozenset(targets if overwrite else existing)
+            jobs.append(VideoJob(path, names[rel], files, folders, bool(existing) and not overwrite, replace=replace))
     return jobs
 
 
@@ -160,8 +235,11 @@ def run_video(
 
     aligner = TemporalAligner(smoothing=options.smoothing) if options.temporal == "align" else None
     with contextlib.ExitStack() as stack:
-        staged = {kind: stack.enter_context(staged_folder(path, overwrite=True)) for kind, path in job.folders.items()}
-        writers_ = {kind: VideoWriter(path, fps) for kind, path in job.videos.items()}
+        staged = {
+            kind: stack.enter_context(staged_folder(path, overwrite=path in job.replace))
+            for kind, path in job.folders.items()
+        }
+        writers_ = {kind: VideoWriter(path, fps, overwrite=path in job.replace) for kind, path in job.videos.items()}
         sequencer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="infer-video"))
         count = 0
 
@@ -175,7 +253,7 @@ def run_video(
             depth = prediction.depth if aligner is None else aligner.align(prediction.depth, picture)
             writers_["depth_video"].write(depth_preview_fast(depth), seconds)
             writers_["normals_video"].write(normals_picture, seconds)
-            write_frame_files(staged, job.name, index, depth, prediction.normals, outputs, image)
+            write_frame_files(staged, job.name, index, depth, prediction.normals, outputs, image, job.folders)
             timers["write"] += time.perf_counter() - t0
             progress()
 
@@ -209,6 +287,7 @@ def run_video(
                     batch = []
             while pending:
                 pending.popleft().result()
+            check_not_appeared(job)  # before anything takes its final name: all of the clip's outputs or none
             for writer in writers_.values():
                 writer.close()
         except BaseException:
@@ -221,6 +300,16 @@ def run_video(
             stop.set()
             thread.join()
     return count
+
+
+def check_not_appeared(job: VideoJob) -> None:
+    """:class:`OutputExists` when an output the clip may not replace (another run's, written meanwhile) exists now."""
+    for target in [*job.videos.values(), *job.folders.values()]:
+        if target in job.replace or not os.path.lexists(target):
+            continue
+        if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+            continue  # an empty folder is replaced
+        raise OutputExists(f"{target}: appeared while this run was writing it (pass --overwrite to replace it)")
 
 
 #: Levels of the depth preview's lookup table (:func:`depth_preview_fast`).
@@ -262,21 +351,43 @@ def write_frame_files(
     normals: np.ndarray,
     outputs: OutputOptions,
     image: Image.Image | None = None,
+    targets: dict[str, Path] | None = None,
 ) -> None:
     """Frame ``index``'s per-frame files into the (staged) folders of their kinds (``image``: the frame, for the
-    point cloud's colours; its z is ``exp`` of the aligned depth, so a clip's clouds share one frame of reference)."""
+    point cloud's colours; its z is ``exp`` of the aligned depth, so a clip's clouds share one frame of reference).
+    ``targets``: the folders they are staged for, which a write error names (default ``folders``)."""
     stem = f"{name}_{index:06d}"
     npy = np.float16 if outputs.npy_dtype == "float16" else np.float32
+    targets = targets or folders
+
+    def files(kind: str) -> tuple[Path, contextlib.AbstractContextManager]:
+        filename = f"{stem}{ALL_KINDS[kind]}"
+        return folders[kind] / filename, naming(targets[kind] / filename)
+
     if "depth_npy" in folders:
-        np.save(folders["depth_npy"] / f"{stem}{OUTPUT_KINDS['depth_npy']}", depth.astype(npy, copy=False))
+        path, named = files("depth_npy")
+        with named:
+            save_npy(path, depth.astype(npy, copy=False))
     if "normals_npy" in folders:
-        np.save(folders["normals_npy"] / f"{stem}{OUTPUT_KINDS['normals_npy']}", normals.astype(npy, copy=False))
-    if "depth_png16" in folders:
-        path = folders["depth_png16"] / f"{stem}{OUTPUT_KINDS['depth_png16']}"
-        write_png(path, png_pixels("depth_png16", depth, normals), outputs.png_compression)
+        path, named = files("normals_npy")
+        with named:
+            save_npy(path, normals.astype(npy, copy=False))
+    for kind in ("depth_png16", "depth_colored", "normals_png"):
+        if kind in folders:
+            path, named = files(kind)
+            with named:
+                write_png(path, png_pixels(kind, depth, normals), outputs.png_compression)
+    for kind, values in (("depth_exr", depth), ("normals_exr", normals)):
+        if kind in folders:
+            from .files.exr import write_exr  # noqa: PLC0415  (optional dependency)
+
+            path, named = files(kind)
+            with named:
+                write_exr(path, values)
     if "pointcloud" in folders:
-        path = folders["pointcloud"] / f"{stem}{ALL_KINDS['pointcloud']}"
-        write_pointcloud(path, depth, normals, None, outputs.camera, Extras(image))
+        path, named = files("pointcloud")
+        with named:
+            write_pointcloud(path, depth, normals, None, outputs.camera, Extras(image))
 
 
 def run_videos(
@@ -305,8 +416,11 @@ def run_videos(
 
         try:
             count = run_video(engine, job, options, outputs, write_pool, writers, prefetch, progress, timers)
-        except ImageError as exc:
-            reason = str(exc) if isinstance(exc, VideoError) else f"frame {done[0]}: {exc} (nothing written)"
+        except (ImageError, OutputExists) as exc:  # OutputExists: another run wrote its outputs meanwhile
+            if isinstance(exc, VideoError | OutputExists):
+                reason = str(exc)
+            else:
+                reason = f"frame {done[0]}: {exc} (nothing written)"
             with lock:
                 report.failed.append((job.path, reason))
             tqdm.write(f"warning: skipping {job.path}: {reason}")
@@ -315,6 +429,7 @@ def run_videos(
                 (report.completed if job.completing else report.written).append(job.path)
                 report.videos += 1
                 report.frames += count
+                report.clip_frames[job.path] = count
         finally:
             report.read_seconds += timers["read"]
             report.predict_seconds += timers["predict"]

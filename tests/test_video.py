@@ -185,7 +185,7 @@ def test_cli_infer_on_one_video_file(tmp_path, tiny_dir):
     args = ["infer", str(clip), "-o", str(out), "--processing-res", "32x32", "--no-progress", "--max-frames", "4"]
     result = CliRunner().invoke(app, [*args, "--outputs", "depth_npy", *model_file_args(tiny_dir)])
     assert result.exit_code == 0, result.output
-    assert "1 video(s), 4 frames" in result.output
+    assert "1 clip (4 frames) written" in result.output
     assert len(list((out / "depth_npy/clip").iterdir())) == 4
     assert decoded(out / f"depth_video/clip_depth{encoder()[1]}")[0] == 4
     bad = CliRunner().invoke(app, [*args, "--temporal", "smooth", *model_file_args(tiny_dir)])

@@ -41,6 +41,43 @@ from .options import (
     WeightStreamingBudget,
 )
 
+#: Kinds of output each encoding option applies to.
+NPY_KINDS = ("depth_npy", "normals_npy")
+PNG_KINDS = ("depth_png16", "depth_colored", "normals_png")
+
+
+def refuse_unused_options(
+    image_kinds: tuple[str, ...],
+    frame_kinds: tuple[str, ...],
+    source: Path,
+    camera: dict[str, object],
+    video: dict[str, object],
+    npy_dtype: str,
+    png_compression: int,
+) -> None:
+    """An option given that would change nothing is refused in one line, before any work: nothing asked for is
+    silently dropped. ``image_kinds``/``frame_kinds``: what the images/videos of the input will get (empty without
+    any); ``camera``: the point-cloud options (None: not given); ``video``: the video options given (other than their
+    defaults) to an input that holds no video."""
+    kinds = set(image_kinds) | set(frame_kinds)
+    if "pointcloud" not in kinds:
+        for option, value in camera.items():
+            if value is not None:
+                raise InvalidInput(
+                    f"{option} applies to point clouds, and none is written (add pointcloud to --outputs)"
+                )
+    for option, value in video.items():
+        shown = f"{value:g}" if isinstance(value, float) else value
+        raise InvalidInput(f"{option} {shown} applies to videos, and {source} holds none")
+    if npy_dtype != "float32" and not kinds & set(NPY_KINDS):
+        raise InvalidInput(
+            f"--npy-dtype {npy_dtype} applies to .npy outputs ({', '.join(NPY_KINDS)}), and none is written"
+        )
+    if png_compression != 1 and not kinds & set(PNG_KINDS):
+        raise InvalidInput(
+            f"--png-compression {png_compression} applies to PNG outputs ({', '.join(PNG_KINDS)}), and none is written"
+        )
+
 
 @app.command("infer")
 def infer(
@@ -95,7 +132,7 @@ def infer(
 
     Videos are streamed frame by frame (never whole in memory; audio dropped) and get depth_video/ and
     normals_video/ previews (H.264, one frame per frame processed, at the clip's fps / --frame-stride), plus
-    per-frame folders for depth_png16, depth_npy, normals_npy and pointcloud when --outputs names them.
+    a per-frame folder for each kind --outputs names (any an image has: npy, PNG, EXR, point clouds).
     --temporal align (default) puts every frame's depth in one scale/shift for the clip (so a clip's point
     clouds share one frame of reference); normals need no alignment. A video that cannot be decoded fails
     alone; its outputs appear under their names only when complete.
@@ -104,7 +141,7 @@ def infer(
     log depth, unless --align-to makes it metric); --align-to fits each image's depth to known metric depths.
     """
     with user_errors():
-        from ..infer import check_infer_inputs, run_infer  # noqa: PLC0415  (heavy imports only when the command runs)
+        from ..infer import check_align_to, check_infer_inputs, run_infer  # noqa: PLC0415  (heavy: at run time)
 
         settings = options.engine_options(
             device, dtype, processing_res, max_processing_pixels, batch_size, progress, weight_streaming_budget
@@ -112,10 +149,28 @@ def infer(
         written = options.output_options(outputs, output_res, png_compression, npy_dtype, intrinsics, fov, max_points)
         video = options.video_options(outputs, frame_stride, max_frames, start, end, temporal, temporal_smoothing)
         root, images, videos = check_infer_inputs(images_dir, output_dir)  # before loading a model
+        check_align_to(align_to, videos, root)
         if align_to is not None:  # an image without known depths refuses the run, before the model is loaded
             from ..metric_align import find_align_files  # noqa: PLC0415
 
             find_align_files(align_to, [image.relative_to(root) for image in images])
+        video_flags = (
+            ("--frame-stride", frame_stride, 1),
+            ("--max-frames", max_frames, None),
+            ("--start", start, 0.0),
+            ("--end", end, None),
+            ("--temporal", temporal, "align"),
+            ("--temporal-smoothing", temporal_smoothing, None),
+        )
+        refuse_unused_options(
+            written.kinds if images else (),
+            video.kinds if videos else (),
+            images_dir,
+            {"--intrinsics": intrinsics, "--fov": fov, "--max-points": max_points},
+            {} if videos else {flag: value for flag, value, default in video_flags if value != default},
+            npy_dtype,
+            png_compression,
+        )
         if "pointcloud" in written.kinds and intrinsics is None and fov is None:
             typer.echo(
                 "note: point clouds of images without an EXIF focal length assume a 60 deg horizontal field of "

@@ -112,10 +112,10 @@ AlignToOption = Annotated[
     Path | None,
     typer.Option(
         help="Metric depth: a folder with one file of known depths per image, named after its stem (<stem>.npy as "
-        "N x 3 u,v,depth or a dense HxW map with NaN/0 invalid, or <stem>.csv with the header u,v,depth; u,v in "
-        "pixels of the input image). Scale and shift are fitted robustly in FE2E's log-depth space; depth_npy, "
-        "depth_exr, depth_png16 (x1000, mm for m) and point clouds become metric; the fit goes to alignment/. An "
-        "image without a file refuses the run; one with too few valid points (< 4) fails alone."
+        "N x 3 u,v,depth or a dense HxW map of the image's size with NaN/0 invalid, or <stem>.csv with the header "
+        "u,v,depth; u,v in pixels of the input image). Scale and shift are fitted robustly in FE2E's log-depth "
+        "space; depth_npy, depth_exr, depth_png16 (x1000, mm for m) and point clouds become metric; the fit goes to "
+        "alignment/. An image without a file refuses the run; one with too few valid points (< 4) fails alone."
     ),
 ]
 
@@ -203,14 +203,18 @@ def video_options(
     temporal: str,
     smoothing: float | None = None,
 ):
-    """The video flags as a ``VideoOptions`` (checked): per-frame kinds are those of ``--outputs`` that apply
-    to frames (none by default: a video gets its two preview videos)."""
+    """The video flags as a ``VideoOptions`` (checked): per-frame kinds are those ``--outputs`` names (none by
+    default: a video gets its two preview videos); ``--temporal-smoothing`` needs ``--temporal align``."""
     from ..files.video import FrameRange  # noqa: PLC0415
     from ..video_infer import FRAME_KINDS, VideoOptions  # noqa: PLC0415
 
     named = () if outputs == "all" else tuple(k.strip() for k in outputs.split(",") if k.strip())
     kinds = tuple(k for k in named if k in FRAME_KINDS)
     frames = FrameRange(stride, max_frames, start, end)
+    if smoothing is not None and temporal == "none":
+        raise InvalidInput(
+            f"--temporal-smoothing {smoothing:g}: applies to --temporal align only (got --temporal none)"
+        )
     if smoothing is None:
         return VideoOptions(frames, temporal, kinds)
     return VideoOptions(frames, temporal, kinds, smoothing)

@@ -55,6 +55,13 @@ def _remove(path: Path) -> None:
 
 #: names that look like a temporary of this module: ``.NAME.tmpPID...`` / ``.NAME.oldPID...``
 _TEMP_LIKE = re.compile(r"\..+\.(?:tmp|old)\d+")
+
+
+def looks_temporary(name: str) -> bool:
+    """Whether a file name is that of a temporary of this module (a live run's, or one a killed run left)."""
+    return name.startswith(".") and _TEMP_LIKE.match(name) is not None
+
+
 #: folder -> (its mtime, its temp-like names) as this process last saw them; see :func:`_temp_like_names`
 _LISTINGS: dict[str, tuple[int, frozenset[str]]] = {}
 
@@ -193,6 +200,41 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         _note_own_change(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _no_space_left(path: Path) -> bool:
+    """Whether the file system of ``path`` (its nearest existing folder) has no free block left."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return stats.f_bavail == 0 or stats.f_bfree == 0
+
+
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """A system error raised while writing ``path`` names ``path``, the file the user asked for.
+
+    A failed ``write`` reports no file name, and one through a temporary names the temporary. A short write
+    reported without an errno (numpy's ``N requested and M written``) becomes ``ENOSPC`` when the file system has
+    no space left, else ``EIO``: a system error the command line prints as one line.
+    """
+    path = Path(path)
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            code = errno.ENOSPC if _no_space_left(path) else errno.EIO
+            raise OSError(
+                code, f"{os.strerror(code)} ({exc})" if code == errno.EIO else os.strerror(code), str(path)
+            ) from exc
+        name = getattr(exc, "filename", None)
+        if name is None or any(looks_temporary(part) for part in Path(str(name)).parts):
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        raise
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object], overwrite: bool = True) -> Path:

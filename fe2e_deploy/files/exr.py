@@ -20,13 +20,17 @@ def check_exr_available(kinds: tuple[str, ...]) -> None:
 
 
 def write_exr(path: str | Path, values: np.ndarray) -> None:
-    """``[H, W]`` (channel ``Z``) or ``[H, W, 3]`` (channels ``R, G, B``) as float32 EXR, ZIP-compressed (lossless)."""
+    """``[H, W]`` (channel ``Z``) or ``[H, W, 3]`` (channels ``R, G, B``) as float32 EXR, ZIP-compressed (lossless).
+    A failed write is an ``OSError`` without an errno (:func:`~.atomic.naming` tells a full disk)."""
     import OpenEXR  # noqa: PLC0415  (optional dependency)
 
     values = np.ascontiguousarray(values, dtype=np.float32)
     channels = {"Z": values} if values.ndim == 2 else {"RGB": values}
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-    OpenEXR.File(header, channels).write(str(path))
+    try:
+        OpenEXR.File(header, channels).write(str(path))
+    except RuntimeError as exc:  # OpenEXR's C++ write errors (a full disk): a failed write, errno unknown
+        raise OSError(str(exc)) from exc
 
 
 def read_exr(path: str | Path) -> np.ndarray:

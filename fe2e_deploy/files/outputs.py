@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import InvalidInput
 from ..processing import Prediction, row_bands
-from .atomic import atomic_path
+from .atomic import atomic_path, naming
 from .colormaps import depth_preview, normals_preview
 from .png import write_png
 from .pointcloud import CameraOptions
@@ -108,6 +108,36 @@ def output_names(rel_images: Iterable[Path]) -> dict[Path, str]:
     return {rel: rel.stem if counts[(rel.parent, rel.stem.casefold())] == 1 else rel.name for rel in rel_images}
 
 
+class OutputOwners:
+    """Which input each planned output of a run belongs to: files (an image's maps, a clip's preview videos) and
+    folders (a clip's per-frame folders), so that no output is another's, lies inside another's folder or holds
+    another's files (``infer`` plans images, then clips, against one of these)."""
+
+    def __init__(self) -> None:
+        self.owners: dict[Path, Path] = {}  # output file or folder -> its input
+        self.inside: dict[Path, Path] = {}  # each folder above an output -> the first input with an output below it
+
+    def owner(self, path: Path) -> Path | None:
+        """The input that owns ``path``, something below it, or a file or folder above it; None when it is free."""
+        if path in self.owners:
+            return self.owners[path]
+        if path in self.inside:
+            return self.inside[path]
+        return next((self.owners[p] for p in path.parents if p in self.owners), None)
+
+    def clash(self, paths: Iterable[Path]) -> tuple[Path, Path] | None:
+        """``(path, its owner)`` of the first of ``paths`` that is not free, else None."""
+        return next(((path, owner) for path in paths if (owner := self.owner(path)) is not None), None)
+
+    def add(self, paths: Iterable[Path], owner: Path) -> None:
+        for path in paths:
+            self.owners[path] = owner
+            for parent in path.parents:
+                if parent in self.inside:  # so are the folders above it
+                    break
+                self.inside[parent] = owner
+
+
 def output_paths(
     out_dir: str | Path, rel_image: Path, name: str | None = None, kinds: Iterable[str] = tuple(OUTPUT_KINDS)
 ) -> dict[str, Path]:
@@ -133,27 +163,45 @@ def write_prediction(
     with contextlib.ExitStack() as stack:
         tmp = {kind: stack.enter_context(atomic_path(path)) for kind, path in paths.items()}
         if "depth_npy" in tmp:
-            np.save(tmp["depth_npy"], (depth if metric is None else metric).astype(npy, copy=False))
+            with naming(paths["depth_npy"]):
+                save_npy(tmp["depth_npy"], (depth if metric is None else metric).astype(npy, copy=False))
         if "normals_npy" in tmp:
-            np.save(tmp["normals_npy"], normals.astype(npy, copy=False))
+            with naming(paths["normals_npy"]):
+                save_npy(tmp["normals_npy"], normals.astype(npy, copy=False))
         for kind in ("depth_png16", "depth_colored", "normals_png"):
             if kind in tmp:
                 if kind == "depth_png16" and metric is not None:
                     pixels = _banded(metric, (), np.uint16, lambda band: np.round(band * 1000).clip(0, 65535))
                 else:
                     pixels = png_pixels(kind, depth, normals)
-                write_png(tmp[kind], pixels, level)
+                with naming(paths[kind]):
+                    write_png(tmp[kind], pixels, level)
         if "depth_exr" in tmp or "normals_exr" in tmp:
             from .exr import write_exr  # noqa: PLC0415  (optional dependency)
 
             if "depth_exr" in tmp:
-                write_exr(tmp["depth_exr"], depth if metric is None else metric)
+                with naming(paths["depth_exr"]):
+                    write_exr(tmp["depth_exr"], depth if metric is None else metric)
             if "normals_exr" in tmp:
-                write_exr(tmp["normals_exr"], normals)
+                with naming(paths["normals_exr"]):
+                    write_exr(tmp["normals_exr"], normals)
         if "pointcloud" in tmp:
-            write_pointcloud(tmp["pointcloud"], depth, normals, metric, options.camera, extras)
+            with naming(paths["pointcloud"]):
+                write_pointcloud(tmp["pointcloud"], depth, normals, metric, options.camera, extras)
         if "alignment" in tmp:
-            tmp["alignment"].write_text(json.dumps(extras.alignment, indent=2) + "\n")
+            with naming(paths["alignment"]):
+                tmp["alignment"].write_text(json.dumps(extras.alignment, indent=2) + "\n")
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """``np.save``'s file (the same bytes), written through Python's file object so that a failed write says why
+    (``ENOSPC``...): numpy's own ``tofile`` reports a short write without an errno."""
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
+        fh.write(array.data)
 
 
 def write_pointcloud(

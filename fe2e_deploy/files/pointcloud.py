@@ -23,13 +23,17 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidInput
+from ..errors import ImageError, InvalidInput
 
 #: Horizontal field of view (degrees) when no intrinsics, --fov or EXIF focal length are known.
 DEFAULT_FOV = 60.0
 #: The full-frame (36 x 24 mm) diagonal, which 35 mm equivalent focal lengths refer to.
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
 _EXIF_IFD, _FOCAL_35MM = 0x8769, 0xA405
+#: The focal lengths (pixels) and principal points (|cx|, |cy|) --intrinsics accepts: the cloud stays finite and spread.
+MIN_FOCAL, MAX_FOCAL = 1e-3, 1e9
+#: The narrowest --fov (degrees): its focal length is about 10^5 widths.
+MIN_FOV = 1e-3
 #: Seed of the --max-points subsampling (the same points every run).
 SUBSAMPLE_SEED = 0
 POINT_DTYPE = np.dtype(
@@ -59,13 +63,32 @@ class CameraOptions:
 
     def __post_init__(self) -> None:
         if self.intrinsics is not None:
-            if len(self.intrinsics) != 4 or not all(math.isfinite(v) for v in self.intrinsics):
+            if len(self.intrinsics) != 4:
                 raise InvalidInput(f"--intrinsics {self.intrinsics}: give fx,fy,cx,cy (4 numbers)")
-            if self.intrinsics[0] <= 0 or self.intrinsics[1] <= 0:
-                fx, fy = self.intrinsics[:2]
+            for name, value in zip(("fx", "fy", "cx", "cy"), self.intrinsics, strict=True):
+                if not math.isfinite(value):
+                    raise InvalidInput(
+                        f"--intrinsics: {name} is {value}, not a finite number (fx,fy,cx,cy in pixels of the maps)"
+                    )
+            fx, fy = self.intrinsics[:2]
+            if fx <= 0 or fy <= 0:
                 raise InvalidInput(f"--intrinsics: fx and fy must be > 0 (got {fx:g}, {fy:g})")
-        if self.fov is not None and not 0 < self.fov < 180:
-            raise InvalidInput(f"--fov {self.fov}: give a horizontal field of view in degrees, between 0 and 180")
+            for name, value in zip(("fx", "fy"), (fx, fy), strict=True):
+                if not MIN_FOCAL <= value <= MAX_FOCAL:
+                    raise InvalidInput(
+                        f"--intrinsics: {name} {value:g} pixels is outside {MIN_FOCAL:g} to {MAX_FOCAL:g} (the points "
+                        "would be at infinity, or all on the axis)"
+                    )
+            for name, value in zip(("cx", "cy"), self.intrinsics[2:], strict=True):
+                if abs(value) > MAX_FOCAL:
+                    raise InvalidInput(
+                        f"--intrinsics: {name} {value:g} pixels is outside -{MAX_FOCAL:g} to {MAX_FOCAL:g}"
+                    )
+        if self.fov is not None and not MIN_FOV <= self.fov < 180:  # also refuses NaN
+            raise InvalidInput(
+                f"--fov {self.fov:g}: give a horizontal field of view in degrees, between 0 and 180 (at least "
+                f"{MIN_FOV:g}: a narrower one puts every point on the axis)"
+            )
         if self.max_points is not None and self.max_points < 1:
             raise InvalidInput(f"--max-points {self.max_points}: must be >= 1")
 
@@ -135,7 +158,8 @@ def point_cloud(
     z: np.ndarray, normals: np.ndarray, colors: np.ndarray, intrinsics: Intrinsics, max_points: int | None = None
 ) -> np.ndarray:
     """The points (:data:`POINT_DTYPE`) of the pixels with a finite ``z > 0``, in row-major order; ``max_points``
-    keeps that many of them, drawn without replacement with a fixed seed (the same points every run)."""
+    keeps that many of them, drawn without replacement with a fixed seed (the same points every run). A point that
+    does not fit float32 is an :class:`ImageError` (nothing written for the image)."""
     height, width = z.shape
     flat = np.flatnonzero(np.isfinite(z) & (z > 0))
     if max_points is not None and flat.size > max_points:
@@ -144,15 +168,22 @@ def point_cloud(
     rows, cols = np.divmod(flat, width)
     depth = z.reshape(-1)[flat].astype(np.float64)
     points = np.empty(flat.size, dtype=POINT_DTYPE)
-    points["x"] = (cols - intrinsics.cx) * depth / intrinsics.fx
-    points["y"] = (rows - intrinsics.cy) * depth / intrinsics.fy
-    points["z"] = depth
+    with np.errstate(over="ignore"):  # checked below
+        points["x"] = (cols - intrinsics.cx) * depth / intrinsics.fx
+        points["y"] = (rows - intrinsics.cy) * depth / intrinsics.fy
+        points["z"] = depth
     rgb = colors.reshape(-1, 3)[flat]
     normal = normals.reshape(-1, 3)[flat]
     for i, name in enumerate(("red", "green", "blue")):
         points[name] = rgb[:, i]
     for i, name in enumerate(("nx", "ny", "nz")):
         points[name] = normal[:, i]  # float32 as predicted: the same values as normals_npy
+    for axis in ("x", "y", "z"):
+        if not np.isfinite(points[axis]).all():  # float32 overflow: extreme depths over a short focal length
+            raise ImageError(
+                f"point cloud: {axis} is not finite in float32 (up to |{np.abs(depth).max():.3g}| depth, "
+                f"fx {intrinsics.fx:.3g}, fy {intrinsics.fy:.3g}): give a longer focal length"
+            )
     return points
 
 

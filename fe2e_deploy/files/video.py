@@ -9,6 +9,7 @@ partly written video never carries its final name.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageError, InvalidInput
-from .atomic import install_file, remove_stale_temps, temp_sibling
+from .atomic import install_file, naming, remove_stale_temps, temp_sibling
 
 #: x264's speed preset for the previews: ultrafast encodes a 1080p frame in ~0.04 CPU-s (veryfast: ~0.08).
 PRESET = "ultrafast"
@@ -40,6 +41,10 @@ def find_videos(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).rglob("*") if p.is_file() and is_video(p))
 
 
+#: Latest --start / --end accepted (seconds; 31 years): beyond any clip, and its timestamps stay 64-bit integers.
+MAX_SECONDS = 1e9
+
+
 @dataclass(frozen=True)
 class FrameRange:
     """Which frames of a clip are processed: from ``start`` to ``end`` seconds, every ``stride``-th, at most
@@ -55,8 +60,14 @@ class FrameRange:
             raise InvalidInput(f"--frame-stride must be >= 1, got {self.stride}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InvalidInput(f"--max-frames must be >= 1, got {self.max_frames}")
-        if self.start < 0 or (self.end is not None and self.end <= self.start):
-            raise InvalidInput(f"--start {self.start} / --end {self.end}: need 0 <= start < end")
+        for option, value in (("--start", self.start), ("--end", self.end)):
+            if value is not None and not 0 <= value <= MAX_SECONDS:  # also refuses NaN
+                raise InvalidInput(
+                    f"{option} {value:g}: give a finite number of seconds from 0 to {MAX_SECONDS:g}"
+                    + (" (leave --end out for the clip's end)" if option == "--end" else "")
+                )
+        if self.end is not None and self.end <= self.start:
+            raise InvalidInput(f"--start {self.start:g} / --end {self.end:g} seconds: need 0 <= start < end")
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,19 @@ def encoder() -> tuple[str, str]:
     return "ffv1", ".mkv"
 
 
+#: The longest side libx264 (x264) encodes; a larger preview is downscaled to fit (:func:`preview_size`).
+MAX_H264_SIDE = 16384
+
+
+def preview_size(width: int, height: int, codec: str) -> tuple[int, int]:
+    """The size a ``width`` x ``height`` preview is encoded at: its own, or for H.264 with a side over
+    :data:`MAX_H264_SIDE` scaled down to fit (the aspect kept; the maps themselves keep their size)."""
+    longest = max(width, height)
+    if codec == "ffv1" or longest <= MAX_H264_SIDE:
+        return width, height
+    return max(1, width * MAX_H264_SIDE // longest), max(1, height * MAX_H264_SIDE // longest)
+
+
 #: Time base of the preview videos' timestamps (MPEG's 90 kHz clock: exact for every common frame rate).
 TIME_BASE = Fraction(1, 90_000)
 
@@ -171,7 +195,8 @@ class VideoWriter:
     """An RGB video written to a temporary sibling of ``path``; :meth:`close` renames it into place, :meth:`abort`
     deletes it. ``fps`` is the declared rate; each frame keeps the time it is given (a variable-frame-rate input's
     timing is kept), else frames are ``1 / fps`` apart. H.264 at CRF 18, :data:`PRESET` (``yuv420p``; ``yuv444p``
-    when a side is odd)."""
+    when a side is odd), downscaled when a side is over :data:`MAX_H264_SIDE`. An encoder that refuses the frames
+    is a :class:`VideoError` (the clip fails alone); a system error (a full disk) is raised as it is."""
 
     def __init__(self, path: Path, fps: Fraction, codec: str | None = None, overwrite: bool = True):
         import av  # noqa: PLC0415
@@ -182,8 +207,11 @@ class VideoWriter:
         self.tmp = temp_sibling(self.path)
         self.codec = codec or encoder()[0]
         self.fps = Fraction(fps).limit_denominator(1_000_000)
-        self.container = av.open(str(self.tmp), "w", format="matroska" if self.path.suffix == ".mkv" else None)
+        with naming(self.path):
+            self.container = av.open(str(self.tmp), "w", format="matroska" if self.path.suffix == ".mkv" else None)
         self.stream = None
+        self.size: tuple[int, int] | None = None  # (width, height) encoded, set by the first frame
+        self.broken: Exception | None = None  # the error of a failed write: no more writes
         self.frames = 0
         self.last_pts = -1
 
@@ -194,6 +222,7 @@ class VideoWriter:
 
         if self.stream is None:
             height, width = rgb.shape[:2]
+            self.size = width, height = preview_size(width, height, self.codec)
             self.stream = self.container.add_stream(self.codec, rate=self.fps)
             self.stream.width, self.stream.height = width, height
             if self.codec == "ffv1":
@@ -203,18 +232,43 @@ class VideoWriter:
                 self.stream.options = {"crf": "18", "preset": PRESET}
             self.stream.codec_context.time_base = self.stream.time_base = TIME_BASE
             self.stream.thread_type = "AUTO"
+        if self.broken is not None:  # PyAV crashes writing on after a failed write (a header the disk had no room for)
+            raise self.broken
+        if (rgb.shape[1], rgb.shape[0]) != self.size:
+            rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(self.size, Image.Resampling.BILINEAR))
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         seconds = self.frames / self.fps if seconds is None else seconds
         frame.pts = self.last_pts = max(round(seconds / TIME_BASE), self.last_pts + 1)
         frame.time_base = TIME_BASE
-        self.container.mux(self.stream.encode(frame))
+        with self._encoding():
+            self.container.mux(self.stream.encode(frame))
         self.frames += 1
+
+    @contextlib.contextmanager
+    def _encoding(self) -> Iterator[None]:
+        """An encoder error (not a system error) as a :class:`VideoError` naming the preview; after either, no more
+        writes."""
+        import av  # noqa: PLC0415
+
+        try:
+            with naming(self.path):  # a full disk names the preview, not its temporary
+                yield
+        except OSError as exc:
+            self.broken = exc
+            raise
+        except av.FFmpegError as exc:
+            self.broken = VideoError(f"cannot encode the preview {self.path.name} ({exc})")
+            raise self.broken from None
 
     def close(self) -> Path:
         """Flush, close, and rename to ``path`` (never over an existing file unless ``overwrite``)."""
+        if self.broken is not None:
+            self.abort()
+            raise self.broken
         try:
             if self.stream is not None:
-                self.container.mux(self.stream.encode())
+                with self._encoding():
+                    self.container.mux(self.stream.encode())
             self.container.close()
             install_file(self.tmp, self.path, self.overwrite)
         finally:
