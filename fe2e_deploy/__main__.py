@@ -1,5 +1,5 @@
 """``python -m fe2e_deploy ...``: the ``fe2e-deploy`` command, for environments where it is not installed."""
 
-from .cli import app
+from .cli import main
 
-app()
+main()

@@ -12,6 +12,8 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -720,3 +722,20 @@ def test_images_dir_given_a_file_and_no_progress_bars(tiny_dir, tmp_path):
     result = runner.invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "loading" not in result.output and "it/s" not in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["benchmark", "--runs", "abc"], "'--runs'"),
+        (["benchmark", "--no-such-option"], "--no-such-option"),
+        (["init-tiny"], "out_dir"),
+        (["no-such-command"], "no-such-command"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(args, names):
+    """What Typer parses (a value of the wrong type, an unknown option, a missing argument) is one line too."""
+    proc = subprocess.run([sys.executable, "-m", "fe2e_deploy", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], proc.stderr

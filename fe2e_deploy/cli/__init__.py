@@ -6,7 +6,7 @@ Every command parses options and calls one library function; errors the user can
 
 from __future__ import annotations
 
-from .app import app
+from .app import app, main
 
 # Each module registers its commands on ``app``.
 from . import (  # noqa: E402,F401  isort: skip
@@ -27,4 +27,4 @@ from . import (  # noqa: E402,F401  isort: skip
     train_lora_cmd,
 )
 
-__all__ = ["app"]
+__all__ = ["app", "main"]

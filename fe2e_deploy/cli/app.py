@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+
+try:  # recent Typer carries its own copy of click; older ones use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click.exceptions import ClickException
 
 from ..errors import describe, is_user_error
 
@@ -17,6 +23,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``fe2e-deploy`` entry point: ``app`` with a usage error (an option's value refused while parsing,
+    an unknown option, a missing argument) printed as one line, exit code 2, like every other user error."""
+    try:
+        code = app(args=args, prog_name="fe2e-deploy", standalone_mode=False)
+    except ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `fe2e-deploy` or a group alone: the help, as Typer shows it
+            app(args=args, prog_name="fe2e-deploy")
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "fe2e-deploy"
+        typer.secho(f"error: {exc.format_message()} (see `{command} --help`)", err=True, fg=typer.colors.RED)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
