@@ -25,6 +25,10 @@ LATENT_CHANNELS = 16
 RESOLUTION_MULTIPLE = 16
 #: FE2E's three processing resolutions (``processing.fe2e_processing_size``), (width, height).
 FE2E_RESOLUTIONS = ((1024, 768), (1216, 352), (864, 576))
+#: Seeds are 0 to 2**63-1 (torch's generators take at most 64 bits; one range for every command).
+MAX_SEED = 2**63 - 1
+#: Latest --start / --end accepted (seconds; 31 years): beyond any clip, and its timestamps stay 64-bit integers.
+MAX_SECONDS = 1e9
 
 
 class ConfigError(InvalidInput):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .config import PRESETS, ModelConfig
+from .config import MAX_SEED, PRESETS, ModelConfig
 from .errors import InvalidInput, OutputExists
 from .files.atomic import atomic_write, write_json
 from .load_gate import opening
@@ -26,8 +26,6 @@ PROMPT_TOKENS = 32
 PROMPT_VALID_TOKENS = 8
 LORA_RANK = 4
 LORA_ALPHA = 2.0
-#: Seeds are 0 to 2**63-1 (torch's generators take at most 64 bits; one range for every command).
-MAX_SEED = 2**63 - 1
 
 
 def check_seed(seed: int, name: str = "--seed") -> int:

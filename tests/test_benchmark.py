@@ -83,7 +83,7 @@ def test_benchmark_cli_writes_json_and_plot(stripped, tmp_path):
     nothing = runner.invoke(app, ["benchmark"])
     assert nothing.exit_code == 2 and "nothing to benchmark" in nothing.output
     bad = runner.invoke(app, [*args[:-4], "--runs", "0"])
-    assert bad.exit_code == 2 and "runs must be" in bad.output
+    assert bad.exit_code == 2 and "--runs 0: must be an integer from 1" in bad.output
 
 
 def test_benchmark_host_images_runs_infer_over_a_folder(stripped, tmp_path):

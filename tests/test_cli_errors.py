@@ -727,7 +727,7 @@ def test_images_dir_given_a_file_and_no_progress_bars(tiny_dir, tmp_path):
 @pytest.mark.parametrize(
     ("args", "names"),
     [
-        (["benchmark", "--runs", "abc"], "'--runs'"),
+        (["benchmark", "--runs", "abc"], "--runs abc: must be an integer"),
         (["benchmark", "--no-such-option"], "--no-such-option"),
         (["init-tiny"], "out_dir"),
         (["no-such-command"], "no-such-command"),

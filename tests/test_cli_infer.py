@@ -106,7 +106,7 @@ def test_infer_engine_folder_matches_explicit_files(tmp_path, tiny_dir):
     [
         (["--dit", "nowhere.safetensors"], "also pass --model-config, --vae, --prompt-embedding"),
         (["--processing-res", "100x100"], "multiples of 16"),
-        (["--dtype", "fp8"], "precision 'fp8' not supported"),
+        (["--dtype", "fp8"], "--dtype fp8: not one of fp32, bf16"),
         (["--model-config", "huge"], "also pass --dit, --vae, --prompt-embedding"),
     ],
 )

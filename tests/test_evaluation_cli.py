@@ -194,7 +194,7 @@ def test_evaluate_depth_alignments_differ(tiny_dir, dataset):
         ("missing-depth", "im1.npy"),
         ("bad-task", "task"),
         ("bad-alignment", "alignment"),
-        ("bad-kind", "dataset kind"),
+        ("bad-kind", "--dataset-kind"),
         ("bad-res", "resolution"),
     ],
 )

@@ -22,6 +22,8 @@ from .options import (
     PngCompression,
     ProcessingRes,
     Progress,
+    choice,
+    number,
 )
 
 
@@ -46,10 +48,16 @@ def batch(
     address: str = typer.Option(
         None, help="Ray cluster to run on: auto (the one this machine belongs to) or HOST:PORT; default: a local one."
     ),
-    workers: int = typer.Option(1, help="Engine workers (Ray actors), each with its own copy of the engine."),
-    gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker (0: the workers run on CPUs)."),
+    workers: int = typer.Option(
+        1, **number(1, 1024), help="Engine workers (Ray actors), each with its own copy of the engine."
+    ),
+    gpus_per_worker: float = typer.Option(
+        0.0, **number(0.0, 64.0), help="GPUs per worker (0: the workers run on CPUs)."
+    ),
     cpus_per_worker: float = typer.Option(
-        None, help="CPUs per worker (default: 1 beside a GPU; else 3/4 of the cluster's CPUs shared by the workers)."
+        None,
+        **number(0.01, 1024.0),
+        help="CPUs per worker (default: 1 beside a GPU; else 3/4 of the cluster's CPUs shared by the workers).",
     ),
     batch_size: BatchSize = 1,
     dtype: Dtype = None,
@@ -61,6 +69,7 @@ def batch(
     npy_dtype: NpyDtype = "float32",
     output_format: str = typer.Option(
         "files",
+        **choice("files", "parquet", "webdataset"),
         help="files: infer's layout, one file per map (--outputs, --npy-dtype). parquet: shard files of one row per "
         "image (key, source, height, width, depth float16 and normals as raw bytes). webdataset: tar shards with "
         "KEY.depth.npy, KEY.normals.npy, KEY.json (and KEY.depth.png, KEY.normals.png with --previews). Shards "
@@ -68,11 +77,13 @@ def batch(
     ),
     shard_size: int = typer.Option(
         None,
+        **number(1, 1_000_000),
         help="Images per shard, >= 1 (parquet, webdataset only; default 64: ~400 MB at 1024x768). A shard is what "
         "a rerun resumes from and what a failed worker redoes.",
     ),
     normals_dtype: str = typer.Option(
         None,
+        **choice("float16", "uint8"),
         help="Normals in shards: float16 (default), or uint8 holding (n + 1) / 2 * 255 as infer's normals PNG.",
     ),
     previews: bool = typer.Option(

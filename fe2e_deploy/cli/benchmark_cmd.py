@@ -10,7 +10,7 @@ from ..errors import InvalidInput, MissingInput, NotAFolder
 from ..resolution import parse_resolution
 from . import options
 from .app import app, user_errors, writing
-from .options import ENGINE_HELP, Dtype, WeightStreamingBudget
+from .options import DEVICE_CHOICE, ENGINE_HELP, SEED_RANGE, Dtype, WeightStreamingBudget, number
 
 
 @app.command("benchmark")
@@ -53,17 +53,23 @@ def benchmark(
         help="Also run each engine file through infer over this folder of real-size images (all outputs, to a "
         "temporary folder): end to end per image with decoding and writing, not only the engine.",
     ),
-    runs: int = typer.Option(10, help="Timed runs per engine."),
-    warmup: int = typer.Option(2, help="Untimed warm-up runs per engine (compilation, CUDA graph capture)."),
-    device: str = typer.Option("auto", help="auto (cuda if a GPU is visible, else cpu), cpu or cuda."),
+    runs: int = typer.Option(10, **number(1, 100_000), help="Timed runs per engine."),
+    warmup: int = typer.Option(
+        2, **number(0, 10_000), help="Untimed warm-up runs per engine (compilation, CUDA graph capture)."
+    ),
+    device: str = typer.Option("auto", **DEVICE_CHOICE, help="auto (cuda if a GPU is visible, else cpu), cpu or cuda."),
     dtype: Dtype = None,
     weight_streaming_budget: WeightStreamingBudget = None,
-    seed: int = typer.Option(0, help="With --synthetic-weights: seed of the random weights and the scene."),
+    seed: int = typer.Option(
+        0, **SEED_RANGE, help="With --synthetic-weights: seed of the random weights and the scene."
+    ),
     compile_mode: str = typer.Option(
         None, help="With --synthetic-weights: torch.compile mode of the compiled engines (default: its default)."
     ),
     time_budget: float = typer.Option(
-        None, help="With --synthetic-weights: seconds for the whole run; engines that would not fit are skipped."
+        None,
+        **number(1.0, 1e7),
+        help="With --synthetic-weights: seconds for the whole run; engines that would not fit are skipped.",
     ),
     profile: bool = typer.Option(
         False, "--profile", help="With --synthetic-weights: record each engine's 15 most expensive kernels."

@@ -10,7 +10,7 @@ from ..precision import PRECISIONS
 from ..resolution import parse_resolution
 from . import options
 from .app import app, user_errors
-from .options import Device, Overwrite
+from .options import Device, Overwrite, choice, number
 
 
 @app.command("build")
@@ -22,16 +22,19 @@ def build(
         "-o",
         help="Engine folder to write: one fe2e_WxH.pt2 per resolution and aoti_engine.json, e.g. engines/aoti.",
     ),
-    precision: str = typer.Option("bf16", help=f"{', '.join(PRECISIONS)} (fp8 needs --scales)."),
+    precision: str = typer.Option("bf16", **choice(*PRECISIONS), help=f"{', '.join(PRECISIONS)} (fp8 needs --scales)."),
     scales: Path = typer.Option(None, help="FP8 scales from `fe2e-deploy calibrate` (with --precision fp8)."),
     resolution: list[str] = typer.Option(
         None,
         help="Processing resolution WIDTHxHEIGHT, repeatable (static, one package each). Default: FE2E's three "
         "(1024x768, 1216x352, 864x576).",
     ),
-    batch: int = typer.Option(1, help="Static batch size: images of one resolution run this many at a time."),
+    batch: int = typer.Option(
+        1, **number(1, 4096), help="Static batch size: images of one resolution run this many at a time."
+    ),
     fp8_gemm: str = typer.Option(
         "auto",
+        **choice("auto", "scaled_mm", "dequantized"),
         help="FP8 only: auto (torch._scaled_mm FP8 GEMMs on CUDA GPUs with compute capability >= 8.9, the "
         "dequantised product elsewhere), scaled_mm (the FP8 GEMM calls on any device, the CPU too) or dequantized.",
     ),

@@ -9,7 +9,7 @@ import typer
 from ..artifacts.tensorrt import TRT_PRECISIONS
 from . import options
 from .app import app, fail, user_errors
-from .options import Overwrite
+from .options import Overwrite, choice, number
 
 
 @app.command("build-trt")
@@ -17,18 +17,28 @@ def build_trt(
     onnx_graph: Path = typer.Argument(..., help="A fused graph of an export folder, e.g. export/fe2e_1024x768.onnx."),
     out: Path = typer.Option(..., "--out", "-o", help="Plan file to write, e.g. engines/fe2e.plan (+ .json sidecar)."),
     precision: str = typer.Option(
-        "bf16", help=f"{' or '.join(TRT_PRECISIONS)}; must match the graph (strongly typed: export --dtype bf16 / fp8)."
+        "bf16",
+        **choice(*TRT_PRECISIONS),
+        help=f"{' or '.join(TRT_PRECISIONS)}; must match the graph (strongly typed: export --dtype bf16 / fp8).",
     ),
-    opt_level: int = typer.Option(3, help="TensorRT builder optimization level, 0-5 (higher: slower build)."),
+    opt_level: int = typer.Option(
+        3, **number(0, 5), help="TensorRT builder optimization level, 0-5 (higher: slower build)."
+    ),
     timing_cache: Path = typer.Option(None, help="Timing cache file: read if present, written after the build."),
     weight_streaming: bool = typer.Option(
         False, "--weight-streaming", help="Build a weight-streaming engine (weights may exceed GPU memory)."
     ),
-    max_batch: int = typer.Option(4, help="Largest batch of the optimization profile (dynamic-batch exports only)."),
-    opt_batch: int = typer.Option(
-        None, help="Batch the dynamic profile is tuned for (default: --max-batch; dynamic-batch exports only)."
+    max_batch: int = typer.Option(
+        4, **number(1, 4096), help="Largest batch of the optimization profile (dynamic-batch exports only)."
     ),
-    workspace_gib: float = typer.Option(None, help="Builder workspace limit in GiB (default: TensorRT's)."),
+    opt_batch: int = typer.Option(
+        None,
+        **number(1, 4096),
+        help="Batch the dynamic profile is tuned for (default: --max-batch; dynamic-batch exports only).",
+    ),
+    workspace_gib: float = typer.Option(
+        None, **number(0.001, 4096.0), help="Builder workspace limit in GiB (default: TensorRT's)."
+    ),
     overwrite: Overwrite = False,
 ) -> None:
     r"""Build a TensorRT (>= 10) strongly typed engine from an exported fused graph.

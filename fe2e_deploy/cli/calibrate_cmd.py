@@ -10,7 +10,7 @@ from ..artifacts.scales import DEFAULT_EXCLUDE
 from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
 from .app import app, fail, user_errors, writing
-from .options import Device, MaxProcessingPixels, Overwrite, ProcessingRes, Progress
+from .options import Device, MaxProcessingPixels, Overwrite, ProcessingRes, Progress, number
 
 
 @app.command("calibrate")
@@ -29,7 +29,7 @@ def calibrate(
         help="Glob over Linear names kept out of FP8 (repeatable), replacing the defaults "
         f"({', '.join(DEFAULT_EXCLUDE)}).",
     ),
-    max_images: int = typer.Option(None, help="Use at most N images (sorted by path)."),
+    max_images: int = typer.Option(None, **number(1), help="Use at most N images (sorted by path)."),
     device: Device = "auto",
     overwrite: Overwrite = False,
     progress: Progress = True,

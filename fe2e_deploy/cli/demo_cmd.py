@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from .app import app, fail, user_errors
-from .options import ENGINE_HELP, Device, Dtype, MaxImagePixels, ProcessingRes
+from .options import ENGINE_HELP, Device, Dtype, MaxImagePixels, ProcessingRes, number
 
 #: What the page binds by default: this machine only.
 LOOPBACK = "127.0.0.1"
@@ -29,20 +29,28 @@ def demo(
         "only (so are ::1 and localhost). 0.0.0.0 (every interface) lets anyone who reaches this machine upload "
         "files and run the engine: the page has no authentication (a warning says so).",
     ),
-    port: int = typer.Option(7860, help="HTTP port (1-65535)."),
+    port: int = typer.Option(7860, **number(1, 65535), help="HTTP port (1-65535)."),
     device: Device = "auto",
     dtype: Dtype = None,
     processing_res: ProcessingRes = None,
     max_image_pixels: MaxImagePixels = None,
     max_clip_frames: int = typer.Option(
-        120, help="Clips: process at most this many frames (the first ones); the page says when a clip is cut."
+        120,
+        **number(1, 1_000_000),
+        help="Clips: process at most this many frames (the first ones); the page says when a clip is cut.",
     ),
     max_points: int = typer.Option(
-        100_000, help="Points of the point cloud (viewer and PLY download), drawn with a fixed seed."
+        100_000,
+        **number(1, 100_000_000),
+        help="Points of the point cloud (viewer and PLY download), drawn with a fixed seed.",
     ),
-    max_file_mb: float = typer.Option(200.0, help="Largest upload (MB); larger ones are refused in the page."),
+    max_file_mb: float = typer.Option(
+        200.0, **number(0.001, 1e6), help="Largest upload (MB); larger ones are refused in the page."
+    ),
     queue_size: int = typer.Option(
-        8, help="Uploads waiting for the engine at most (one runs at a time); more are refused in the page."
+        8,
+        **number(1, 10_000),
+        help="Uploads waiting for the engine at most (one runs at a time); more are refused in the page.",
     ),
 ) -> None:
     """Serve a web page: drop an image (or a clip) and see its depth, normals and point cloud.

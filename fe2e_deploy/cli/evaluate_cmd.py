@@ -12,28 +12,36 @@ from ..evaluation.kinds import DATASET_KINDS
 from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
 from .app import app, fail, user_errors, writing
-from .options import ENGINE_HELP, Device, MaxProcessingPixels, Overwrite, ProcessingRes, Progress
+from .options import ENGINE_HELP, Device, MaxProcessingPixels, Overwrite, ProcessingRes, Progress, choice, number
 
 
 @app.command("evaluate")
 def evaluate(
     engine: Path = typer.Option(..., help=ENGINE_HELP),
     dataset: Path = typer.Option(..., help="Dataset folder, laid out as in docs/evaluation.md."),
-    task: str = typer.Option(..., help="What to score: depth or normals."),
+    task: str = typer.Option(..., **choice("depth", "normals"), help="What to score: depth or normals."),
     alignment: str = typer.Option(
-        "log", help="Depth alignment to the GT: log (FE2E), depth or disparity (Marigold), none (metric)."
+        "log",
+        **choice("log", "depth", "disparity", "none"),
+        help="Depth alignment to the GT: log (FE2E), depth or disparity (Marigold), none (metric).",
     ),
     dataset_kind: str = typer.Option(
-        "generic", help=f"Depth range, PNG depth scale and crops of: {', '.join(DATASET_KINDS)}."
+        "generic",
+        **choice(*DATASET_KINDS),
+        help=f"Depth range, PNG depth scale and crops of: {', '.join(DATASET_KINDS)}.",
     ),
-    depth_scale: float = typer.Option(None, help="Divisor of 16-bit depth PNGs to metres (default 1000; kitti 256)."),
+    depth_scale: float = typer.Option(
+        None, **number(1e-9, 1e9), help="Divisor of 16-bit depth PNGs to metres (default 1000; kitti 256)."
+    ),
     protocol: str = typer.Option(
         "fe2e",
+        **choice("fe2e", "marigold", "infer"),
         help="How predictions are made and scored: fe2e (FE2E's official evaluation, resize for resize), "
         "marigold (Marigold's, depth only) or infer (what `infer` writes). See docs/evaluation.md.",
     ),
     gpus: int = typer.Option(
         1,
+        **number(1, 1024),
         help="Average depth metrics as the official evaluation does on this many GPUs (the mean of per-GPU means "
         "over contiguous shards; FE2E's published runs use 8). Normals are pooled either way.",
     ),
@@ -45,10 +53,12 @@ def evaluate(
     processing_res: ProcessingRes = None,
     max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,
     device: Device = "auto",
-    dtype: str = typer.Option(None, help="DiT precision of a model or stripped folder: fp32 or bf16."),
+    dtype: str = typer.Option(
+        None, **choice("fp32", "bf16"), help="DiT precision of a model or stripped folder: fp32 or bf16."
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the report (per-image metrics too) as JSON."),
     overwrite: Overwrite = False,
-    max_images: int = typer.Option(None, help="Evaluate only the first N images (sorted by path)."),
+    max_images: int = typer.Option(None, **number(1), help="Evaluate only the first N images (sorted by path)."),
     progress: Progress = True,
 ) -> None:
     """Score an engine's depth or normals against a dataset's ground truth.

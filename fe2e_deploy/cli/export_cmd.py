@@ -11,7 +11,7 @@ from ..graph_io import GRAPHS
 from ..resolution import parse_resolution, resolution_name
 from . import options
 from .app import app, fail, user_errors
-from .options import Overwrite, Progress
+from .options import Overwrite, Progress, choice, number
 
 DEFAULT_RESOLUTIONS = ", ".join(resolution_name(r) for r in FE2E_RESOLUTIONS)
 
@@ -24,20 +24,30 @@ def export(
         None, help=f"WIDTHxHEIGHT to export at, repeatable (default: FE2E's {DEFAULT_RESOLUTIONS})."
     ),
     graph: list[str] = typer.Option(None, help=f"Graphs to export, repeatable (default: all of {', '.join(GRAPHS)})."),
-    dtype: str = typer.Option(None, help="DiT weight dtype: bf16 or fp32 (default: as stripped). The VAE stays FP32."),
+    dtype: str = typer.Option(
+        None,
+        **choice("bf16", "fp32"),
+        help="DiT weight dtype: bf16 or fp32 (default: as stripped). The VAE stays FP32.",
+    ),
     precision: str = typer.Option(
-        None, help="fp8: FP8 Q/DQ linears from --scales (compute dtype from --dtype). Default: the dtype only."
+        None,
+        **choice("fp8"),
+        help="fp8: FP8 Q/DQ linears from --scales (compute dtype from --dtype). Default: the dtype only.",
     ),
     scales: Path = typer.Option(None, help="FP8 scales from `fe2e-deploy calibrate` (with --precision fp8)."),
-    batch: int = typer.Option(1, help="Static batch size of the graphs."),
+    batch: int = typer.Option(1, **number(1, 4096), help="Static batch size of the graphs."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch axis dynamic (1-64)."),
     check: bool = typer.Option(
         False, "--check", help="Run every graph in ONNX Runtime on seeded inputs and compare with PyTorch."
     ),
     device: str = typer.Option(
-        "cpu", help="ONNX Runtime device for --check: cpu, cuda (needs onnxruntime-gpu) or auto (cuda if visible)."
+        "cpu",
+        **choice("cpu", "cuda", "auto"),
+        help="ONNX Runtime device for --check: cpu, cuda (needs onnxruntime-gpu) or auto (cuda if visible).",
     ),
-    tolerance: float = typer.Option(None, help="--check relative L2 tolerance (default 1e-3 fp32, 3e-2 bf16)."),
+    tolerance: float = typer.Option(
+        None, **number(0.0, 1e3), help="--check relative L2 tolerance (default 1e-3 fp32, 3e-2 bf16)."
+    ),
     overwrite: Overwrite = False,
     progress: Progress = True,
 ) -> None:

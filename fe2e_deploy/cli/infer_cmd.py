@@ -39,6 +39,7 @@ from .options import (
     TemporalSmoothingOption,
     VaeOption,
     WeightStreamingBudget,
+    number,
 )
 
 #: Kinds of output each encoding option applies to.
@@ -107,7 +108,9 @@ def infer(
     png_compression: PngCompression = 1,
     npy_dtype: NpyDtype = "float32",
     writers: int = typer.Option(
-        None, help="Threads encoding and writing outputs beside the engine (default: cores - 1, at most 4)."
+        None,
+        **number(1, 256),
+        help="Threads encoding and writing outputs beside the engine (default: cores - 1, at most 4).",
     ),
     frame_stride: FrameStride = 1,
     max_frames: MaxFrames = None,

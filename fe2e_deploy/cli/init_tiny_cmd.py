@@ -7,13 +7,15 @@ from pathlib import Path
 import typer
 
 from .app import app, user_errors
-from .options import Overwrite
+from .options import SEED_RANGE, Overwrite
 
 
 @app.command("init-tiny")
 def init_tiny(
     out_dir: Path = typer.Argument(..., help="Folder to write the tiny model into (created if missing)."),
-    seed: int = typer.Option(0, help="Seed of the random weights (0 to 2**63-1); one seed writes identical files."),
+    seed: int = typer.Option(
+        0, **SEED_RANGE, help="Seed of the random weights (0 to 2**63-1); one seed writes identical files."
+    ),
     overwrite: Overwrite = False,
 ) -> None:
     """Write a tiny FE2E with seeded random weights in the official file formats.

@@ -8,7 +8,7 @@ import typer
 
 from . import options
 from .app import app, user_errors
-from .options import Overwrite, Progress
+from .options import Overwrite, Progress, number
 
 
 @app.command("merge-lora")
@@ -21,7 +21,9 @@ def merge_lora_command(
     model_config: str = typer.Option(
         "step1x-edit", help="Model config: a preset (step1x-edit, tiny) or a model_config.json with official names."
     ),
-    multiplier: float = typer.Option(1.0, help="LoRA strength: W + multiplier * (alpha / rank) * up @ down."),
+    multiplier: float = typer.Option(
+        1.0, **number(-1e3, 1e3), help="LoRA strength: W + multiplier * (alpha / rank) * up @ down."
+    ),
     max_shard_size: str = typer.Option(
         None, help="Split the output into shards of at most this size (e.g. 5GB) with a .index.json."
     ),

@@ -7,27 +7,102 @@ This module and the command modules import nothing heavy at the top (no torch, d
 from __future__ import annotations
 
 import errno
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..config import MAX_SECONDS, MAX_SEED
 from ..errors import InvalidInput, NotAFile, NotAFolder, OutputExists
 from ..resolution import MAX_PROCESSING_PIXELS, check_processing_pixels, parse_resolution
+
+#: The most pixels an image or processing-size option may name (a bound for the parser; limits are lower).
+MAX_PIXELS = 2**31
+
+
+class Number:
+    """The parser of a numeric option: an integer (``low`` an int) or a finite number, from ``low`` to ``high``
+    (None: no upper bound). Anything else is refused while parsing, before any work (one line, exit 2: ``main``),
+    with the range; ``--help`` names the type. Every numeric option has one (``tests/test_cli_numbers.py``)."""
+
+    def __init__(self, low: float, high: float | None = None):
+        self.kind = int if isinstance(low, int) and isinstance(high, int | None) else float
+        self.low, self.high = low, high
+        self.__name__ = self.kind.__name__  # Typer names a parser by its __name__
+
+    def describe(self) -> str:
+        kind = "an integer" if self.kind is int else "a number"
+        show = str if self.kind is int else "{:g}".format
+        return (
+            f"{kind} from {show(self.low)} to {show(self.high)}"
+            if self.high is not None
+            else f"{kind} >= {show(self.low)}"
+        )
+
+    def takes(self, value: float) -> bool:
+        return self.low <= value and (self.high is None or value <= self.high)  # NaN fails both
+
+    def __call__(self, text: str | float) -> float:
+        try:
+            value = self.kind(text)
+        except (TypeError, ValueError, OverflowError):
+            raise typer.BadParameter(f"must be {self.describe()}") from None
+        if not self.takes(value) or (self.kind is float and not math.isfinite(value)):
+            raise typer.BadParameter(f"must be {self.describe()}")
+        return value
+
+
+def number(low: float, high: float | None = None) -> dict:
+    """``typer.Option(default, **number(1, 4096))``: the :class:`Number` parser of a numeric option."""
+    return {"parser": Number(low, high)}
+
+
+#: Every seed option: 0 to 2**63-1.
+SEED_RANGE = number(0, MAX_SEED)
+
+
+class Choices:
+    """The parser of a string option with fixed choices: another value is refused while parsing (one line, exit
+    2: ``main``), naming the choices; ``pattern`` also admits values matching it (``cuda:N``)."""
+
+    def __init__(self, *choices: str, pattern: str | None = None, shown: str | None = None):
+        self.choices, self.pattern = choices, re.compile(pattern) if pattern else None
+        self.shown = shown or ", ".join(choices)
+        self.__name__ = "choice"  # Typer names a parser by its __name__
+
+    def __call__(self, value: str) -> str:
+        if value not in self.choices and not (self.pattern and self.pattern.fullmatch(value)):
+            raise typer.BadParameter(f"not one of {self.shown}")
+        return value
+
+
+def choice(*choices: str, pattern: str | None = None, shown: str | None = None) -> dict:
+    """``typer.Option(..., **choice("a", "b"))``: the parser of a choice option (its help names the choices; a
+    metavar listing them would widen --help's table until option names are cut)."""
+    return {"parser": Choices(*choices, pattern=pattern, shown=shown)}
+
+
+#: --device of the commands that run torch: auto, cpu, cuda or cuda:N.
+DEVICE_CHOICE = choice("auto", "cpu", "cuda", pattern=r"cuda:\d+", shown="auto, cpu, cuda or cuda:N")
 
 ENGINE_HELP = (
     "Engine: a model folder (official files, as init-tiny writes), a stripped folder, an export folder or its "
     "fe2e_WxH.onnx, an AOTInductor engine folder, or a TensorRT .plan."
 )
 
-Device = Annotated[str, typer.Option(help="Torch device: auto (cuda when a GPU is visible, else cpu), cpu or cuda.")]
+Device = Annotated[
+    str, typer.Option(**DEVICE_CHOICE, help="Torch device: auto (cuda when a GPU is visible, else cpu), cpu or cuda.")
+]
 Dtype = Annotated[
     str | None,
     typer.Option(
+        **choice("fp32", "bf16"),
         help="DiT precision, fp32 or bf16 (the VAE stays FP32): of a model folder (default fp32) or a stripped "
-        "folder (default: as stripped); built engines run in the precision they were built in."
+        "folder (default: as stripped); built engines run in the precision they were built in.",
     ),
 ]
 ProcessingRes = Annotated[
@@ -36,23 +111,26 @@ ProcessingRes = Annotated[
 MaxProcessingPixels = Annotated[
     int,
     typer.Option(
+        **number(1, MAX_PIXELS),
         help="Largest processing size in pixels (width x height; default 2048x2048 = 4.2 MP): a larger "
-        "--processing-res is refused, and an image FE2E's rule keeps at a larger size (over 6048x4032) fails alone."
+        "--processing-res is refused, and an image FE2E's rule keeps at a larger size (over 6048x4032) fails alone.",
     ),
 ]
 MaxImagePixels = Annotated[
     int | None,
     typer.Option(
+        **number(1, MAX_PIXELS),
         help="Largest input image in pixels (width x height), read from its header before it is decoded: a larger "
         "one is refused (a small PNG can decode to gigabytes, and the maps come back at its size). serve's "
-        "default: 6048x4032 = 24.4 MP, the largest image FE2E's resize rule brings down to 864x576."
+        "default: 6048x4032 = 24.4 MP, the largest image FE2E's resize rule brings down to 864x576.",
     ),
 ]
 BatchSize = Annotated[
     int,
     typer.Option(
+        **number(1, 4096),
         help="Images per engine call, at most (engines built for a static batch run that batch, the last call padded; "
-        "dynamic-batch exports and plans run real batches up to their maximum)."
+        "dynamic-batch exports and plans run real batches up to their maximum).",
     ),
 ]
 WeightStreamingBudget = Annotated[
@@ -84,13 +162,24 @@ OutputsOption = Annotated[
 ]
 OutputResOption = Annotated[
     str,
-    typer.Option(help="Resolution of the maps: input (each image's size) or processing (the size the model ran at)."),
+    typer.Option(
+        **choice("input", "processing"),
+        help="Resolution of the maps: input (each image's size) or processing (the size the model ran at).",
+    ),
 ]
 PngCompression = Annotated[
     int,
-    typer.Option(help="zlib level 0-9 of the PNGs: smaller files or faster writing, the same pixels (old default: 6)."),
+    typer.Option(
+        **number(0, 9),
+        help="zlib level 0-9 of the PNGs: smaller files or faster writing, the same pixels (old default: 6).",
+    ),
 ]
-NpyDtype = Annotated[str, typer.Option(help="Dtype of the .npy maps: float32 (exact) or float16 (half size).")]
+NpyDtype = Annotated[
+    str,
+    typer.Option(
+        **choice("float32", "float16"), help="Dtype of the .npy maps: float32 (exact) or float16 (half size)."
+    ),
+]
 
 # -- point clouds and metric depth (infer) --
 IntrinsicsOption = Annotated[
@@ -102,11 +191,16 @@ IntrinsicsOption = Annotated[
 ]
 FovOption = Annotated[
     float | None,
-    typer.Option(help="Point clouds: horizontal field of view in degrees (principal point at the centre)."),
+    typer.Option(
+        **number(0.001, 179.999),
+        help="Point clouds: horizontal field of view in degrees (principal point at the centre).",
+    ),
 ]
 MaxPointsOption = Annotated[
     int | None,
-    typer.Option(help="Point clouds: keep at most N points, drawn with a fixed seed (the same points every run)."),
+    typer.Option(
+        **number(1), help="Point clouds: keep at most N points, drawn with a fixed seed (the same points every run)."
+    ),
 ]
 AlignToOption = Annotated[
     Path | None,
@@ -120,22 +214,31 @@ AlignToOption = Annotated[
 ]
 
 # -- videos (infer) --
-FrameStride = Annotated[int, typer.Option(help="Videos: process every N-th frame (the preview videos run at fps / N).")]
-MaxFrames = Annotated[int | None, typer.Option(help="Videos: process at most this many frames per video.")]
-StartSeconds = Annotated[float, typer.Option("--start", help="Videos: first second to process (default 0).")]
-EndSeconds = Annotated[float | None, typer.Option("--end", help="Videos: stop at this second (default: the end).")]
+FrameStride = Annotated[
+    int, typer.Option(**number(1), help="Videos: process every N-th frame (the preview videos run at fps / N).")
+]
+MaxFrames = Annotated[int | None, typer.Option(**number(1), help="Videos: process at most this many frames per video.")]
+StartSeconds = Annotated[
+    float, typer.Option("--start", **number(0.0, MAX_SECONDS), help="Videos: first second to process (default 0).")
+]
+EndSeconds = Annotated[
+    float | None,
+    typer.Option("--end", **number(0.0, MAX_SECONDS), help="Videos: stop at this second (default: the end)."),
+]
 TemporalOption = Annotated[
     str,
     typer.Option(
+        **choice("align", "none"),
         help="Videos: align (each frame's depth fitted, robustly, onto the previous aligned frame moved by the "
         "picture's shift: one scale/shift for the whole clip, reset at scene cuts) or none (per-frame maps, each "
-        "with its own scale/shift). Normals need no alignment (camera-space unit vectors, no scale or shift)."
+        "with its own scale/shift). Normals need no alignment (camera-space unit vectors, no scale or shift).",
     ),
 ]
 TemporalSmoothingOption = Annotated[
     float | None,
     typer.Option(
         "--temporal-smoothing",
+        **number(0.0, 0.999),
         help="Videos, --temporal align: weight in [0, 1) of the previous aligned frame (moved by the picture's "
         "shift) in each frame's depth, on the pixels where they agree (moving objects and new surfaces keep "
         "their own). 0: each frame's depth is an affine map of its own prediction. Default 0.7.",

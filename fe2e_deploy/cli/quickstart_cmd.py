@@ -8,7 +8,7 @@ import typer
 
 from . import options
 from .app import app, fail, user_errors
-from .options import Overwrite, ProcessingRes, Progress
+from .options import SEED_RANGE, Overwrite, ProcessingRes, Progress
 
 
 @app.command("quickstart")
@@ -21,7 +21,9 @@ def quickstart(
         "(demo, or tiny-seedN).",
     ),
     seed: int | None = typer.Option(
-        None, help="Use the tiny config with these seeded random weights (init-tiny) instead of the demo model."
+        None,
+        **SEED_RANGE,
+        help="Use the tiny config with these seeded random weights (init-tiny) instead of the demo model.",
     ),
     processing_res: ProcessingRes = None,
     overwrite: Overwrite = False,

@@ -12,7 +12,7 @@ import typer
 from ..errors import InvalidInput
 from ..resolution import MAX_PROCESSING_PIXELS, parse_resolution
 from .app import app, user_errors
-from .options import ENGINE_HELP, Dtype, MaxImagePixels, MaxProcessingPixels, ProcessingRes
+from .options import ENGINE_HELP, Dtype, MaxImagePixels, MaxProcessingPixels, ProcessingRes, number
 
 
 @app.command("serve")
@@ -22,38 +22,56 @@ def serve(
         help=ENGINE_HELP + " Each replica opens it once. Default: the embedded demo model (at its training size, "
         "128x96), as infer without model options.",
     ),
-    replicas: int = typer.Option(1, help="Replicas (Ray actors), each with its own copy of the engine."),
+    replicas: int = typer.Option(
+        1, **number(1, 1024), help="Replicas (Ray actors), each with its own copy of the engine."
+    ),
     host: str = typer.Option(
         "127.0.0.1", help="Interface to listen on (0.0.0.0: every interface). Ray's own servers stay on 127.0.0.1."
     ),
-    port: int = typer.Option(8000, help="HTTP port (1-65535), tried before Ray starts."),
-    max_batch_size: int = typer.Option(8, help="Most requests one engine call takes (dynamic batching)."),
-    batch_wait_ms: float = typer.Option(10.0, help="How long a request waits for others to batch with (ms)."),
+    port: int = typer.Option(8000, **number(1, 65535), help="HTTP port (1-65535), tried before Ray starts."),
+    max_batch_size: int = typer.Option(
+        8, **number(1, 4096), help="Most requests one engine call takes (dynamic batching)."
+    ),
+    batch_wait_ms: float = typer.Option(
+        10.0, **number(0.0, 60_000.0), help="How long a request waits for others to batch with (ms)."
+    ),
     max_ongoing_requests: int | None = typer.Option(
         None,
+        **number(1, 1_000_000),
         help="Requests to /predict one replica holds at once (reading, waiting for a batch, in the engine, "
         "encoding; default: 2 x --max-batch-size, at least --max-batch-size); more are answered 503 with "
         "Retry-After. /healthz is answered beside them.",
     ),
-    max_body_mb: float = typer.Option(50.0, help="Largest request body (MB); larger ones are answered 413."),
+    max_body_mb: float = typer.Option(
+        50.0, **number(0.001, 1e5), help="Largest request body (MB); larger ones are answered 413."
+    ),
     max_image_pixels: MaxImagePixels = None,
     max_points: int = typer.Option(
         100_000,
+        **number(1, 100_000_000),
         help="format=ply: points of an answer when the request gives no max_points (drawn with a fixed seed, as "
         "infer --max-points and the demo), and the most a request may ask (more is answered 400).",
     ),
     body_timeout_s: float = typer.Option(
-        30.0, help="Time a client has to send its whole body (s); a slower one is answered 408 and let go."
+        30.0,
+        **number(0.001, 86_400.0),
+        help="Time a client has to send its whole body (s); a slower one is answered 408 and let go.",
     ),
     request_timeout_s: float = typer.Option(
-        120.0, help="Time a request has once its body is in (decoding, batch, engine, encoding; s); then 503."
+        120.0,
+        **number(0.001, 86_400.0),
+        help="Time a request has once its body is in (decoding, batch, engine, encoding; s); then 503.",
     ),
     drain_timeout_s: float = typer.Option(
-        30.0, help="On Ctrl-C or SIGTERM: how long requests in progress may take to finish (s) before Ray stops."
+        30.0,
+        **number(0.0, 86_400.0),
+        help="On Ctrl-C or SIGTERM: how long requests in progress may take to finish (s) before Ray stops.",
     ),
     address: str = typer.Option(None, help="Ray cluster: auto or HOST:PORT; default: a local one."),
-    gpus_per_replica: float = typer.Option(0.0, help="GPUs per replica (0: CPU)."),
-    cpus_per_replica: float = typer.Option(1.0, help="CPUs per replica (torch threads on a CPU replica)."),
+    gpus_per_replica: float = typer.Option(0.0, **number(0.0, 64.0), help="GPUs per replica (0: CPU)."),
+    cpus_per_replica: float = typer.Option(
+        1.0, **number(0.01, 1024.0), help="CPUs per replica (torch threads on a CPU replica)."
+    ),
     dtype: Dtype = None,
     processing_res: ProcessingRes = None,
     max_processing_pixels: MaxProcessingPixels = MAX_PROCESSING_PIXELS,

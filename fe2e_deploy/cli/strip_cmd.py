@@ -9,7 +9,17 @@ import typer
 from ..errors import InvalidInput
 from . import options
 from .app import app, user_errors
-from .options import DitOption, LoraOption, ModelConfigOption, Overwrite, Progress, PromptOption, VaeOption
+from .options import (
+    SEED_RANGE,
+    DitOption,
+    LoraOption,
+    ModelConfigOption,
+    Overwrite,
+    Progress,
+    PromptOption,
+    VaeOption,
+    choice,
+)
 
 
 @app.command("strip")
@@ -20,7 +30,9 @@ def strip(
     vae: VaeOption = None,
     prompt_embedding: PromptOption = None,
     lora: LoraOption = None,
-    dtype: str = typer.Option("bf16", help="Dtype of the kept weights: bf16 (deployment) or fp32 (checks)."),
+    dtype: str = typer.Option(
+        "bf16", **choice("bf16", "fp32"), help="Dtype of the kept weights: bf16 (deployment) or fp32 (checks)."
+    ),
     synthetic_weights: str = typer.Option(
         None,
         "--synthetic-weights",
@@ -28,7 +40,7 @@ def strip(
         "model_config.json. Writes a full-size stripped folder (17 GB in BF16) without a 25 GB checkpoint, for "
         "measuring export, build and engines at full size.",
     ),
-    seed: int = typer.Option(0, help="With --synthetic-weights: the seed of the random weights."),
+    seed: int = typer.Option(0, **SEED_RANGE, help="With --synthetic-weights: the seed of the random weights."),
     overwrite: Overwrite = False,
     progress: Progress = True,
 ) -> None:

@@ -9,7 +9,17 @@ import typer
 from ..resolution import parse_resolution
 from . import options
 from .app import app, user_errors
-from .options import Device, DitOption, ModelConfigOption, Overwrite, PromptOption, VaeOption
+from .options import (
+    SEED_RANGE,
+    Device,
+    DitOption,
+    ModelConfigOption,
+    Overwrite,
+    PromptOption,
+    VaeOption,
+    choice,
+    number,
+)
 
 
 @app.command("train-lora")
@@ -22,30 +32,40 @@ def train_lora_command(
     dit: DitOption = None,
     vae: VaeOption = None,
     prompt_embedding: PromptOption = None,
-    rank: int = typer.Option(64, help="LoRA rank (FE2E: 64)."),
-    alpha: float = typer.Option(32.0, help="LoRA alpha (FE2E: 32); the update is scaled by alpha / rank."),
+    rank: int = typer.Option(64, **number(1, 4096), help="LoRA rank (FE2E: 64)."),
+    alpha: float = typer.Option(
+        32.0, **number(1e-6, 1e6), help="LoRA alpha (FE2E: 32); the update is scaled by alpha / rank."
+    ),
     target_modules: list[str] = typer.Option(
         None,
         help="Regex for the end of diffusers module names (e.g. 'attn.to_(q|k|v)'), repeatable "
         "(default: FE2E's, every block Linear).",
     ),
-    lr: float = typer.Option(1e-4, help="AdamW learning rate (FE2E: 1e-4)."),
-    steps: int = typer.Option(1000, help="Optimizer steps in total (a resumed run continues to this number)."),
-    batch_size: int = typer.Option(1, help="Images per micro-batch."),
-    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
-    mixed_precision: str = typer.Option("no", help="no (FP32) or bf16 (BF16 base weights and autocast; GPU)."),
+    lr: float = typer.Option(1e-4, **number(1e-12, 10.0), help="AdamW learning rate (FE2E: 1e-4)."),
+    steps: int = typer.Option(
+        1000, **number(1, 1_000_000_000), help="Optimizer steps in total (a resumed run continues to this number)."
+    ),
+    batch_size: int = typer.Option(1, **number(1, 4096), help="Images per micro-batch."),
+    grad_accum: int = typer.Option(1, **number(1, 4096), help="Micro-batches per optimizer step."),
+    mixed_precision: str = typer.Option(
+        "no", **choice("no", "bf16"), help="no (FP32) or bf16 (BF16 base weights and autocast; GPU)."
+    ),
     gradient_checkpointing: bool = typer.Option(
         False, "--gradient-checkpointing", help="Recompute block activations in the backward pass (less memory)."
     ),
-    seed: int = typer.Option(0, help="Seed of the data order and the LoRA initialisation."),
-    save_every: int = typer.Option(0, help="Write a resumable checkpoint every N steps (0: never)."),
+    seed: int = typer.Option(0, **SEED_RANGE, help="Seed of the data order and the LoRA initialisation."),
+    save_every: int = typer.Option(
+        0, **number(0, 1_000_000_000), help="Write a resumable checkpoint every N steps (0: never)."
+    ),
     resume: str = typer.Option(None, help="'latest' (in --out/checkpoints) or a checkpoint folder to continue from."),
     resolution: str = typer.Option("1024x768", help="Training resolution WIDTHxHEIGHT (multiples of 16)."),
     kohya: bool = typer.Option(False, "--kohya", help="Also write lora.safetensors in FE2E's kohya format."),
     cache_latents: bool = typer.Option(
         False, "--cache-latents", help="Encode each sample with the VAE once and keep it in memory (small datasets)."
     ),
-    depth_scale: float = typer.Option(1000.0, help="16-bit depth PNGs: metres = value / depth-scale (KITTI: 256)."),
+    depth_scale: float = typer.Option(
+        1000.0, **number(1e-9, 1e9), help="16-bit depth PNGs: metres = value / depth-scale (KITTI: 256)."
+    ),
     device: Device = "auto",
     overwrite: Overwrite = False,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with the loss."),

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..config import MAX_SECONDS
 from ..errors import ImageError, InvalidInput
 from .atomic import install_file, naming, remove_stale_temps, temp_sibling
 
@@ -39,10 +40,6 @@ def is_video(path: Path) -> bool:
 def find_videos(root: Path) -> list[Path]:
     """Every video (by suffix, case-insensitive) under ``root``, recursively, sorted."""
     return sorted(p for p in Path(root).rglob("*") if p.is_file() and is_video(p))
-
-
-#: Latest --start / --end accepted (seconds; 31 years): beyond any clip, and its timestamps stay 64-bit integers.
-MAX_SECONDS = 1e9
 
 
 @dataclass(frozen=True)
