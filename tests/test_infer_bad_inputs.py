@@ -621,3 +621,25 @@ def test_run_infer_refuses_align_to_with_videos_before_any_work(tmp_path, engine
     with pytest.raises(InvalidInput, match="--align-to: videos get no metric depth"):
         run_infer(engine, folder, tmp_path / "out", progress=False, align_to=tmp_path / "align")
     assert not (tmp_path / "out").exists() or files_under(tmp_path / "out") == []
+
+
+# -- failed inputs leave nothing behind ---------------------------------------------------------------------------
+
+
+def test_a_run_that_writes_nothing_leaves_no_output_folder(tmp_path):
+    """Every image unreadable, or an option refused after the folder was checked: the folders this run made go
+    again; a folder that was there before stays (with what it held)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_text("not an image")
+    (images / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "new" / "out"
+    result = runner.invoke(app, ["infer", str(images), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 1 and "2 image(s) failed" in result.output
+    assert not (tmp_path / "new").exists()
+    result = runner.invoke(app, ["infer", str(images), "-o", str(out), "--fov", "60", "--no-progress"])
+    assert result.exit_code == 2 and not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    (kept / "old").mkdir(parents=True)
+    result = runner.invoke(app, ["infer", str(images), "-o", str(kept), "--no-progress"])
+    assert result.exit_code == 1 and (kept / "old").is_dir()

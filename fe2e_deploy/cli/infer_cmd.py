@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InvalidInput
+from ..files.atomic import outermost_missing, remove_empty_folders
 from ..resolution import MAX_PROCESSING_PIXELS
 from . import options
 from .app import app, report_images, user_errors
@@ -143,69 +144,79 @@ def infer(
     Images: --outputs pointcloud writes a binary PLY per image (see --intrinsics; z is relative, exp of FE2E's
     log depth, unless --align-to makes it metric); --align-to fits each image's depth to known metric depths.
     """
-    with user_errors():
-        from ..infer import check_align_to, check_infer_inputs, run_infer  # noqa: PLC0415  (heavy: at run time)
+    created = outermost_missing(Path(output_dir))  # what this run makes and writes nothing into does not stay
+    try:
+        with user_errors():
+            from ..infer import check_align_to, check_infer_inputs, run_infer  # noqa: PLC0415  (heavy: at run time)
 
-        settings = options.engine_options(
-            device, dtype, processing_res, max_processing_pixels, batch_size, progress, weight_streaming_budget
-        )  # checked before anything is loaded
-        written = options.output_options(outputs, output_res, png_compression, npy_dtype, intrinsics, fov, max_points)
-        video = options.video_options(outputs, frame_stride, max_frames, start, end, temporal, temporal_smoothing)
-        root, images, videos = check_infer_inputs(images_dir, output_dir)  # before loading a model
-        check_align_to(align_to, videos, root)
-        if align_to is not None:  # an image without known depths refuses the run, before the model is loaded
-            from ..metric_align import find_align_files  # noqa: PLC0415
-
-            find_align_files(align_to, [image.relative_to(root) for image in images])
-        video_flags = (
-            ("--frame-stride", frame_stride, 1),
-            ("--max-frames", max_frames, None),
-            ("--start", start, 0.0),
-            ("--end", end, None),
-            ("--temporal", temporal, "align"),
-            ("--temporal-smoothing", temporal_smoothing, None),
-        )
-        refuse_unused_options(
-            written.kinds if images else (),
-            video.kinds if videos else (),
-            images_dir,
-            {"--intrinsics": intrinsics, "--fov": fov, "--max-points": max_points},
-            {} if videos else {flag: value for flag, value, default in video_flags if value != default},
-            npy_dtype,
-            png_compression,
-        )
-        if "pointcloud" in written.kinds and intrinsics is None and fov is None:
-            typer.echo(
-                "note: point clouds of images without an EXIF focal length assume a 60 deg horizontal field of "
-                "view (give --intrinsics or --fov)",
-                err=True,
+            settings = options.engine_options(
+                device, dtype, processing_res, max_processing_pixels, batch_size, progress, weight_streaming_budget
+            )  # checked before anything is loaded
+            written = options.output_options(
+                outputs, output_res, png_compression, npy_dtype, intrinsics, fov, max_points
             )
-        if engine is not None:
-            if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)) or cfg_batch:
-                raise InvalidInput(
-                    "--engine cannot be combined with --model-config/--dit/--vae/--prompt-embedding/--lora/--cfg-batch"
+            video = options.video_options(outputs, frame_stride, max_frames, start, end, temporal, temporal_smoothing)
+            root, images, videos = check_infer_inputs(images_dir, output_dir)  # before loading a model
+            check_align_to(align_to, videos, root)
+            if align_to is not None:  # an image without known depths refuses the run, before the model is loaded
+                from ..metric_align import find_align_files  # noqa: PLC0415
+
+                find_align_files(align_to, [image.relative_to(root) for image in images])
+            video_flags = (
+                ("--frame-stride", frame_stride, 1),
+                ("--max-frames", max_frames, None),
+                ("--start", start, 0.0),
+                ("--end", end, None),
+                ("--temporal", temporal, "align"),
+                ("--temporal-smoothing", temporal_smoothing, None),
+            )
+            refuse_unused_options(
+                written.kinds if images else (),
+                video.kinds if videos else (),
+                images_dir,
+                {"--intrinsics": intrinsics, "--fov": fov, "--max-points": max_points},
+                {} if videos else {flag: value for flag, value, default in video_flags if value != default},
+                npy_dtype,
+                png_compression,
+            )
+            if "pointcloud" in written.kinds and intrinsics is None and fov is None:
+                typer.echo(
+                    "note: point clouds of images without an EXIF focal length assume a 60 deg horizontal field of "
+                    "view (give --intrinsics or --fov)",
+                    err=True,
                 )
-            from ..engines import load_engine  # noqa: PLC0415  (imports only the backend the engine needs)
+            if engine is not None:
+                if any(v is not None for v in (model_config, dit, vae, prompt_embedding, lora)) or cfg_batch:
+                    raise InvalidInput(
+                        "--engine cannot be combined with "
+                        "--model-config/--dit/--vae/--prompt-embedding/--lora/--cfg-batch"
+                    )
+                from ..engines import load_engine  # noqa: PLC0415  (imports only the backend the engine needs)
 
-            runner = load_engine(engine, settings)
-        else:
-            from ..engines.eager import EagerEngine  # noqa: PLC0415
-            from ..model_files import ModelFiles  # noqa: PLC0415
+                runner = load_engine(engine, settings)
+            else:
+                from ..engines.eager import EagerEngine  # noqa: PLC0415
+                from ..model_files import ModelFiles  # noqa: PLC0415
 
-            files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, lora)
-            runner = EagerEngine.from_model_files(files, settings, cfg_batch=cfg_batch)  # the demo: its training size
-        with runner:
-            report = run_infer(
-                runner,
-                root,
-                output_dir,
-                overwrite=overwrite,
-                progress=progress,
-                outputs=written,
-                writers=writers,
-                images=images,
-                videos=videos,
-                video=video,
-                align_to=align_to,
-            )
-    report_images(report)
+                files = ModelFiles.resolve(model_config, dit, vae, prompt_embedding, lora)
+                runner = EagerEngine.from_model_files(
+                    files, settings, cfg_batch=cfg_batch
+                )  # the demo: its training size
+            with runner:
+                report = run_infer(
+                    runner,
+                    root,
+                    output_dir,
+                    overwrite=overwrite,
+                    progress=progress,
+                    outputs=written,
+                    writers=writers,
+                    images=images,
+                    videos=videos,
+                    video=video,
+                    align_to=align_to,
+                )
+        report_images(report)
+    finally:
+        if created is not None:
+            remove_empty_folders(created)

@@ -362,3 +362,23 @@ def check_writable_dir(folder: str | Path) -> Path:
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
         pass
     return folder
+
+
+def outermost_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (what creating ``path`` would make)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    return missing[-1] if missing else None
+
+
+def remove_empty_folders(root: str | Path) -> None:
+    """Remove ``root`` and the folders below it that hold nothing (bottom up); any file keeps its folders.
+
+    For an output folder a run created and then wrote nothing into (every input failed, or an option was
+    refused after the folder was checked): failed inputs leave nothing behind. Never removes a file.
+    """
+    root = Path(root)
+    if not root.is_dir() or root.is_symlink():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(Path(entry[0]).parts)):
+        with contextlib.suppress(OSError):  # not empty (a file, or a folder kept for one): stays
+            Path(folder).rmdir()
