@@ -91,6 +91,7 @@ from .scenes import synthetic_scene
 from .strip import strip_in_memory, strip_model
 from .synthetic import PROMPT_TOKENS, SyntheticModel
 from .synthetic_benchmark import JsonLines, device_name, read_records  # JSON lines, written and read
+from .timing import op_seconds
 
 CHECKS = ("scaled_mm", "cudnn_attention", "fp8_memory", "cuda_graph", "aoti")  # the order they run in: cheap first
 NEEDS_CUDA = "skipped: needs CUDA"
@@ -217,31 +218,12 @@ def free(device: torch.device) -> None:
 
 def cuda_seconds(fn: Callable[[], object], runs: int = 10, warmup: int = 2) -> float:
     """Median seconds of ``fn`` on the current CUDA stream (CUDA events around each call)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return float(np.median(times))
+    return float(np.median(op_seconds(fn, torch.device("cuda"), runs, warmup)))
 
 
 def seconds_of(fn: Callable[[], object], device: torch.device, runs: int = 10, warmup: int = 2) -> float:
     """Median seconds of ``fn``: CUDA events on a GPU, wall clock (``perf_counter``) on a CPU."""
-    if on_cuda(device):
-        return cuda_seconds(fn, runs, warmup)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median(op_seconds(fn, device, runs, warmup)))
 
 
 def compare_maps(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]) -> dict:

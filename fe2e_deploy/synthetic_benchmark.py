@@ -61,7 +61,7 @@ from .resolution import resolution_name
 from .scenes import synthetic_scene
 from .strip import strip_in_memory
 from .synthetic import SyntheticModel
-from .timing import NO_TIMER, StageTimer
+from .timing import NO_TIMER, StageTimer, op_seconds
 
 #: The engines in the order the first GPU call wants them: the most valuable rows first.
 ENGINES = ("stripped-bf16", "reference", "compiled-bf16", "fp8-row", "fp8-tensor", "fp8-row-fastacc", "attention")
@@ -453,32 +453,13 @@ def attention_records(synth: SyntheticModel, width: int, height: int, device, se
     for backend in backends:
         try:
             with sdpa_kernel(backend), torch.inference_mode():
-                times = _time_op(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), device, 10)
+                times = op_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), device, 10)
         except RuntimeError as exc:  # the backend does not take this shape/dtype/device
             records.append({"backend": backend.name, "skipped": str(exc).splitlines()[0][:200]})
             continue
         median = float(np.median(times))
         records.append({"backend": backend.name, "median_s": median, "tflops": flops / median / 1e12})
     return [{"engine": f"attention-{r['backend'].lower()}", "kind": "attention", "tokens": seq, **r} for r in records]
-
-
-def _time_op(fn: Callable, device: torch.device, runs: int) -> list[float]:
-    fn()
-    _sync(device.type == "cuda")
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return times
 
 
 def _sync(cuda: bool) -> None:

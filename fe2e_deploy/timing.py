@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -60,3 +60,26 @@ class StageTimer:
         for stage, start, end in self._events:
             out[stage].append(start.elapsed_time(end) / 1000 if self.cuda else end - start)
         return dict(out)
+
+
+def op_seconds(fn: Callable[[], object], device: torch.device, runs: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones: CUDA events around each call on a
+    GPU (what the device spent), the wall clock on a CPU."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return times
