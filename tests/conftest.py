@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,25 @@ from fe2e_deploy.strip import strip_model
 from fe2e_deploy.tiny import write_tiny_model
 
 DATA = Path(__file__).parent / "data"
+
+
+#: Ports tests listen on: outside Linux's ephemeral range (32768-60999, where Ray and every client socket pick
+#: theirs) and Ray's worker ports (10002-19999), so a port found free stays free until the server takes it.
+TEST_PORTS = range(20000, 30000)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on, from :data:`TEST_PORTS` (an ephemeral one could be handed to Ray's
+    own servers between this check and the server's start: a test once sent HTTP to Ray's gRPC port)."""
+    rng = random.Random(os.getpid())
+    for port in rng.sample(TEST_PORTS, 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {TEST_PORTS}")
 
 
 @pytest.fixture(scope="session")

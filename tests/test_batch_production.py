@@ -488,8 +488,13 @@ def test_clips_in_the_input_and_a_zero_shard_size_are_refused_before_any_work(ti
         [line] = error_lines(result.output)
         assert "2 video(s)" in line and "clip.mp4" in line and "sub/take2.MOV" in line and "infer" in line, line
     cases = {
-        ("--output-format", "parquet", "--shard-size", "0"): "--shard-size must be >= 1 (got 0)",
-        ("--output-format", "webdataset", "--shard-size", "-1"): "--shard-size must be >= 1 (got -1)",
+        ("--output-format", "parquet", "--shard-size", "0"): "--shard-size 0: must be an integer from 1 to 1000000",
+        (
+            "--output-format",
+            "webdataset",
+            "--shard-size",
+            "-1",
+        ): "--shard-size -1: must be an integer from 1 to 1000000",
         ("--shard-size", "8"): "--shard-size: only with --output-format parquet or webdataset",
         ("--previews", "--normals-dtype", "uint8"): "--normals-dtype, --previews: only with --output-format",
         ("--output-format", "parquet", "--outputs", "depth_npy"): "--outputs: only with --output-format files",

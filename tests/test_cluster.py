@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import scene_image
+from conftest import free_port, scene_image
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -183,12 +182,6 @@ def test_batch_command_line(cluster, tiny_dir, images, infer_out, tmp_path):
     assert missing.exit_code == 2 and "nowhere: input folder not found" in missing.output
     missing = CliRunner().invoke(app, [*args[:1], f"file://{tmp_path}/nowhere", *args[2:]])
     assert missing.exit_code == 2 and f"file://{tmp_path}/nowhere: cannot list images" in missing.output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(url: str, body: bytes | None = None, timeout: float = 60) -> tuple[int, bytes]:

@@ -9,6 +9,7 @@ error tests run the command in subprocesses (most fail before Ray starts).
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -25,7 +26,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from conftest import scene_image
+from conftest import free_port, scene_image
 from PIL import Image
 
 ray = pytest.importorskip("ray")  # the ray extra
@@ -41,12 +42,6 @@ SERVE = [sys.executable, "-m", "fe2e_deploy", "serve"]
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 BODY_TIMEOUT_S = 2.0  # the server's --body-timeout-s
 MAX_ONGOING = 20  # the server's --max-ongoing-requests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(url: str, body: bytes | None = None, timeout: float = 60) -> tuple[int, Message, bytes]:
@@ -97,7 +92,7 @@ def wait_up(proc: subprocess.Popen, url: str, log: Path, limit_s: float = 240) -
         try:
             if request(url + "/healthz", timeout=5)[0] == 200:
                 return
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up yet (or, briefly, another server on the port)
             pass
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)

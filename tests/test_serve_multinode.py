@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -16,14 +15,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import scene_image
+from conftest import free_port, scene_image
 
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
 from ray_helpers import loopback_cluster, raylet_pid  # noqa: E402
 
-from fe2e_deploy.cluster.ray_setup import LOOPBACK  # noqa: E402
 from fe2e_deploy.cluster.serve import ServeOptions, start_serve, stop_serve  # noqa: E402
 from fe2e_deploy.engines import EngineOptions  # noqa: E402
 
@@ -37,12 +35,6 @@ def two_worker_nodes():
             yield cluster_and_nodes
         finally:
             stop_serve()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: bytes) -> int:

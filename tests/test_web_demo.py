@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 from fe2e_deploy.engines import EngineOptions
@@ -30,12 +31,6 @@ from fe2e_deploy.web_demo import IMAGE_KINDS, DemoOptions, DemoRunner, open_demo
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "images" / "sphere_room.jpg"
 DOCS_SCREENSHOT = ROOT / "docs" / "demo_page.jpg"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
