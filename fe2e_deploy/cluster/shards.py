@@ -62,8 +62,7 @@ NORMALS_DTYPES = ("float16", "uint8")
 #: Images per shard: 64 at 1024x768 are ~400 MB of float16 maps (WebDataset suggests shards of 100 MB - 1 GB).
 DEFAULT_SHARD_SIZE = 64
 MANIFEST_DIR = "_manifests"  # parquet and dataset readers skip names starting with "_"
-_SHARD_NAME = re.compile(r"shard-(\d{6,})\.(parquet|tar)")
-_MANIFEST_NAME = re.compile(rf"{MANIFEST_DIR}/shard-(\d{{6,}})\.json")
+_SHARD_NUMBER = re.compile(r"shard-(\d{6,})")  # the number in the names shard_name and manifest_name write
 #: Parquet rows per row group (a reader's unit): 8 images at 1024x768 are ~50 MB of maps.
 ROW_GROUP_IMAGES = 8
 #: Threads reading manifests when a run resumes (object-store reads wait on the network).
@@ -100,22 +99,21 @@ def manifest_name(shard: str) -> str:
     return f"{MANIFEST_DIR}/{PurePosixPath(shard).stem}.json"
 
 
+def _number(rel: str) -> int | None:
+    found = _SHARD_NUMBER.search(rel)
+    return int(found.group(1)) if found else None
+
+
 def shard_number(rel: str) -> int | None:
     """The number of a shard file named exactly as :func:`shard_name` names them (either format), else None."""
-    found = _SHARD_NAME.fullmatch(rel)
-    if found is None:
-        return None
-    number = int(found.group(1))
-    return number if rel == f"shard-{number:06d}.{found.group(2)}" else None
+    number = _number(rel)
+    return number if number is not None and rel in {shard_name(number, f) for f in SHARD_SUFFIXES} else None
 
 
 def manifest_number(rel: str) -> int | None:
     """The number of a manifest named exactly as :func:`manifest_name` names them, else None."""
-    found = _MANIFEST_NAME.fullmatch(rel)
-    if found is None:
-        return None
-    number = int(found.group(1))
-    return number if rel == f"{MANIFEST_DIR}/shard-{number:06d}.json" else None
+    number = _number(rel)
+    return number if number is not None and rel == manifest_name(shard_name(number, "parquet")) else None
 
 
 def image_key(rel: PurePosixPath, name: str) -> str:
