@@ -15,6 +15,7 @@
 # tests/test_fp8_gemm.py runs that call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/carried_wheels.sh
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
@@ -46,17 +47,9 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backe
 PY
 
 echo "== install (offline)"
-SITE=${SITE:-$(mktemp -d)/site}
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
-    || { echo "wheel install failed"; exit 3; }
-  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-  echo "installed $(compgen -G "$WHEELS/*.whl" | wc -l) wheel(s) from $WHEELS into $SITE"
-else
-  echo "no wheels in $WHEELS: nothing to install (scripts/fetch_device_wheels.sh fetches them)"
-fi
+install_carried_wheels
 # --check-build-dependencies: a setuptools older than pyproject's floor (77: `license = "MIT"`) is named in the
-# log instead of failing inside the build backend; the carried wheels include one that is new enough.
+# log instead of failing inside the build backend; the checkout is then used from PYTHONPATH.
 "$PY" -c "import setuptools; print('setuptools', setuptools.__version__, 'at', setuptools.__file__)" \
   || echo "setuptools: not importable (the project is then used from PYTHONPATH)"
 if "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --check-build-dependencies -e . \

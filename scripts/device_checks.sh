@@ -16,6 +16,7 @@
 # 124/137 killed at LIMIT. About 5 s besides the checks (the wheels' install).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/carried_wheels.sh
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
@@ -26,15 +27,7 @@ export PYTHONUNBUFFERED=1
 
 echo "== device checks ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
 if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('diffusers') is None)"; then
-  if compgen -G "$WHEELS/*.whl" >/dev/null; then
-    SITE=${SITE:-$(mktemp -d)/site}
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
-      || { echo "wheel install failed"; exit 3; }
-    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-    echo "installed $(compgen -G "$WHEELS/*.whl" | wc -l) wheel(s) from $WHEELS into $SITE"
-  else
-    echo "diffusers missing and no wheels in $WHEELS (scripts/fetch_device_wheels.sh fetches them)"
-  fi
+  install_carried_wheels  # diffusers missing: the GPU machine's case
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, not an installed copy
 
