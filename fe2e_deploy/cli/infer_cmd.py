@@ -43,10 +43,6 @@ from .options import (
     number,
 )
 
-#: Kinds of output each encoding option applies to.
-NPY_KINDS = ("depth_npy", "normals_npy")
-PNG_KINDS = ("depth_png16", "depth_colored", "normals_png")
-
 
 def refuse_unused_options(
     image_kinds: tuple[str, ...],
@@ -61,7 +57,11 @@ def refuse_unused_options(
     silently dropped. ``image_kinds``/``frame_kinds``: what the images/videos of the input will get (empty without
     any); ``camera``: the point-cloud options (None: not given); ``video``: the video options given (other than their
     defaults) to an input that holds no video."""
+    from ..files.outputs import OUTPUT_KINDS  # noqa: PLC0415  (numpy: at run time, as output_options)
+
     kinds = set(image_kinds) | set(frame_kinds)
+    npy_kinds = [kind for kind, suffix in OUTPUT_KINDS.items() if suffix.endswith(".npy")]  # what --npy-dtype sets
+    png_kinds = [kind for kind, suffix in OUTPUT_KINDS.items() if suffix.endswith(".png")]  # --png-compression
     if "pointcloud" not in kinds:
         for option, value in camera.items():
             if value is not None:
@@ -71,13 +71,13 @@ def refuse_unused_options(
     for option, value in video.items():
         shown = f"{value:g}" if isinstance(value, float) else value
         raise InvalidInput(f"{option} {shown} applies to videos, and {source} holds none")
-    if npy_dtype != "float32" and not kinds & set(NPY_KINDS):
+    if npy_dtype != "float32" and not kinds & set(npy_kinds):
         raise InvalidInput(
-            f"--npy-dtype {npy_dtype} applies to .npy outputs ({', '.join(NPY_KINDS)}), and none is written"
+            f"--npy-dtype {npy_dtype} applies to .npy outputs ({', '.join(npy_kinds)}), and none is written"
         )
-    if png_compression != 1 and not kinds & set(PNG_KINDS):
+    if png_compression != 1 and not kinds & set(png_kinds):
         raise InvalidInput(
-            f"--png-compression {png_compression} applies to PNG outputs ({', '.join(PNG_KINDS)}), and none is written"
+            f"--png-compression {png_compression} applies to PNG outputs ({', '.join(png_kinds)}), and none is written"
         )
 
 
