@@ -241,8 +241,8 @@ def dit_rates(engine: str, synth: SyntheticModel, width: int, height: int, recor
     per_image = dit_flops(synth.config, synth.prompt().length, width, height)["total"] / 1e12
     executed = per_image * EXECUTED_BATCH.get(engine, 1)
     dit = record["stages"].get("dit", {}).get("median")
-    bf16_peak = bf16_peak_tflops(device) if not device.startswith("cpu") else None
-    fp8_peak = fp8_peak_tflops(device) if engine in FP8_ENGINES and not device.startswith("cpu") else None
+    bf16_peak = bf16_peak_tflops(device)  # None for a CPU (no name matches)
+    fp8_peak = fp8_peak_tflops(device) if engine in FP8_ENGINES else None
     rate = executed / dit if dit else None
     return {
         "dit_tflop": per_image,

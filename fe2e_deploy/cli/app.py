@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
@@ -16,6 +15,7 @@ except ImportError:
     from click.exceptions import ClickException
 
 from ..errors import describe, is_user_error
+from ..files.atomic import naming as writing  # noqa: F401  (commands name the file a write error was about)
 
 
 class OneLineErrors(TyperGroup):
@@ -49,8 +49,7 @@ def usage_message(exc: ClickException, argv: list[str]) -> str:
     value = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in opts and "=" in a), value)
     if value is None or not opts or type(exc).__name__ != "BadParameter":
         return exc.format_message()
-    why = exc.message
-    return f"{opts[0]} {value}: {why}"
+    return f"{opts[0]} {value}: {exc.message}"
 
 
 app = typer.Typer(
@@ -83,17 +82,6 @@ def user_errors() -> Iterator[None]:
         if not is_user_error(exc):
             raise
         raise fail(describe(exc)) from None
-
-
-@contextlib.contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Name ``path`` in a system error raised while writing it (a failed ``write`` reports no file name)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
 
 
 def report_images(report) -> None:
